@@ -1,0 +1,285 @@
+"""Fetch and prepare the POWER guest's kernel and userland into the cache (idempotent).
+
+``prepare()`` leaves in :func:`vm.power.pins.cache_dir`:
+
+- ``vmlinux``          the pinned ppc64el kernel (ELF, booted by QEMU's ``-kernel``),
+- ``modules/*.ko``     the VFIO modules, decompressed, in load order (``modules/order``),
+- ``root/``            the extracted userland: merged /usr, pruned, stdlib and dist-packages
+                       precompiled to unchecked-hash .pyc by this host's Python 3.11,
+- ``READY``            written last; its presence means everything above is complete.
+
+The .debs come from a private apt configuration (its own sources, lists, cache; APT::Architectures
+is ppc64el only) so the host's apt state is never touched.  Nothing is printed when the cache is
+already complete.
+"""
+
+from __future__ import annotations
+
+import compileall
+import fcntl
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from . import pins
+
+
+class FetchError(RuntimeError):
+    """The guest's kernel or userland could not be fetched or prepared."""
+
+
+def _log(msg: str) -> None:
+    print(f"vm.power: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# private apt
+# ---------------------------------------------------------------------------------------------
+
+def apt_dir() -> Path:
+    return pins.cache_root() / "apt"
+
+
+def apt_options() -> list[str]:
+    """``-o`` options that make apt-get/apt-cache use only the private ppc64el configuration."""
+    d = apt_dir()
+    return [
+        "-o", f"APT::Architecture={pins.ARCH}",
+        "-o", f"APT::Architectures={pins.ARCH}",
+        "-o", f"Dir::Etc::SourceList={d / 'sources.list'}",
+        "-o", "Dir::Etc::SourceParts=/dev/null",
+        "-o", "Dir::Etc::Preferences=/dev/null",
+        "-o", "Dir::Etc::PreferencesParts=/dev/null",
+        "-o", f"Dir::State::Lists={d / 'lists'}",
+        "-o", f"Dir::Cache={d / 'cache'}",
+        "-o", "Dir::State::status=/dev/null",
+        "-o", "Debug::NoLocking=1",
+        "-o", "Acquire::Retries=3",
+        "-o", "APT::Sandbox::User=root",
+    ]
+
+
+def _write_sources() -> None:
+    d = apt_dir()
+    for sub in ("lists/partial", "cache/archives/partial"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    text = "".join(f"deb [signed-by={pins.KEYRING}] {pins.SUITE_URL} {s} main\n" for s in pins.SUITES)
+    f = d / "sources.list"
+    if not f.exists() or f.read_text() != text:
+        f.write_text(text)
+        for old in (d / "lists").glob("*_Packages*"):
+            old.unlink()
+
+
+def _apt(cmd: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([cmd, "-q", *apt_options(), *args], cwd=cwd, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def apt_update() -> None:
+    _write_sources()
+    _log("apt-get update (private ppc64el lists)")
+    r = _apt("apt-get", "update")
+    if r.returncode != 0:
+        raise FetchError(f"apt-get update (ppc64el) failed:\n{r.stdout[-3000:]}")
+
+
+def _deb_name(pkg: str, version: str) -> str:
+    # apt's file names quote ':' in epochs as %3a and drop nothing else we use.
+    ver = version.replace(":", "%3a")
+    arch = "*"
+    return f"{pkg}_{ver}_{arch}.deb"
+
+
+def download(packages: dict[str, str], dest: Path) -> list[Path]:
+    """Download exact ``name=version`` .debs into ``dest`` (skips those already there)."""
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def have(pkg: str, ver: str) -> Path | None:
+        hits = sorted(dest.glob(_deb_name(pkg, ver)))
+        return hits[0] if hits else None
+
+    missing = [f"{p}={v}" for p, v in packages.items() if have(p, v) is None]
+    if missing:
+        _write_sources()
+        if not any((apt_dir() / "lists").glob("*_Packages*")):
+            apt_update()
+        _log(f"downloading {len(missing)} ppc64el package(s)")
+        r = _apt("apt-get", "download", *missing, cwd=dest)
+        if r.returncode != 0:
+            apt_update()  # lists may be stale (point releases roll); try once more
+            r = _apt("apt-get", "download", *missing, cwd=dest)
+        if r.returncode != 0:
+            raise FetchError(
+                "apt-get download failed; a pinned version may have left the archive: update "
+                f"vm/power/pins.py.\n{r.stdout[-3000:]}")
+    out = []
+    for p, v in packages.items():
+        got = have(p, v)
+        if got is None:
+            raise FetchError(f"{p}={v} was not downloaded")
+        out.append(got)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# extraction
+# ---------------------------------------------------------------------------------------------
+
+def _dpkg_x(deb: Path, into: Path) -> None:
+    r = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise FetchError(f"dpkg-deb -x {deb.name}: {r.stdout}")
+
+
+def _merge_into(src: Path, dst: Path) -> None:
+    """Move the tree ``src`` into ``dst`` (merged-/usr), then remove ``src``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(src.iterdir()):
+        target = dst / entry.name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
+            _merge_into(entry, target)
+        else:
+            if target.is_symlink() or target.exists():
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+            entry.rename(target)
+    src.rmdir()
+
+
+def build_root(debs: list[Path], root: Path) -> None:
+    """Extract ``debs`` into ``root`` as a merged-/usr tree, pruned, with .pyc precompiled."""
+    for deb in debs:
+        _dpkg_x(deb, root)
+    for top in ("bin", "sbin", "lib", "lib64"):
+        p = root / top
+        if p.is_dir() and not p.is_symlink():
+            _merge_into(p, root / "usr" / top)
+        (root / top).symlink_to(f"usr/{top}")
+    for rel in pins.PRUNE:
+        p = root / rel
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    dist = root / "usr/lib/python3/dist-packages"
+    for name in pins.PRUNE_DIRNAMES:
+        for p in sorted(dist.rglob(name), reverse=True):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+    for rel, target in pins.EXTRA_SYMLINKS.items():
+        link = root / rel
+        if not (link.parent / target).exists():
+            raise FetchError(f"symlink target {link.parent / target} missing")
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    precompile(root, [root / "usr/lib/python3.11", dist])
+
+
+def precompile(root: Path, dirs: list[Path]) -> None:
+    """Compile every .py below ``dirs`` to unchecked-hash .pyc named as the guest will see it.
+
+    The guest runs CPython 3.11 like this host, so the bytecode (magic 3495) is the same; unchecked
+    hash pycs are used without comparing source mtimes, which the cpio archive would not keep exact.
+    """
+    if sys.version_info[:2] != (3, 11):
+        raise FetchError(f"precompiling for the guest's Python 3.11 needs a 3.11 host Python, "
+                         f"not {sys.version.split()[0]}")
+    import py_compile
+
+    for d in dirs:
+        compileall.compile_dir(
+            str(d), quiet=2, stripdir=str(root), prependdir="/", workers=0,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+
+
+def module_depends(ko: bytes) -> list[str]:
+    """The ``depends=`` list of a module's .modinfo strings."""
+    key = b"\0depends="
+    i = ko.find(key)
+    if i < 0:
+        return []
+    end = ko.index(b"\0", i + len(key))
+    value = ko[i + len(key):end].decode()
+    return [d for d in value.split(",") if d]
+
+
+def prepare_kernel(kernel_deb: Path, out: Path) -> None:
+    """vmlinux and the decompressed VFIO modules (load order checked against their depends=)."""
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        t = Path(tmp)
+        _dpkg_x(kernel_deb, t)
+        vmlinux = t / "boot" / f"vmlinux-{pins.KERNEL_ABI}"
+        if not vmlinux.exists():
+            raise FetchError(f"{vmlinux.name} not in {kernel_deb.name}")
+        shutil.move(str(vmlinux), out / "vmlinux")
+        shutil.move(str(t / "boot" / f"config-{pins.KERNEL_ABI}"), out / "config")
+        moddir = t / "lib" / "modules" / pins.KERNEL_ABI
+        mods = out / "modules"
+        mods.mkdir()
+        loaded: set[str] = set()
+        order = []
+        for rel in pins.KERNEL_MODULES:
+            src = moddir / (rel + ".xz")
+            data = lzma.decompress(src.read_bytes()) if src.exists() else (moddir / rel).read_bytes()
+            name = Path(rel).name
+            modname = name[:-3].replace("-", "_")
+            for dep in module_depends(data):
+                if dep.replace("-", "_") not in loaded:
+                    raise FetchError(f"{name} depends on {dep}, which pins.KERNEL_MODULES does not "
+                                     "load before it")
+            (mods / name).write_bytes(data)
+            loaded.add(modname)
+            order.append(name)
+        (mods / "order").write_text("".join(n + "\n" for n in order))
+
+
+@contextmanager
+def _locked() -> Iterator[None]:
+    pins.cache_root().mkdir(parents=True, exist_ok=True)
+    with open(pins.cache_root() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def is_ready() -> bool:
+    return (pins.cache_dir() / "READY").exists()
+
+
+def prepare(force: bool = False) -> Path:
+    """Make :func:`pins.cache_dir` complete; returns it.  Quiet when there is nothing to do."""
+    out = pins.cache_dir()
+    if is_ready() and not force:
+        return out
+    with _locked():
+        if is_ready() and not force:
+            return out
+        debs_dir = pins.cache_root() / "debs"
+        debs = download(pins.USERLAND, debs_dir)
+        (kernel_deb,) = download({pins.KERNEL_PACKAGE: pins.KERNEL_VERSION}, debs_dir)
+        _log(f"preparing {out}")
+        if out.exists():
+            shutil.rmtree(out)
+        work = out.with_name(out.name + ".tmp")
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        prepare_kernel(kernel_deb, work)
+        build_root(debs, work / "root")
+        (work / "READY").write_text(pins.pins_digest() + "\n")
+        work.rename(out)
+        # Older pin sets are dead weight: keep only this one (and the shared debs/apt folders).
+        for other in pins.cache_root().iterdir():
+            if other.is_dir() and "powerpc64le" in other.name and other != out:
+                shutil.rmtree(other, ignore_errors=True)
+        return out
