@@ -654,7 +654,7 @@ KVM_SET_SREGS = _IOW(KVMIO, 0x84, "kvm_sregs")
 ARCH_CONSTANTS: Final[dict[str, dict[str, int]]] = {
     # page offset of the dirty ring inside the vCPU mmap (asm/kvm.h; generic default 0)
     "KVM_DIRTY_LOG_PAGE_OFFSET": {"x86_64": 64, "aarch64": 64, "ppc64le": 0},
-    "KVM_COALESCED_MMIO_PAGE_OFFSET": {"x86_64": 1, "aarch64": 1, "ppc64le": 1},
+    "KVM_COALESCED_MMIO_PAGE_OFFSET": {"x86_64": 2, "aarch64": 1, "ppc64le": 1},
 }
 KVM_DIRTY_LOG_PAGE_OFFSET: int = ARCH_CONSTANTS["KVM_DIRTY_LOG_PAGE_OFFSET"][ARCH]
 KVM_COALESCED_MMIO_PAGE_OFFSET: int = ARCH_CONSTANTS["KVM_COALESCED_MMIO_PAGE_OFFSET"][ARCH]
