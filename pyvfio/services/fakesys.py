@@ -1,0 +1,325 @@
+"""A fake host for discovery, binding and doctor: a /sys + /proc + /dev tree, and a driver core
+that reacts to sysfs writes the way the kernel does.
+
+:class:`FakeHost` writes the files the real kernel exposes, in the real layout (devices under
+``sys/devices/pci0000:00/``, ``bus/pci/devices/BDF`` and ``class/*`` as links), so
+:class:`~pyvfio.services.discovery.SysfsTreeSource` and the doctor read it exactly as they read
+/sys and /proc. :func:`decorate` adds the attributes discovery uses (numa_node, reset_method,
+driver_override, revision, subsystem ids) to a tree that lacks them, such as the mock kernel's.
+
+:class:`EmulatedDriverCore` applies the driver core's rules to such a tree: ``driver/unbind``
+removes the driver link; ``drivers_probe`` binds the override driver if set, otherwise the first
+driver whose ``ids`` file (a fixture-only file: one ``vvvv:dddd`` per line) lists the device; a
+vfio driver without an IOMMU group fails with EINVAL like vfio-pci's probe; binding a vfio driver
+creates ``dev/vfio/N``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Iterable
+
+from .binding import DriverCore
+from .discovery import HostPaths, is_vfio_driver
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _link(target: str, link: str) -> None:
+    """Create ``link`` -> ``target`` as a relative symlink (replacing what was there)."""
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
+
+
+class FakeHost:
+    """Builds a fake host under ``root``; every method returns self for chaining."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.paths = HostPaths.under(root)
+        for d in ("sys/bus/pci/devices", "sys/bus/pci/drivers", "sys/kernel/iommu_groups",
+                  "sys/class/iommu", "sys/class/block", "sys/class/net", "proc/self", "proc/net",
+                  "dev/vfio"):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        _write(os.path.join(root, "sys/bus/pci/drivers_probe"), "")
+        for name, text in {
+            "proc/cmdline": "BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro quiet\n",
+            "proc/self/limits": _limits(8 * 1024 * 1024),
+            "proc/self/status": "Name:\tpyvfio\nVmLck:\t       0 kB\nCapEff:\t0000000000000000\n",
+            "proc/self/mountinfo": "",
+            "proc/swaps": "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",
+            "proc/net/route": "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n",
+            "proc/net/if_inet6": "",
+            "proc/net/ipv6_route": "",
+            "proc/interrupts": "",
+            "proc/iomem": "",
+            "proc/meminfo": "MemTotal:        4000000 kB\nHugePages_Total:       0\nHugePages_Free:        0\n"
+                            "Hugepagesize:       2048 kB\nCmaTotal:              0 kB\nCmaFree:               0 kB\n",
+            "proc/zoneinfo": "",
+            "dev/kmsg": "",
+        }.items():
+            p = os.path.join(root, name)
+            if not os.path.exists(p):
+                _write(p, text)
+
+    # -- PCI --------------------------------------------------------------------------------
+    def dev_dir(self, bdf: str) -> str:
+        return os.path.join(self.root, "sys", "devices", "pci" + bdf[:7], bdf)
+
+    def add_driver(self, name: str, ids: Iterable[str] = ()) -> "FakeHost":
+        """A loaded driver; ``ids`` (``vvvv:dddd``) are the devices its probe accepts."""
+        d = os.path.join(self.root, "sys/bus/pci/drivers", name)
+        os.makedirs(d, exist_ok=True)
+        for f in ("bind", "unbind", "new_id"):
+            p = os.path.join(d, f)
+            if not os.path.exists(p):
+                _write(p, "")
+        existing = set((_read(os.path.join(d, "ids")) or "").split())
+        _write(os.path.join(d, "ids"), "".join(f"{i}\n" for i in sorted(existing | set(ids))))
+        return self
+
+    def add_pci(
+        self,
+        bdf: str,
+        vendor: int,
+        device: int,
+        *,
+        class_code: int = 0xFF0000,
+        driver: str | None = None,
+        group: int | None = None,
+        numa_node: int = -1,
+        reset_method: str | None = "flr bus",
+        revision: int = 0x10,
+        sriov_totalvfs: int | None = None,
+        physfn: str | None = None,
+    ) -> "FakeHost":
+        d = self.dev_dir(bdf)
+        attrs = {
+            "vendor": f"0x{vendor:04x}", "device": f"0x{device:04x}", "class": f"0x{class_code:06x}",
+            "subsystem_vendor": f"0x{vendor:04x}", "subsystem_device": "0x1100",
+            "revision": f"0x{revision:02x}", "numa_node": str(numa_node), "driver_override": "(null)\n",
+            "modalias": f"pci:v{vendor:08X}d{device:08X}sv*sd*bc{class_code >> 16:02X}sc*i*",
+        }
+        if reset_method is not None:
+            attrs["reset_method"] = reset_method
+            if reset_method:
+                attrs["reset"] = ""
+        if sriov_totalvfs is not None:
+            attrs["sriov_totalvfs"] = str(sriov_totalvfs)
+            attrs["sriov_numvfs"] = "0"
+        for k, v in attrs.items():
+            _write(os.path.join(d, k), v if v.endswith("\n") or not v else v + "\n")
+        _link(d, os.path.join(self.root, "sys/bus/pci/devices", bdf))
+        if driver:
+            self.add_driver(driver, [f"{vendor:04x}:{device:04x}"])
+            self._bind(bdf, driver)
+        if group is not None:
+            self.set_group(bdf, group)
+        if physfn:
+            pf = self.dev_dir(physfn)
+            _link(pf, os.path.join(d, "physfn"))
+            n = len([x for x in os.listdir(pf) if x.startswith("virtfn")])
+            _link(d, os.path.join(pf, f"virtfn{n}"))
+            _write(os.path.join(pf, "sriov_numvfs"), f"{n + 1}\n")
+        return self
+
+    def set_group(self, bdf: str, group: int) -> "FakeHost":
+        g = os.path.join(self.root, "sys/kernel/iommu_groups", str(group))
+        os.makedirs(os.path.join(g, "devices"), exist_ok=True)
+        _write(os.path.join(g, "type"), "DMA\n")
+        _link(g, os.path.join(self.dev_dir(bdf), "iommu_group"))
+        _link(self.dev_dir(bdf), os.path.join(g, "devices", bdf))
+        return self
+
+    def _bind(self, bdf: str, driver: str) -> None:
+        drv = os.path.join(self.root, "sys/bus/pci/drivers", driver)
+        _link(drv, os.path.join(self.dev_dir(bdf), "driver"))
+        _link(self.dev_dir(bdf), os.path.join(drv, bdf))
+        if is_vfio_driver(driver):
+            group = _group_of(self.dev_dir(bdf))
+            if group is not None:
+                _write(os.path.join(self.root, "dev/vfio", str(group)), "")
+
+    # -- children: block devices, network interfaces --------------------------------------------
+    def add_block(self, bdf: str, name: str, devno: str, partitions: dict[str, str] | None = None) -> "FakeHost":
+        """A disk ``name`` (``devno`` = "major:minor") below ``bdf``, with optional partitions."""
+        disk = os.path.join(self.dev_dir(bdf), "host0", "block", name)
+        _write(os.path.join(disk, "dev"), devno + "\n")
+        os.makedirs(os.path.join(disk, "holders"), exist_ok=True)
+        _link(disk, os.path.join(self.root, "sys/class/block", name))
+        for part, pdevno in (partitions or {}).items():
+            pdir = os.path.join(disk, part)
+            _write(os.path.join(pdir, "dev"), pdevno + "\n")
+            _write(os.path.join(pdir, "partition"), "1\n")
+            os.makedirs(os.path.join(pdir, "holders"), exist_ok=True)
+            _link(pdir, os.path.join(self.root, "sys/class/block", part))
+        return self
+
+    def add_net(self, bdf: str, ifname: str) -> "FakeHost":
+        d = os.path.join(self.dev_dir(bdf), "net", ifname)
+        _write(os.path.join(d, "operstate"), "up\n")
+        _link(d, os.path.join(self.root, "sys/class/net", ifname))
+        return self
+
+    def mount(self, devno: str, source: str, target: str) -> "FakeHost":
+        self.append("proc/self/mountinfo",
+                    f"30 1 {devno} / {target} rw,relatime shared:1 - ext4 {source} rw\n")
+        return self
+
+    def swapon(self, source: str) -> "FakeHost":
+        return self.append("proc/swaps", f"{source}\t\t\t\tpartition\t1048572\t\t0\t\t-2\n")
+
+    def add_ipv4_route(self, ifname: str, dest: str, prefix: int) -> "FakeHost":
+        import socket
+        import struct
+
+        d = struct.unpack("<I", socket.inet_aton(dest))[0]
+        m = struct.unpack("<I", struct.pack(">I", (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF))[0]
+        return self.append("proc/net/route", f"{ifname}\t{d:08X}\t00000000\t0001\t0\t0\t0\t{m:08X}\t0\t0\t0\n")
+
+    def add_ipv6_address(self, ifname: str, addr_hex: str, prefix: int, scope: int = 0) -> "FakeHost":
+        return self.append("proc/net/if_inet6", f"{addr_hex} 02 {prefix:02x} {scope:02x} 80 {ifname}\n")
+
+    def hold_open(self, pid: int, comm: str, path: str, fd: int = 7) -> "FakeHost":
+        """Process ``pid`` holds ``path`` open (a proc/PID/fd/N link)."""
+        _write(os.path.join(self.root, "proc", str(pid), "comm"), comm + "\n")
+        link = os.path.join(self.root, "proc", str(pid), "fd", str(fd))
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(path, link)
+        return self
+
+    # -- everything else ----------------------------------------------------------------------
+    def write(self, rel: str, text: str) -> "FakeHost":
+        _write(os.path.join(self.root, rel), text)
+        return self
+
+    def append(self, rel: str, text: str) -> "FakeHost":
+        p = os.path.join(self.root, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "a") as f:
+            f.write(text)
+        return self
+
+    def remove(self, rel: str) -> "FakeHost":
+        p = os.path.join(self.root, rel)
+        if os.path.lexists(p):
+            os.unlink(p)
+        return self
+
+
+def _limits(memlock: int | None) -> str:
+    v = "unlimited" if memlock is None else str(memlock)
+    return ("Limit                     Soft Limit           Hard Limit           Units     \n"
+            "Max open files            1024                 1048576              files     \n"
+            f"Max locked memory         {v:<20} {v:<20} bytes     \n")
+
+
+def limits_text(memlock: int | None) -> str:
+    """A /proc/PID/limits text with the given RLIMIT_MEMLOCK (None = unlimited)."""
+    return _limits(memlock)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _group_of(dev_dir: str) -> int | None:
+    try:
+        return int(os.path.basename(os.readlink(os.path.join(dev_dir, "iommu_group"))))
+    except (OSError, ValueError):
+        g = (_read(os.path.join(dev_dir, "iommu_group")) or "").strip()
+        return int(g) if g.isdigit() else None
+
+
+def decorate(sysfs_root: str) -> None:
+    """Add attributes discovery reads (numa_node, reset_method, driver_override, revision,
+    subsystem ids) to every PCI device of a sysfs-shaped tree that lacks them (the mock kernel's)."""
+    base = os.path.join(sysfs_root, "bus", "pci", "devices")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    defaults = {"numa_node": "-1\n", "reset_method": "flr\n", "reset": "", "driver_override": "(null)\n",
+                "revision": "0x10\n", "subsystem_vendor": None, "subsystem_device": "0x1100\n"}
+    for bdf in names:
+        d = os.path.join(base, bdf)
+        for k, v in defaults.items():
+            p = os.path.join(d, k)
+            if os.path.exists(p):
+                continue
+            if v is None:
+                v = _read(os.path.join(d, "vendor")) or "0x0000\n"
+            _write(p, v)
+
+
+class EmulatedDriverCore(DriverCore):
+    """The kernel's driver-core reaction to sysfs writes, applied to a fake tree."""
+
+    def _drv_dir(self, name: str) -> str:
+        return os.path.join(self.paths.sys, "bus", "pci", "drivers", name)
+
+    def _dev_dir(self, bdf: str) -> str:
+        return os.path.realpath(self.dev_path(bdf))
+
+    def _attach(self, bdf: str, driver: str) -> None:
+        dev = self._dev_dir(bdf)
+        if is_vfio_driver(driver):
+            group = _group_of(dev)
+            if group is None:  # vfio_pci_core_register_device: no iommu group -> -EINVAL
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL),
+                              os.path.join(self.paths.sys, "bus", "pci", "drivers_probe"))
+            _write(os.path.join(self.paths.dev, "vfio", str(group)), "")
+        _link(self._drv_dir(driver), os.path.join(dev, "driver"))
+        _link(dev, os.path.join(self._drv_dir(driver), bdf))
+
+    def unbind(self, bdf: str) -> None:
+        drv = self.driver_of(bdf)
+        super().unbind(bdf)
+        if drv is None:
+            return
+        dev = self._dev_dir(bdf)
+        for p in (os.path.join(dev, "driver"), os.path.join(self._drv_dir(drv), bdf)):
+            if os.path.lexists(p):
+                os.unlink(p)
+        if is_vfio_driver(drv):
+            group = _group_of(dev)
+            gdir = os.path.join(self.paths.sys, "kernel", "iommu_groups", str(group), "devices")
+            still = [m for m in (os.listdir(gdir) if os.path.isdir(gdir) else [])
+                     if m != bdf and is_vfio_driver(self.driver_of(m))]
+            node = os.path.join(self.paths.dev, "vfio", str(group))
+            if not still and os.path.exists(node):
+                os.unlink(node)
+
+    def probe(self, bdf: str) -> None:
+        super().probe(bdf)
+        if self.driver_of(bdf) is not None:
+            return
+        dev = self._dev_dir(bdf)
+        override = (_read(os.path.join(dev, "driver_override")) or "").strip()
+        if override and override != "(null)":
+            if os.path.isdir(self._drv_dir(override)):
+                self._attach(bdf, override)
+            return  # override set: no other driver may take it
+        ids = f"{int(_read(os.path.join(dev, 'vendor')) or '0', 16):04x}:" \
+              f"{int(_read(os.path.join(dev, 'device')) or '0', 16):04x}"
+        drivers = os.path.join(self.paths.sys, "bus", "pci", "drivers")
+        for name in sorted(os.listdir(drivers)):
+            if ids in (_read(os.path.join(drivers, name, "ids")) or "").split():
+                self._attach(bdf, name)
+                return
+
+
+__all__ = ["FakeHost", "EmulatedDriverCore", "decorate", "limits_text"]
