@@ -2,13 +2,13 @@
 
 ``prepare()`` leaves in :func:`vm.power.pins.cache_dir`:
 
-- ``vmlinux``          the pinned ppc64el kernel (ELF, booted by QEMU's ``-kernel``),
 - ``modules/*.ko``     the VFIO modules, decompressed, in load order (``modules/order``),
 - ``root/``            the extracted userland: merged /usr, pruned, stdlib and dist-packages
                        precompiled to unchecked-hash .pyc by this host's Python 3.11,
 - ``READY``            written last; its presence means everything above is complete.
 
-The .debs come from a private apt configuration (its own sources, lists, cache; APT::Architectures
+The kernel itself is fetched and cached by vm/kernel.py (``fetch_kernel("ppc64el")``).  The .debs
+come from a private apt configuration (its own sources, lists, cache; APT::Architectures
 is ppc64el only) so the host's apt state is never touched.  Nothing is printed when the cache is
 already complete.
 """
@@ -22,11 +22,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .. import kernel
 from . import pins
 
 
@@ -214,34 +215,29 @@ def module_depends(ko: bytes) -> list[str]:
     return [d for d in value.split(",") if d]
 
 
-def prepare_kernel(kernel_deb: Path, out: Path) -> None:
-    """vmlinux and the decompressed VFIO modules (load order checked against their depends=)."""
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        t = Path(tmp)
-        _dpkg_x(kernel_deb, t)
-        vmlinux = t / "boot" / f"vmlinux-{pins.KERNEL_ABI}"
-        if not vmlinux.exists():
-            raise FetchError(f"{vmlinux.name} not in {kernel_deb.name}")
-        shutil.move(str(vmlinux), out / "vmlinux")
-        shutil.move(str(t / "boot" / f"config-{pins.KERNEL_ABI}"), out / "config")
-        moddir = t / "lib" / "modules" / pins.KERNEL_ABI
-        mods = out / "modules"
-        mods.mkdir()
-        loaded: set[str] = set()
-        order = []
-        for rel in pins.KERNEL_MODULES:
-            src = moddir / (rel + ".xz")
-            data = lzma.decompress(src.read_bytes()) if src.exists() else (moddir / rel).read_bytes()
-            name = Path(rel).name
-            modname = name[:-3].replace("-", "_")
-            for dep in module_depends(data):
-                if dep.replace("-", "_") not in loaded:
-                    raise FetchError(f"{name} depends on {dep}, which pins.KERNEL_MODULES does not "
-                                     "load before it")
-            (mods / name).write_bytes(data)
-            loaded.add(modname)
-            order.append(name)
-        (mods / "order").write_text("".join(n + "\n" for n in order))
+def prepare_modules(moddir: Path, out: Path) -> None:
+    """Decompress the VFIO modules into ``out`` and write their load order (checked against each
+    module's ``depends=``) to ``out/order``."""
+    out.mkdir()
+    loaded: set[str] = set()
+    order = []
+    for rel in pins.KERNEL_MODULES:
+        src = moddir / (rel + ".xz")
+        data = lzma.decompress(src.read_bytes()) if src.exists() else (moddir / rel).read_bytes()
+        name = Path(rel).name
+        for dep in module_depends(data):
+            if dep.replace("-", "_") not in loaded:
+                raise FetchError(f"{name} depends on {dep}, which pins.KERNEL_MODULES does not "
+                                 "load before it")
+        (out / name).write_bytes(data)
+        loaded.add(name[:-3].replace("-", "_"))
+        order.append(name)
+    (out / "order").write_text("".join(n + "\n" for n in order))
+
+
+def vmlinux() -> Path:
+    """The pinned ppc64el kernel image (fetched by vm.kernel when missing)."""
+    return kernel.fetch_kernel("ppc64el").image
 
 
 @contextmanager
@@ -264,9 +260,8 @@ def prepare(force: bool = False) -> Path:
     with _locked():
         if is_ready() and not force:
             return out
-        debs_dir = pins.cache_root() / "debs"
-        debs = download(pins.USERLAND, debs_dir)
-        (kernel_deb,) = download({pins.KERNEL_PACKAGE: pins.KERNEL_VERSION}, debs_dir)
+        k = kernel.fetch_kernel("ppc64el")
+        debs = download(pins.USERLAND, pins.cache_root() / "debs")
         _log(f"preparing {out}")
         if out.exists():
             shutil.rmtree(out)
@@ -274,9 +269,10 @@ def prepare(force: bool = False) -> Path:
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        prepare_kernel(kernel_deb, work)
+        prepare_modules(k.modules_dir, work / "modules")
         build_root(debs, work / "root")
-        (work / "READY").write_text(pins.pins_digest() + "\n")
+        # READY's bytes key the cached initramfs (vm/power/initramfs.base_key): new on every prepare.
+        (work / "READY").write_text(f"{pins.pins_digest()} {time.time_ns()}\n")
         work.rename(out)
         # Older pin sets are dead weight: keep only this one (and the shared debs/apt folders).
         for other in pins.cache_root().iterdir():

@@ -1,10 +1,5 @@
 """Pinned inputs of the POWER (pseries) guest: the one place to change a version.
 
-Debian's bookworm-backports kernel rolls its point release and the old pool file disappears, so the
-kernel is pinned by exact version; when ``python -m vm.power setup`` reports it missing, update
-``KERNEL_VERSION``/``KERNEL_ABI`` here (``apt-cache policy 'linux-image-6.12.*-powerpc64le'`` through
-the private apt config the setup prints with ``-v``) and commit.
-
 The userland is the smallest set of ppc64el packages that runs python3 + pytest + pyvfio's runtime
 dependencies (cffi, numpy, pyudev, click, hypothesis).  Their dependency closure was resolved once with
 apt and is written out here, so a fetch never drags in postinst-only packages (dpkg, udev, ...).
@@ -13,9 +8,10 @@ apt and is written out here, so a fetch never drags in postinst-only packages (d
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Final
+
+from ..kernel import KERNELS, cache_root as _project_cache
 
 SUITE_URL: Final = "http://deb.debian.org/debian"
 # bookworm-security is left out on purpose: its ppc64el lists were caught mid-sync once.
@@ -24,9 +20,8 @@ KEYRING: Final = "/usr/share/keyrings/debian-archive-keyring.gpg"
 ARCH: Final = "ppc64el"
 TRIPLET: Final = "powerpc64le-linux-gnu"
 
-KERNEL_ABI: Final = "6.12.95+deb12-powerpc64le"
-KERNEL_VERSION: Final = "6.12.95-1~bpo12+1"
-KERNEL_PACKAGE: Final = f"linux-image-{KERNEL_ABI}"
+KERNEL: Final = KERNELS["ppc64el"]  # linux-image-6.12.*+deb12-powerpc64le (the 6.1 kernel cannot
+#                                    bind vfio-pci in a pseries guest: probe error -22)
 
 # Modules the guest loads, in dependency order (checked against modinfo at fetch time).
 KERNEL_MODULES: Final = (
@@ -106,19 +101,17 @@ EDU_DEVICE: Final = "edu,dma_mask=0xffffffffffffffff"
 def pins_digest() -> str:
     """A short digest of everything above that changes what is fetched."""
     h = hashlib.sha256()
-    h.update(repr((SUITES, ARCH, KERNEL_PACKAGE, KERNEL_VERSION, KERNEL_MODULES,
+    h.update(repr((SUITES, ARCH, KERNEL, KERNEL_MODULES,
                    sorted(USERLAND.items()), sorted(EXTRA_SYMLINKS.items()), PRUNE,
                    PRUNE_DIRNAMES)).encode())
     return h.hexdigest()[:12]
 
 
 def cache_root() -> Path:
-    """~/.cache/pyvfio/power (or $PYVFIO_CACHE/power); never inside the git tree."""
-    base = os.environ.get("PYVFIO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pyvfio")
-    return Path(base) / "power"
+    """``<vm.kernel.cache_root()>/power`` (~/.cache/pyvfio/power); never inside the git tree."""
+    return _project_cache() / "power"
 
 
 def cache_dir() -> Path:
     """The folder for this set of pins: ``<cache_root>/<kernel abi>-<pins digest>``."""
-    return cache_root() / f"{KERNEL_ABI}-{pins_digest()}"
+    return cache_root() / f"{KERNEL.release}-{pins_digest()}"

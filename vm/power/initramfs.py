@@ -1,0 +1,215 @@
+"""The POWER guest's initramfs: a cached base archive plus a small per-run payload archive.
+
+The kernel unpacks concatenated newc cpio archives in order, so a run's initrd is
+``base.cpio`` (userland, VFIO modules, /init; cached under a content hash) followed by
+``payload.cpio`` (the project's files with host-compiled .pyc, the command to run; built per run).
+Archives are written here in Python (``newc``, mtime 0, root-owned) so the bytes depend only on the
+inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import py_compile
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+from . import pins
+
+BUILDER_VERSION = "1"
+INIT_SCRIPT = Path(__file__).with_name("init.sh")
+GUEST_SRC = "/src"                 # where the project's files appear in the guest
+GUEST_RUN = "/run/pyvfio"          # cmd, env written per run
+
+S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
+
+
+class CpioWriter:
+    """Writes a newc ("070701") cpio archive; parents are emitted before their children."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._ino = 1
+        self._dirs: set[str] = {""}
+        self._links: set[str] = set()
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
+               nlink: int = 1) -> None:
+        name = name.strip("/")
+        if name:
+            self._parents(name)
+        bname = name.encode() + b"\0" if name else b".\0"
+        fields = (self._ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(bname), 0)
+        self._ino += 1
+        hdr = b"070701" + b"".join(b"%08X" % f for f in fields) + bname
+        self._out.write(hdr + b"\0" * (-len(hdr) % 4))
+        self._out.write(data + b"\0" * (-len(data) % 4))
+
+    def _parents(self, name: str) -> None:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d in self._links:
+                # The kernel would replace the symlink with a directory (merged /usr breaks).
+                raise ValueError(f"{name}: parent {d} is a symlink in this archive; use its target")
+            if d not in self._dirs:
+                self._dirs.add(d)
+                self._entry(d, S_IFDIR | 0o755, nlink=2)
+
+    def dir(self, name: str, mode: int = 0o755) -> None:
+        name = name.strip("/")
+        if name not in self._dirs:
+            self._dirs.add(name)
+            self._entry(name, S_IFDIR | mode, nlink=2)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, S_IFREG | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, S_IFLNK | 0o777, target.encode())
+        self._links.add(name.strip("/"))
+
+    def chardev(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
+        self._entry(name, S_IFCHR | mode, rdev=(major, minor))
+
+    def tree(self, root: Path, prefix: str = "") -> None:
+        """Every directory, regular file and symlink below ``root`` (sorted, modes kept)."""
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, root)
+            base = prefix.strip("/") if rel == "." else f"{prefix.strip('/')}/{rel}".strip("/")
+            if base:
+                self.dir(base, os.stat(dirpath).st_mode & 0o7777)
+            for n in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+                p = os.path.join(dirpath, n)
+                name = f"{base}/{n}" if base else n
+                st = os.lstat(p)
+                if os.path.islink(p):
+                    self.symlink(name, os.readlink(p))
+                elif os.path.isfile(p):
+                    with open(p, "rb") as f:
+                        self.file(name, f.read(), st.st_mode & 0o7777)
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+
+    def trailer(self) -> None:
+        self._entry("TRAILER!!!", 0, nlink=1)
+        pad = -self._out.tell() % 512 if hasattr(self._out, "tell") else 0
+        self._out.write(b"\0" * pad)
+
+
+# ---------------------------------------------------------------------------------------------
+# base archive
+# ---------------------------------------------------------------------------------------------
+
+def base_key(cache: Path) -> str:
+    h = hashlib.sha256()
+    h.update(BUILDER_VERSION.encode())
+    h.update((cache / "READY").read_bytes())
+    h.update(INIT_SCRIPT.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def base_archive(cache: Path) -> Path:
+    """The cached base archive for this pin set and /init script (built when missing)."""
+    out = cache / f"base-{base_key(cache)}.cpio"
+    if out.exists():
+        return out
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        w = CpioWriter(f)
+        w.tree(cache / "root")
+        for d in ("dev", "proc", "sys", "tmp", "run", "results", "root"):
+            w.dir(d)
+        w.chardev("dev/console", 5, 1)
+        w.chardev("dev/null", 1, 3, 0o666)
+        for name in (cache / "modules").iterdir():
+            w.file(f"usr/lib/modules/pyvfio/{name.name}", name.read_bytes())
+        w.file("init", INIT_SCRIPT.read_bytes(), 0o755)
+        w.trailer()
+    for old in cache.glob("base-*.cpio"):
+        old.unlink()
+    tmp.rename(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# payload archive
+# ---------------------------------------------------------------------------------------------
+
+PAYLOAD_TOPS = ("pyvfio", "tests", "vm")
+PAYLOAD_FILES = ("pyproject.toml", "conftest.py", "pytest.ini", "setup.cfg")
+
+
+def project_files(repo: Path) -> list[str]:
+    """Relative paths of the project's files the guest needs (tracked or new, not ignored)."""
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "ls-files", "-co", "--exclude-standard", "-z",
+                              "--", *PAYLOAD_TOPS, *PAYLOAD_FILES],
+                             check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+        names = [n for n in out.decode().split("\0") if n]
+    except (OSError, subprocess.CalledProcessError):
+        names = []
+        for top in PAYLOAD_TOPS:
+            for p in sorted((repo / top).rglob("*")):
+                names.append(str(p.relative_to(repo)))
+        names += [n for n in PAYLOAD_FILES if (repo / n).exists()]
+    keep = []
+    for n in sorted(set(names)):
+        parts = n.split("/")
+        if "__pycache__" in parts or n.endswith((".pyc", ".pyo")) or any(p.startswith(".") for p in parts):
+            continue
+        if (repo / n).is_file():
+            keep.append(n)
+    return keep
+
+
+def compile_pyc(src: Path, guest_path: str, tmpdir: Path) -> bytes | None:
+    """Unchecked-hash .pyc bytes of ``src`` as the guest's 3.11 imports it; None on a syntax error."""
+    out = tmpdir / "x.pyc"
+    try:
+        py_compile.compile(str(src), cfile=str(out), dfile=guest_path, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    except py_compile.PyCompileError:
+        return None
+    return out.read_bytes()
+
+
+def payload_archive(repo: Path, command: str, env: dict[str, str],
+                    extra: Iterable[tuple[str, bytes]] = ()) -> bytes:
+    """The per-run archive: project files under /src (+ __pycache__), /run/pyvfio/{cmd,env}."""
+    buf = io.BytesIO()
+    w = CpioWriter(buf)
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        for rel in project_files(repo):
+            src = repo / rel
+            mode = 0o755 if os.access(src, os.X_OK) else 0o644
+            w.file(f"{GUEST_SRC}/{rel}", src.read_bytes(), mode)
+            if rel.endswith(".py"):
+                gpath = f"{GUEST_SRC}/{rel}"
+                pyc = compile_pyc(src, gpath, tmp)
+                if pyc is not None:
+                    d, n = os.path.split(rel)
+                    w.file(f"{GUEST_SRC}/{d}/__pycache__/{n[:-3]}.cpython-311.pyc".replace("//", "/"), pyc)
+    w.file(f"{GUEST_RUN}/cmd", command.encode() + b"\n", 0o755)
+    w.file(f"{GUEST_RUN}/env", "".join(f"export {k}={_sh_quote(v)}\n" for k, v in env.items()).encode())
+    for name, data in extra:
+        w.file(name, data)
+    w.trailer()
+    return buf.getvalue()
+
+
+def _sh_quote(s: str) -> str:
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+def write_initrd(base: Path, payload: bytes, dest: Path) -> None:
+    """``dest`` = base archive followed by the payload archive."""
+    with open(base, "rb") as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+        out.write(payload)

@@ -1,0 +1,262 @@
+"""Run a command inside an emulated POWER9 pseries guest (TCG) where VFIO uses the SPAPR TCE IOMMU.
+
+    >>> from vm.power import run
+    >>> r = run(["python3", "-c", "import pyvfio.ioctls as i; print(hex(i.VFIO_GET_API_VERSION))"])
+    >>> r.status, r.exit_code, r.results_dir
+
+The guest boots the pinned ppc64el kernel (vm/kernel.py) with an initramfs holding a Debian ppc64el
+userland (python3.11, pytest, cffi, numpy, ...; vm/power/fetch.py) and, appended per run, the
+project's pyvfio/, tests/ and vm/ under /src with host-compiled .pyc.  /init (vm/power/init.sh)
+loads VFIO, binds the edu device to vfio-pci and runs the command in /src as root; the command may
+write files (junit XML, logs) to $PYVFIO_RESULTS (/results).  There is no 9p with x-vof, so
+everything comes back on the console (hvc0): the results folder as base64 between marker lines,
+then ``PYVFIO-EXIT=<n>``.  QEMU dying, a kernel panic, a failed /init or a time-out is a failure
+(``status != "ok"``) carrying the tail of the console.  The result is vm.guest's GuestResult with
+``variant="power"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import io
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Callable, Sequence
+
+from ..guest import EXIT_FAILURE, EXIT_TIMEOUT, GuestResult, GuestUnavailable
+from . import fetch, initramfs, pins
+
+__all__ = ["PowerRun", "run", "unavailable_reason", "qemu_command", "GuestResult",
+           "GuestUnavailable", "EXIT_FAILURE", "EXIT_TIMEOUT", "VARIANT"]
+
+VARIANT = "power"
+REPO = Path(__file__).resolve().parents[2]
+EXIT_RE = re.compile(r"^PYVFIO-EXIT=(\d+)\s*$")
+READY, BEGIN, END, INIT_ERROR = ("PYVFIO-READY", "PYVFIO-RESULTS-BEGIN", "PYVFIO-RESULTS-END",
+                                 "PYVFIO-INIT-ERROR")
+
+
+def unavailable_reason() -> str | None:
+    """Why no POWER guest can start here, or None when one can."""
+    if shutil.which(pins.QEMU) is None:
+        return f"{pins.QEMU} is not installed: run tools/dev setup (package qemu-system-ppc)"
+    if not fetch.is_ready():
+        return f"the POWER guest userland is not prepared in {pins.cache_dir()}: run tools/dev setup"
+    from ..kernel import cached_kernel
+    if cached_kernel("ppc64el") is None:
+        return "the ppc64el guest kernel is not cached: run tools/dev setup"
+    return None
+
+
+def qemu_command(vmlinux: Path, initrd: Path, *, memory: str = "2G", edu: bool = True,
+                 extra_append: Sequence[str] = ()) -> list[str]:
+    """The QEMU argv of one POWER guest run (machine line from shared/guest-recipes.md)."""
+    append = ["console=hvc0", "quiet", "panic=-1", "oops=panic", "rdinit=/init", *extra_append]
+    cmd = [pins.QEMU, "-accel", "tcg", "-M", pins.MACHINE, "-cpu", "power9", "-m", memory,
+           "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
+           "-chardev", "stdio,id=pyvfio-con,signal=off", "-serial", "chardev:pyvfio-con",
+           "-kernel", str(vmlinux), "-initrd", str(initrd), "-append", " ".join(append)]
+    if edu:
+        cmd += ["-device", pins.EDU_DEVICE]
+    return cmd
+
+
+class PowerRun:
+    """One POWER guest run: start() then wait(), or run() for both."""
+
+    def __init__(self, argv: Sequence[str], *, timeout: float = 180.0,
+                 results_dir: str | os.PathLike | None = None, env: dict[str, str] | None = None,
+                 stream: IO[str] | None | bool = True, tail_lines: int = 60,
+                 repo: str | os.PathLike | None = None, memory: str = "2G", edu: bool = True,
+                 shell: bool = False) -> None:
+        """``argv`` runs in the guest's /src (``shell=True``: argv is one shell command line).
+
+        ``env`` is added to the guest's environment (the host's environment is not passed: the
+        guest is another architecture).
+        """
+        if not argv:
+            raise ValueError("argv must name a command")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if shell:
+            if len(argv) != 1:
+                raise ValueError("shell=True takes exactly one command line")
+            self.command = str(argv[0])
+        else:
+            self.command = shlex.join(str(a) for a in argv)
+        self.argv = list(argv)
+        self.timeout = timeout
+        self.env = dict(env or {})
+        self.repo = Path(repo or REPO)
+        self.memory = memory
+        self.edu = edu
+        if results_dir is None:
+            self.results_dir = Path(tempfile.mkdtemp(prefix="pyvfio-guest-power-"))
+        else:
+            self.results_dir = Path(results_dir).resolve()
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._out: IO[str] | None = sys.stdout if stream is True else (None if stream is False
+                                                                        else stream)
+        self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self._t0 = 0.0
+        self.boot_seconds: float | None = None
+        self.exit_code: int | None = None
+        self.init_error: str | None = None
+        self._b64: list[str] | None = None
+        self._results_b64: str | None = None
+        self._initrd: Path | None = None
+        self._line_callbacks: list[Callable[[str], None]] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def on_line(self, callback: Callable[[str], None]) -> None:
+        """Call callback(line) for every console line (results payload lines excluded)."""
+        self._line_callbacks.append(callback)
+
+    def start(self) -> "PowerRun":
+        reason = unavailable_reason()
+        if reason:
+            raise GuestUnavailable(reason)
+        cache = fetch.prepare()
+        base = initramfs.base_archive(cache)
+        payload = initramfs.payload_archive(self.repo, self.command, self.env)
+        fd, name = tempfile.mkstemp(prefix="initrd-", suffix=".cpio", dir=cache)
+        os.close(fd)
+        self._initrd = Path(name)
+        initramfs.write_initrd(base, payload, self._initrd)
+        for stale in ("exit_code", "console.log"):
+            (self.results_dir / stale).unlink(missing_ok=True)
+        cmd = qemu_command(fetch.vmlinux(), self._initrd, memory=self.memory, edu=self.edu)
+        (self.results_dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
+        (self.results_dir / "job.sh").write_text(self.command + "\n")
+        self._console = open(self.results_dir / "console.log", "w", errors="replace")
+        self._t0 = time.monotonic()
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def wait(self) -> GuestResult:
+        assert self._proc is not None, "start() first"
+        timed_out = False
+        try:
+            self._proc.wait(timeout=max(self.timeout - (time.monotonic() - self._t0), 0))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self._kill()
+        finally:
+            if self._reader:
+                self._reader.join(timeout=10)
+            self._console.close()
+            if self._initrd is not None:
+                self._initrd.unlink(missing_ok=True)
+        duration = time.monotonic() - self._t0
+        extract_error = self._extract_results()
+        if extract_error:
+            self._tail.append(f"[host] results payload unusable: {extract_error}")
+        tail = "\n".join(self._tail)
+        if timed_out:
+            status = "timeout"
+        elif self.init_error is not None:
+            status = "guest-init-failed"
+        elif self.exit_code is not None:
+            status = "ok"
+        elif "Kernel panic" in tail:
+            status = "panic"
+        else:
+            status = "qemu-died"
+        exit_code = self.exit_code if status == "ok" else None
+        if exit_code is not None:
+            (self.results_dir / "exit_code").write_text(f"{exit_code}\n")
+        return GuestResult(status=status, exit_code=exit_code, console_tail=tail,
+                           duration=duration, results_dir=self.results_dir,
+                           qemu_returncode=self._proc.returncode, boot_seconds=self.boot_seconds,
+                           variant=VARIANT)
+
+    def run(self) -> GuestResult:
+        self.start()
+        try:
+            return self.wait()
+        except BaseException:
+            self._kill()
+            raise
+
+    def kill(self) -> None:
+        """Kill QEMU now (wait() then reports the run as failed)."""
+        self._kill()
+
+    # -- internals -----------------------------------------------------------------------------
+    def _kill(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._proc.wait()
+
+    def _extract_results(self) -> str | None:
+        if self._results_b64 is None:
+            return None if self.exit_code is None else "no results payload before the exit line"
+        try:
+            raw = base64.b64decode(self._results_b64, validate=True)
+            with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+                tar.extractall(self.results_dir, filter="data")
+        except (binascii.Error, tarfile.TarError, OSError, EOFError) as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            line = raw.decode("utf-8", "replace").replace("\r", "")
+            self._console.write(line)
+            s = line.strip()
+            if self._b64 is not None:
+                if s == END:
+                    self._results_b64 = "".join(self._b64)
+                    self._b64 = None
+                else:
+                    self._b64.append(s)
+                continue
+            if s == BEGIN:
+                self._b64 = []
+                continue
+            if s == READY and self.boot_seconds is None:
+                self.boot_seconds = time.monotonic() - self._t0
+            elif s.startswith(INIT_ERROR):
+                self.init_error = s
+            m = EXIT_RE.match(s)
+            if m:
+                self.exit_code = int(m.group(1))
+            self._tail.append(line.rstrip("\n"))
+            if self._out is not None:
+                try:
+                    self._out.write(line)
+                    self._out.flush()
+                except (OSError, ValueError):
+                    pass
+            for cb in self._line_callbacks:
+                cb(line)
+        self._console.flush()
+
+
+def run(argv: Sequence[str], **kw) -> GuestResult:
+    """Boot the POWER guest, run argv in its /src, return a GuestResult (see PowerRun)."""
+    return PowerRun(argv, **kw).run()
