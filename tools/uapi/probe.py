@@ -33,6 +33,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -151,8 +152,8 @@ def _module_structs() -> dict[str, str]:
     return out
 
 
-def _walk_fields(ctype: object, prefix: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], object]]:
-    for name, field in ctype.fields:  # type: ignore[attr-defined]
+def _walk_fields(ctype: Any, prefix: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for name, field in ctype.fields:
         path = prefix + (name,)
         yield path, field
         t = field.type
@@ -160,8 +161,8 @@ def _walk_fields(ctype: object, prefix: tuple[str, ...]) -> Iterator[tuple[tuple
             yield from _walk_fields(t, path)
 
 
-def _is_signed(ffi: cffi.FFI, ctype: object) -> bool | None:
-    if ctype.kind != "primitive" or ctype.cname in ("char", "float", "double"):  # type: ignore[attr-defined]
+def _is_signed(ffi: cffi.FFI, ctype: Any) -> bool | None:
+    if ctype.kind != "primitive" or ctype.cname in ("char", "float", "double"):
         return None
     return int(ffi.cast(ctype, -1)) < 0
 
