@@ -1,0 +1,1 @@
+"""VFIO kernel objects: Container, Group, Device (and their IOMMU backends)."""

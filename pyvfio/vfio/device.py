@@ -1,0 +1,959 @@
+"""A VFIO device file: info, regions, region I/O and mmap, interrupts, reset, features.
+
+A :class:`Device` owns the fd that ``VFIO_GROUP_GET_DEVICE_FD`` returned (``Group.open_device``
+builds it). Everything goes through the seam, so the same code drives the real kernel and the
+mock kernel.
+
+Regions are addressed the vfio-pci way: region ``index`` lives at file offset ``info.offset``
+(``index << 40`` for vfio-pci), so ``read``/``write`` are pread/pwrite at that offset plus the
+offset inside the region, and ``mmap`` maps a page-aligned part of a region flagged
+``VFIO_REGION_INFO_FLAG_MMAP`` (inside one sparse area when the region lists them).
+
+Close order: mappings are unmapped, interrupt eventfds the device created are closed, then the
+device fd. The group closes its devices before it detaches, or the kernel answers EBUSY.
+
+Example (runs on the mock)::
+
+    >>> from pyvfio.mockkernel.pci import standalone_device
+    >>> dev = standalone_device("edu")
+    >>> hex(dev.read_u32(0, 0x00))
+    '0x10000ed'
+    >>> dev.close()
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import mmap as _mmap
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from .. import ioctls as I
+from ..errors import (
+    AlignmentError,
+    ArgumentError,
+    NotFoundError,
+    PyvfioError,
+    RangeError,
+    StateError,
+    UnsupportedError,
+    error_from_errno,
+    register_hint,
+)
+from ..seam import Backend, get_backend
+from ..uapi import ffi
+from .irq import EventFd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pci import PciConfig
+
+PAGE_SIZE = _mmap.PAGESIZE
+#: vfio-pci places region ``index`` at file offset ``index << VFIO_PCI_OFFSET_SHIFT``.
+VFIO_PCI_OFFSET_SHIFT = 40
+_MAX_CAPS = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# flags and indexes
+# ---------------------------------------------------------------------------------------------
+
+
+class DeviceFlags(enum.IntFlag):
+    """``vfio_device_info.flags``."""
+
+    RESET = I.VFIO_DEVICE_FLAGS_RESET
+    PCI = I.VFIO_DEVICE_FLAGS_PCI
+    PLATFORM = I.VFIO_DEVICE_FLAGS_PLATFORM
+    AMBA = I.VFIO_DEVICE_FLAGS_AMBA
+    CCW = I.VFIO_DEVICE_FLAGS_CCW
+    AP = I.VFIO_DEVICE_FLAGS_AP
+    FSL_MC = I.VFIO_DEVICE_FLAGS_FSL_MC
+    CAPS = I.VFIO_DEVICE_FLAGS_CAPS
+    CDX = I.VFIO_DEVICE_FLAGS_CDX
+
+
+class RegionFlags(enum.IntFlag):
+    """``vfio_region_info.flags``."""
+
+    READ = I.VFIO_REGION_INFO_FLAG_READ
+    WRITE = I.VFIO_REGION_INFO_FLAG_WRITE
+    MMAP = I.VFIO_REGION_INFO_FLAG_MMAP
+    CAPS = I.VFIO_REGION_INFO_FLAG_CAPS
+
+
+class IrqFlags(enum.IntFlag):
+    """``vfio_irq_info.flags``."""
+
+    EVENTFD = I.VFIO_IRQ_INFO_EVENTFD
+    MASKABLE = I.VFIO_IRQ_INFO_MASKABLE
+    AUTOMASKED = I.VFIO_IRQ_INFO_AUTOMASKED
+    NORESIZE = I.VFIO_IRQ_INFO_NORESIZE
+
+
+class IrqSetFlags(enum.IntFlag):
+    """``vfio_irq_set.flags``: exactly one DATA_* and one ACTION_*."""
+
+    DATA_NONE = I.VFIO_IRQ_SET_DATA_NONE
+    DATA_BOOL = I.VFIO_IRQ_SET_DATA_BOOL
+    DATA_EVENTFD = I.VFIO_IRQ_SET_DATA_EVENTFD
+    ACTION_MASK = I.VFIO_IRQ_SET_ACTION_MASK
+    ACTION_UNMASK = I.VFIO_IRQ_SET_ACTION_UNMASK
+    ACTION_TRIGGER = I.VFIO_IRQ_SET_ACTION_TRIGGER
+
+
+class PciRegion(enum.IntEnum):
+    """vfio-pci region indexes."""
+
+    BAR0 = I.VFIO_PCI_BAR0_REGION_INDEX
+    BAR1 = I.VFIO_PCI_BAR1_REGION_INDEX
+    BAR2 = I.VFIO_PCI_BAR2_REGION_INDEX
+    BAR3 = I.VFIO_PCI_BAR3_REGION_INDEX
+    BAR4 = I.VFIO_PCI_BAR4_REGION_INDEX
+    BAR5 = I.VFIO_PCI_BAR5_REGION_INDEX
+    ROM = I.VFIO_PCI_ROM_REGION_INDEX
+    CONFIG = I.VFIO_PCI_CONFIG_REGION_INDEX
+    VGA = I.VFIO_PCI_VGA_REGION_INDEX
+
+
+class PciIrq(enum.IntEnum):
+    """vfio-pci interrupt indexes."""
+
+    INTX = I.VFIO_PCI_INTX_IRQ_INDEX
+    MSI = I.VFIO_PCI_MSI_IRQ_INDEX
+    MSIX = I.VFIO_PCI_MSIX_IRQ_INDEX
+    ERR = I.VFIO_PCI_ERR_IRQ_INDEX
+    REQ = I.VFIO_PCI_REQ_IRQ_INDEX
+
+
+class DeviceFeature(enum.IntEnum):
+    """VFIO_DEVICE_FEATURE numbers."""
+
+    PCI_VF_TOKEN = I.VFIO_DEVICE_FEATURE_PCI_VF_TOKEN
+    MIGRATION = I.VFIO_DEVICE_FEATURE_MIGRATION
+    MIG_DEVICE_STATE = I.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE
+    LOW_POWER_ENTRY = I.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY
+    LOW_POWER_ENTRY_WITH_WAKEUP = I.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP
+    LOW_POWER_EXIT = I.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT
+    DMA_LOGGING_START = I.VFIO_DEVICE_FEATURE_DMA_LOGGING_START
+    DMA_LOGGING_STOP = I.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP
+    DMA_LOGGING_REPORT = I.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT
+    MIG_DATA_SIZE = I.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE
+    BUS_MASTER = I.VFIO_DEVICE_FEATURE_BUS_MASTER
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InfoCapability:
+    """One entry of a VFIO info capability chain: ``id``, ``version``, where it sat, its payload."""
+
+    id: int
+    version: int
+    offset: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """VFIO_DEVICE_GET_INFO's answer, with the capability chain parsed."""
+
+    flags: DeviceFlags
+    num_regions: int
+    num_irqs: int
+    caps: tuple[InfoCapability, ...] = ()
+
+    @property
+    def is_pci(self) -> bool:
+        return bool(self.flags & DeviceFlags.PCI)
+
+    @property
+    def reset_supported(self) -> bool:
+        return bool(self.flags & DeviceFlags.RESET)
+
+    @property
+    def pci_atomic_comp(self) -> int | None:
+        """``VFIO_PCI_ATOMIC_COMP*`` flags the root port completes, or None when not reported."""
+        for c in self.caps:
+            if c.id == I.VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP and len(c.data) >= 4:
+                return int.from_bytes(c.data[:4], "little")
+        return None
+
+
+@dataclass(frozen=True)
+class SparseArea:
+    """A mmap-able window of a region (``offset`` inside the region, ``size`` bytes)."""
+
+    offset: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    """VFIO_DEVICE_GET_REGION_INFO's answer with its capability chain parsed.
+
+    ``sparse_areas`` is None when the region has no SPARSE_MMAP capability (then the whole
+    region is mappable if ``MMAP`` is set); ``type``/``subtype`` come from the TYPE capability.
+    """
+
+    index: int
+    flags: RegionFlags
+    size: int
+    offset: int
+    caps: tuple[InfoCapability, ...] = ()
+    sparse_areas: tuple[SparseArea, ...] | None = None
+    msix_mappable: bool = False
+    type: int | None = None
+    subtype: int | None = None
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.flags & RegionFlags.READ)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & RegionFlags.WRITE)
+
+    @property
+    def mappable(self) -> bool:
+        return bool(self.flags & RegionFlags.MMAP) and self.size > 0
+
+    @property
+    def name(self) -> str:
+        try:
+            return PciRegion(self.index).name
+        except ValueError:
+            return f"REGION{self.index}"
+
+    def mmap_areas(self) -> tuple[SparseArea, ...]:
+        """The areas that may be mapped: the sparse areas, the whole region, or none."""
+        if not self.mappable:
+            return ()
+        if self.sparse_areas is not None:
+            return self.sparse_areas
+        return (SparseArea(0, self.size),)
+
+
+@dataclass(frozen=True)
+class IrqInfo:
+    """VFIO_DEVICE_GET_IRQ_INFO's answer."""
+
+    index: int
+    flags: IrqFlags
+    count: int
+
+    @property
+    def name(self) -> str:
+        try:
+            return PciIrq(self.index).name
+        except ValueError:
+            return f"IRQ{self.index}"
+
+
+@dataclass(frozen=True)
+class HotResetDevice:
+    """One device a PCI hot reset would affect (``group_id`` or ``devid`` per the header flags)."""
+
+    group_id: int
+    segment: int
+    bus: int
+    devfn: int
+
+    @property
+    def bdf(self) -> str:
+        return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
+
+
+@dataclass(frozen=True)
+class HotResetInfo:
+    """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO's answer."""
+
+    flags: int
+    devices: tuple[HotResetDevice, ...]
+
+
+def walk_info_caps(buf: bytes, first: int, header_size: int) -> tuple[InfoCapability, ...]:
+    """Parse a VFIO info capability chain in ``buf`` starting at offset ``first``.
+
+    Offsets are from the start of the info struct; the chain ends at ``next == 0``. Bounds are
+    checked (a header must lie after the fixed struct and inside ``buf``) and a cycle ends the
+    walk with an error instead of looping.
+    """
+    caps: list[InfoCapability] = []
+    seen: set[int] = set()
+    off = first
+    hdr = ffi.sizeof("struct vfio_info_cap_header")
+    while off:
+        if off in seen or len(seen) >= _MAX_CAPS:
+            raise PyvfioError(errno.EPROTO, "capability chain loops", hint=f"offset {off:#x} seen twice")
+        if off < header_size or off + hdr > len(buf):
+            raise PyvfioError(errno.EPROTO, "capability chain out of bounds",
+                              hint=f"capability at {off:#x} outside the {len(buf)}-byte answer")
+        seen.add(off)
+        cid = int.from_bytes(buf[off:off + 2], "little" if _LE else "big")
+        ver = int.from_bytes(buf[off + 2:off + 4], "little" if _LE else "big")
+        nxt = int.from_bytes(buf[off + 4:off + 8], "little" if _LE else "big")
+        end = nxt if nxt > off else len(buf)
+        caps.append(InfoCapability(cid, ver, off, bytes(buf[off + hdr:end])))
+        off = nxt
+    return tuple(caps)
+
+
+_LE = ffi.cast("uint16_t *", ffi.new("uint8_t[2]", [1, 0]))[0] == 1
+
+
+def _native(data: bytes, fmt_size: int) -> int:
+    return int.from_bytes(data[:fmt_size], "little" if _LE else "big")
+
+
+# ---------------------------------------------------------------------------------------------
+# mappings
+# ---------------------------------------------------------------------------------------------
+
+
+class RegionMapping:
+    """A mmap of part of a region. ``addr``/``size``; ``offset`` is where it starts in the region.
+
+    Loads and stores through :meth:`read32` and friends are single accesses of that width (what
+    MMIO registers need); :attr:`buffer` is a writable memoryview over the whole mapping.
+    ``close()`` (idempotent) unmaps; the device unmaps what is left when it closes.
+
+    Safety: the memory is the device's. After ``close()`` the address is invalid; memoryviews
+    taken from :attr:`buffer` must not be used after that.
+    """
+
+    def __init__(self, device: "Device", index: int, offset: int, size: int, addr: int, prot: int) -> None:
+        self.device = device
+        self.index = index
+        self.offset = offset
+        self.size = size
+        self.addr = addr
+        self.prot = prot
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _munmap_quietly, device.backend, addr, size)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer.detach()
+        try:
+            self.device.backend.munmap(self.addr, self.size)
+        finally:
+            self.device._mappings.discard(self)
+
+    def __enter__(self) -> "RegionMapping":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"addr={self.addr:#x}"
+        return f"<RegionMapping region={self.index} offset={self.offset:#x} size={self.size:#x} {state}>"
+
+    def _check(self, off: int, size: int) -> None:
+        if self._closed:
+            raise StateError("mapping is closed")
+        if off < 0 or off + size > self.size:
+            raise RangeError(f"access [{off:#x}, {off + size:#x}) outside the {self.size:#x}-byte mapping")
+        if off % size and size in (2, 4, 8):
+            raise AlignmentError(f"{size}-byte access at {off:#x} is not naturally aligned")
+
+    @property
+    def buffer(self) -> memoryview:
+        if self._closed:
+            raise StateError("mapping is closed")
+        return memoryview(ffi.buffer(ffi.cast("char *", self.addr), self.size))  # type: ignore[arg-type]
+
+    def read(self, off: int, size: int) -> bytes:
+        """Copy ``size`` bytes at ``off`` (byte-wise memmove: for memory-like BAR ranges)."""
+        if self._closed:
+            raise StateError("mapping is closed")
+        if off < 0 or size < 0 or off + size > self.size:
+            raise RangeError(f"read [{off:#x}, {off + size:#x}) outside the {self.size:#x}-byte mapping")
+        return bytes(ffi.buffer(ffi.cast("char *", self.addr + off), size))
+
+    def write(self, off: int, data: bytes) -> None:
+        """Copy ``data`` to ``off`` (memmove)."""
+        if self._closed:
+            raise StateError("mapping is closed")
+        if off < 0 or off + len(data) > self.size:
+            raise RangeError(f"write [{off:#x}, {off + len(data):#x}) outside the {self.size:#x}-byte mapping")
+        ffi.memmove(ffi.cast("char *", self.addr + off), data, len(data))
+
+    def _load(self, ctype: str, off: int, size: int) -> int:
+        self._check(off, size)
+        return int(ffi.cast(ctype + " *", self.addr + off)[0])
+
+    def _store(self, ctype: str, off: int, size: int, value: int) -> None:
+        self._check(off, size)
+        if not 0 <= value < (1 << (8 * size)):
+            raise ArgumentError(f"value {value:#x} does not fit in {size} bytes")
+        ffi.cast(ctype + " *", self.addr + off)[0] = value
+
+    def read8(self, off: int) -> int:
+        return self._load("uint8_t", off, 1)
+
+    def read16(self, off: int) -> int:
+        return self._load("uint16_t", off, 2)
+
+    def read32(self, off: int) -> int:
+        """One 32-bit load at ``off`` in CPU byte order."""
+        return self._load("uint32_t", off, 4)
+
+    def read64(self, off: int) -> int:
+        return self._load("uint64_t", off, 8)
+
+    def write8(self, off: int, value: int) -> None:
+        self._store("uint8_t", off, 1, value)
+
+    def write16(self, off: int, value: int) -> None:
+        self._store("uint16_t", off, 2, value)
+
+    def write32(self, off: int, value: int) -> None:
+        """One 32-bit store at ``off`` in CPU byte order."""
+        self._store("uint32_t", off, 4, value)
+
+    def write64(self, off: int, value: int) -> None:
+        self._store("uint64_t", off, 8, value)
+
+
+def _munmap_quietly(backend: Backend, addr: int, size: int) -> None:
+    try:
+        backend.munmap(addr, size)
+    except OSError:
+        pass
+
+
+def _close_quietly(backend: Backend, fd: int) -> None:
+    try:
+        backend.close(fd)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# the device
+# ---------------------------------------------------------------------------------------------
+
+register_hint("VFIO_DEVICE_RESET", errno.EINVAL,
+              "the device reports no reset method (no FLR, PM reset or slot/bus reset); "
+              "check Device.info.reset_supported first")
+register_hint("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", errno.ENODEV,
+              "neither a slot nor a bus reset is possible for this device (on a root bus?)")
+register_hint("VFIO_DEVICE_SET_IRQS", errno.EINVAL,
+              "another interrupt type is enabled (disable it first), the index/start/count is "
+              "outside what GET_IRQ_INFO reports, or an fd is not an eventfd")
+
+
+class Device:
+    """A VFIO device fd and what the kernel offers through it.
+
+    Built by ``Group.open_device(bdf)``: ``Device(fd, group=group, name=bdf, backend=backend)``.
+    The object owns ``fd`` and closes it once. Mappings and the eventfds the device created
+    for interrupts are children, released first.
+    """
+
+    def __init__(self, fd: int, *, group: Any = None, name: str | None = None,
+                 backend: "Backend | str | None" = None) -> None:
+        self.backend = get_backend(backend)
+        self._fd: int | None = fd
+        self.group = group
+        self.name = name or f"fd{fd}"
+        self._finalizer = weakref.finalize(self, _close_quietly, self.backend, fd)
+        self._mappings: set[RegionMapping] = set()
+        self._irq_eventfds: dict[int, list[EventFd]] = {}
+        self._info: DeviceInfo | None = None
+        self._regions: dict[int, RegionInfo] = {}
+        self._config: "PciConfig | None" = None
+
+    # -- ownership ---------------------------------------------------------------------------
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise StateError(f"device {self.name} is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def close(self) -> None:
+        """Unmap every mapping, close the device fd, then the eventfds it created. Idempotent."""
+        if self._fd is None:
+            return
+        errors: list[BaseException] = []
+        for m in list(self._mappings):
+            try:
+                m.close()
+            except OSError as e:  # keep going: the fd must still be closed
+                errors.append(e)
+        fd, self._fd = self._fd, None
+        self._finalizer.detach()
+        try:
+            self.backend.close(fd)
+        except OSError as e:
+            errors.append(e)
+        for efds in self._irq_eventfds.values():
+            for efd in efds:
+                efd.close()
+        self._irq_eventfds.clear()
+        forget = getattr(self.group, "_device_closed", None)
+        if callable(forget):
+            forget(self)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Device {self.name} fd={self._fd}>"
+
+    @property
+    def mappings(self) -> tuple[RegionMapping, ...]:
+        return tuple(self._mappings)
+
+    def _ioctl(self, name: str, arg: Any, hint: str | None = None) -> int:
+        return self.backend.ioctl(self.fileno(), getattr(I, name), arg, op=name, hint=hint)
+
+    # -- info --------------------------------------------------------------------------------
+    @property
+    def info(self) -> DeviceInfo:
+        """The device info (fetched once, see :meth:`get_info`)."""
+        if self._info is None:
+            self._info = self.get_info()
+        return self._info
+
+    def get_info(self) -> DeviceInfo:
+        """VFIO_DEVICE_GET_INFO, capability chain included.
+
+        Calls again with the size the kernel asks for when the chain does not fit.
+        Returns :class:`DeviceInfo`. EINVAL: argsz too small (never, pyvfio sets it).
+        """
+        size = ffi.sizeof("struct vfio_device_info")
+        for _ in range(4):
+            raw = ffi.new("char[]", size)
+            info = ffi.cast("struct vfio_device_info *", raw)
+            info.argsz = size
+            self._ioctl("VFIO_DEVICE_GET_INFO", info)
+            if info.argsz > size:
+                size = info.argsz
+                continue
+            caps: tuple[InfoCapability, ...] = ()
+            if info.flags & I.VFIO_DEVICE_FLAGS_CAPS and info.cap_offset:
+                caps = walk_info_caps(ffi.buffer(raw, size)[:], info.cap_offset,
+                                      ffi.sizeof("struct vfio_device_info"))
+            return DeviceInfo(DeviceFlags(info.flags), info.num_regions, info.num_irqs, caps)
+        raise PyvfioError(errno.EPROTO, op="VFIO_DEVICE_GET_INFO", hint="argsz kept growing")
+
+    # -- regions -----------------------------------------------------------------------------
+    def region_info(self, index: int, *, refresh: bool = False) -> RegionInfo:
+        """VFIO_DEVICE_GET_REGION_INFO for ``index``, capability chain parsed (cached).
+
+        EINVAL: no such region (vfio-pci: VGA on a non-VGA device, index past num_regions).
+        """
+        if not isinstance(index, int) or index < 0:
+            raise ArgumentError(f"region index {index!r} must be a non-negative int")
+        if not refresh and index in self._regions:
+            return self._regions[index]
+        fixed = ffi.sizeof("struct vfio_region_info")
+        size = fixed
+        for _ in range(4):
+            raw = ffi.new("char[]", size)
+            ri = ffi.cast("struct vfio_region_info *", raw)
+            ri.argsz = size
+            ri.index = index
+            self._ioctl("VFIO_DEVICE_GET_REGION_INFO", ri)
+            if ri.argsz > size:
+                size = ri.argsz
+                continue
+            caps: tuple[InfoCapability, ...] = ()
+            if ri.flags & I.VFIO_REGION_INFO_FLAG_CAPS and ri.cap_offset:
+                caps = walk_info_caps(ffi.buffer(raw, size)[:], ri.cap_offset, fixed)
+            info = _region_from(index, int(ri.flags), int(ri.size), int(ri.offset), caps)
+            self._regions[index] = info
+            return info
+        raise PyvfioError(errno.EPROTO, op="VFIO_DEVICE_GET_REGION_INFO", hint="argsz kept growing")
+
+    def regions(self) -> list[RegionInfo]:
+        """Every region the device answers for (vfio-pci's VGA index gives EINVAL unless VGA)."""
+        out = []
+        for i in range(self.info.num_regions):
+            try:
+                out.append(self.region_info(i))
+            except PyvfioError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+        return out
+
+    def _region_access(self, index: int, offset: int, size: int, write: bool) -> RegionInfo:
+        if not isinstance(offset, int) or not isinstance(size, int) or offset < 0 or size < 0:
+            raise RangeError(f"offset {offset!r} and size {size!r} must be non-negative ints")
+        r = self.region_info(index)
+        if offset + size > r.size:
+            raise RangeError(f"[{offset:#x}, {offset + size:#x}) is outside region {r.name} "
+                             f"({r.size:#x} bytes)")
+        if write and not r.writable:
+            raise ArgumentError(f"region {r.name} is not writable (flags {r.flags!r})")
+        if not write and not r.readable:
+            raise ArgumentError(f"region {r.name} is not readable (flags {r.flags!r})")
+        return r
+
+    def read(self, index: int, offset: int, size: int) -> bytes:
+        """pread ``size`` bytes at ``offset`` inside region ``index``.
+
+        vfio-pci splits the access into naturally aligned 8/4/2/1-byte device accesses.
+        Errors: RangeError before the syscall if outside the region; EIO when memory decoding
+        is off in the command register (memory BARs); EFAULT/EINVAL from the kernel otherwise.
+        """
+        r = self._region_access(index, offset, size, write=False)
+        data = self.backend.pread(self.fileno(), size, r.offset + offset)
+        if len(data) != size:
+            raise PyvfioError(errno.EIO, op="pread", path=self.name,
+                              hint=f"short read from region {r.name}: {len(data)} of {size} bytes")
+        return data
+
+    def write(self, index: int, offset: int, data: bytes) -> None:
+        """pwrite ``data`` at ``offset`` inside region ``index`` (errors as :meth:`read`)."""
+        data = bytes(data)
+        r = self._region_access(index, offset, len(data), write=True)
+        n = self.backend.pwrite(self.fileno(), data, r.offset + offset)
+        if n != len(data):
+            raise PyvfioError(errno.EIO, op="pwrite", path=self.name,
+                              hint=f"short write to region {r.name}: {n} of {len(data)} bytes")
+
+    def read_uint(self, index: int, offset: int, size: int, byteorder: str = "little") -> int:
+        """One ``size``-byte (1/2/4/8) access through pread, decoded with ``byteorder``.
+
+        PCI devices are little-endian; some emulated devices on big-endian targets are not
+        (QEMU's edu on POWER), hence the option.
+        """
+        if size not in (1, 2, 4, 8):
+            raise ArgumentError(f"access size {size} must be 1, 2, 4 or 8")
+        if offset % size:
+            raise AlignmentError(f"{size}-byte access at {offset:#x} is not naturally aligned")
+        return int.from_bytes(self.read(index, offset, size), byteorder)  # type: ignore[arg-type]
+
+    def write_uint(self, index: int, offset: int, size: int, value: int, byteorder: str = "little") -> None:
+        """One ``size``-byte (1/2/4/8) store through pwrite, encoded with ``byteorder``."""
+        if size not in (1, 2, 4, 8):
+            raise ArgumentError(f"access size {size} must be 1, 2, 4 or 8")
+        if offset % size:
+            raise AlignmentError(f"{size}-byte access at {offset:#x} is not naturally aligned")
+        if not 0 <= value < (1 << (8 * size)):
+            raise ArgumentError(f"value {value:#x} does not fit in {size} bytes")
+        self.write(index, offset, value.to_bytes(size, byteorder))  # type: ignore[arg-type]
+
+    def read_u32(self, index: int, offset: int, byteorder: str = "little") -> int:
+        return self.read_uint(index, offset, 4, byteorder)
+
+    def write_u32(self, index: int, offset: int, value: int, byteorder: str = "little") -> None:
+        self.write_uint(index, offset, 4, value, byteorder)
+
+    def mmap(self, index: int, offset: int = 0, size: int | None = None, *,
+             prot: int | None = None) -> RegionMapping:
+        """mmap ``size`` bytes (default: to the end of the area) of region ``index`` from ``offset``.
+
+        The range must be page-aligned and inside one mappable area (the whole region, or one
+        sparse area). ``prot`` defaults to read (+write when the region is writable).
+        Returns a :class:`RegionMapping` the device tracks and unmaps on close.
+        Errors: ArgumentError/AlignmentError/RangeError before the syscall; EINVAL from the
+        kernel for a non-mappable range.
+
+        Safety: stores go straight to the device.
+        """
+        r = self.region_info(index)
+        if not r.mappable:
+            raise ArgumentError(f"region {r.name} cannot be mmapped (flags {r.flags!r}, size {r.size:#x})")
+        if offset < 0 or offset % PAGE_SIZE:
+            raise AlignmentError(f"mmap offset {offset:#x} must be a multiple of the page size {PAGE_SIZE:#x}")
+        area = next((a for a in r.mmap_areas() if a.offset <= offset < a.end), None)
+        if area is None:
+            raise RangeError(f"offset {offset:#x} is in no mappable area of {r.name}: "
+                             + ", ".join(f"[{a.offset:#x}, {a.end:#x})" for a in r.mmap_areas()))
+        if size is None:
+            size = area.end - offset
+        if size <= 0 or offset + size > area.end:
+            raise RangeError(f"[{offset:#x}, {offset + size:#x}) is not inside the mappable area "
+                             f"[{area.offset:#x}, {area.end:#x}) of {r.name}")
+        length = -(-size // PAGE_SIZE) * PAGE_SIZE
+        if prot is None:
+            prot = _mmap.PROT_READ | (_mmap.PROT_WRITE if r.writable else 0)
+        addr = self.backend.mmap(length, prot, _mmap.MAP_SHARED, self.fileno(), r.offset + offset)
+        m = RegionMapping(self, index, offset, length, addr, prot)
+        self._mappings.add(m)
+        return m
+
+    def mmap_areas(self, index: int) -> list[RegionMapping]:
+        """Map every mappable area of region ``index`` (the sparse areas, or the whole region).
+
+        On failure, the areas already mapped are unmapped again.
+        """
+        r = self.region_info(index)
+        out: list[RegionMapping] = []
+        try:
+            for a in r.mmap_areas():
+                out.append(self.mmap(index, a.offset, a.size))
+        except BaseException:
+            for m in out:
+                m.close()
+            raise
+        return out
+
+    # -- PCI config space --------------------------------------------------------------------
+    @property
+    def config(self) -> "PciConfig":
+        """Config-space helpers over the vfio-pci CONFIG region."""
+        if self._config is None:
+            from .pci import PciConfig
+
+            self._config = PciConfig(self)
+        return self._config
+
+    # -- interrupts --------------------------------------------------------------------------
+    def irq_info(self, index: int) -> IrqInfo:
+        """VFIO_DEVICE_GET_IRQ_INFO for ``index``. EINVAL: no such interrupt (ERR on non-PCIe)."""
+        if not isinstance(index, int) or index < 0:
+            raise ArgumentError(f"irq index {index!r} must be a non-negative int")
+        ii = ffi.new("struct vfio_irq_info *")
+        ii.argsz = ffi.sizeof("struct vfio_irq_info")
+        ii.index = index
+        self._ioctl("VFIO_DEVICE_GET_IRQ_INFO", ii)
+        return IrqInfo(index, IrqFlags(ii.flags), int(ii.count))
+
+    def irqs(self) -> list[IrqInfo]:
+        """Every interrupt index the device answers for."""
+        out = []
+        for i in range(self.info.num_irqs):
+            try:
+                out.append(self.irq_info(i))
+            except PyvfioError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+        return out
+
+    def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 0,
+                 data: "Sequence[int] | None" = None) -> None:
+        """VFIO_DEVICE_SET_IRQS as the kernel sees it.
+
+        ``flags``: one ``DATA_*`` and one ``ACTION_*`` of :class:`IrqSetFlags`. ``data``: ``count``
+        eventfd numbers (-1 for none) with DATA_EVENTFD, ``count`` booleans with DATA_BOOL.
+        Errors: ArgumentError for malformed flags/data; EINVAL (another type enabled, range
+        outside the count, not an eventfd); ENOTTY for actions the index lacks (MSI mask).
+        """
+        dtype = flags & I.VFIO_IRQ_SET_DATA_TYPE_MASK
+        action = flags & I.VFIO_IRQ_SET_ACTION_TYPE_MASK
+        if bin(dtype).count("1") != 1 or bin(action).count("1") != 1 or flags & ~(
+                I.VFIO_IRQ_SET_DATA_TYPE_MASK | I.VFIO_IRQ_SET_ACTION_TYPE_MASK):
+            raise ArgumentError(f"SET_IRQS flags {flags:#x} need exactly one DATA_* and one ACTION_*")
+        if start < 0 or count < 0:
+            raise RangeError(f"start {start} and count {count} must be >= 0")
+        payload = b""
+        if dtype == I.VFIO_IRQ_SET_DATA_EVENTFD:
+            if data is None or len(data) != count:
+                raise ArgumentError(f"DATA_EVENTFD needs {count} fds, got {data!r}")
+            payload = b"".join(int(fd).to_bytes(4, "little" if _LE else "big", signed=True) for fd in data)
+        elif dtype == I.VFIO_IRQ_SET_DATA_BOOL:
+            if data is None or len(data) != count:
+                raise ArgumentError(f"DATA_BOOL needs {count} values, got {data!r}")
+            payload = bytes(1 if v else 0 for v in data)
+        elif data:
+            raise ArgumentError("DATA_NONE takes no data")
+        size = ffi.sizeof("struct vfio_irq_set") + len(payload)
+        raw = ffi.new("char[]", size)
+        s = ffi.cast("struct vfio_irq_set *", raw)
+        s.argsz = size
+        s.flags = flags
+        s.index = index
+        s.start = start
+        s.count = count
+        if payload:
+            ffi.memmove(s.data, payload, len(payload))
+        self._ioctl("VFIO_DEVICE_SET_IRQS", s)
+
+    def enable_irq(self, index: int, eventfds: "Iterable[EventFd | int | None] | None" = None, *,
+                   count: int | None = None, start: int = 0) -> list[EventFd]:
+        """Attach eventfds to vectors ``start..`` of ``index`` (enabling INTx/MSI/MSI-X).
+
+        With ``eventfds`` None, ``count`` (default: all vectors of the index, 1 for INTx)
+        new :class:`EventFd` objects are created; the device closes them on
+        :meth:`disable_irq` and :meth:`close`. Returns the EventFds registered by this call
+        (created or passed). ``None`` entries leave a vector without an eventfd.
+        Errors: see :meth:`set_irqs`; created eventfds are closed again if the kernel refuses.
+        """
+        created: list[EventFd] = []
+        fds: list[int] = []
+        if eventfds is None:
+            n = count if count is not None else self.irq_info(index).count - start
+            if n <= 0:
+                raise ArgumentError(f"irq index {index} has no vector to enable (count {n})")
+            created = [EventFd(backend=self.backend) for _ in range(n)]
+            fds = [e.fileno() for e in created]
+            given = list(created)
+        else:
+            given = []
+            for e in eventfds:
+                if e is None:
+                    fds.append(-1)
+                elif isinstance(e, EventFd):
+                    fds.append(e.fileno())
+                    given.append(e)
+                else:
+                    fds.append(int(e))
+        try:
+            self.set_irqs(index, I.VFIO_IRQ_SET_DATA_EVENTFD | I.VFIO_IRQ_SET_ACTION_TRIGGER,
+                          start, len(fds), fds)
+        except BaseException:
+            for e in created:
+                e.close()
+            raise
+        if created:
+            self._irq_eventfds.setdefault(index, []).extend(created)
+        return given
+
+    def disable_irq(self, index: int) -> None:
+        """Disable interrupt type ``index`` (DATA_NONE|ACTION_TRIGGER, count 0) and close the
+        eventfds :meth:`enable_irq` created for it."""
+        self.set_irqs(index, I.VFIO_IRQ_SET_DATA_NONE | I.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0)
+        for e in self._irq_eventfds.pop(index, []):
+            e.close()
+
+    def mask_irq(self, index: int, start: int = 0, count: int = 1) -> None:
+        """ACTION_MASK (vfio-pci: INTx only; MSI/MSI-X answer ENOTTY)."""
+        self.set_irqs(index, I.VFIO_IRQ_SET_DATA_NONE | I.VFIO_IRQ_SET_ACTION_MASK, start, count)
+
+    def unmask_irq(self, index: int, start: int = 0, count: int = 1) -> None:
+        """ACTION_UNMASK: re-enable an (auto)masked INTx; a still-asserted line fires again."""
+        self.set_irqs(index, I.VFIO_IRQ_SET_DATA_NONE | I.VFIO_IRQ_SET_ACTION_UNMASK, start, count)
+
+    def trigger_irq(self, index: int, start: int = 0, count: int = 1,
+                    values: "Sequence[bool] | None" = None) -> None:
+        """ACTION_TRIGGER without eventfds: the kernel signals the registered eventfds (loopback).
+
+        With ``values``, only vectors whose value is true fire (DATA_BOOL).
+        """
+        if values is None:
+            self.set_irqs(index, I.VFIO_IRQ_SET_DATA_NONE | I.VFIO_IRQ_SET_ACTION_TRIGGER, start, count)
+        else:
+            self.set_irqs(index, I.VFIO_IRQ_SET_DATA_BOOL | I.VFIO_IRQ_SET_ACTION_TRIGGER,
+                          start, len(values), list(values))
+
+    def irq_eventfds(self, index: int) -> list[EventFd]:
+        """The eventfds :meth:`enable_irq` created for ``index`` (empty if none)."""
+        return list(self._irq_eventfds.get(index, []))
+
+    # -- reset -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """VFIO_DEVICE_RESET (function-level: FLR, PM or slot/bus reset, as the kernel chooses).
+
+        Raises UnsupportedError (EOPNOTSUPP) without a syscall when the device info lacks
+        VFIO_DEVICE_FLAGS_RESET (the kernel would answer EINVAL).
+        """
+        if not self.info.reset_supported:
+            raise UnsupportedError(errno.EOPNOTSUPP, op="VFIO_DEVICE_RESET", path=self.name,
+                                   hint="the device reports no reset method (VFIO_DEVICE_FLAGS_RESET "
+                                        "is clear: no FLR, PM reset or slot/bus reset)")
+        self._ioctl("VFIO_DEVICE_RESET", 0)
+
+    def hot_reset_info(self) -> HotResetInfo:
+        """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: the devices a slot/bus reset would affect.
+
+        Calls again with room for the count the kernel reported (ENOSPC). Raises
+        UnsupportedError (ENODEV) when neither slot nor bus reset is possible.
+        """
+        hdr = ffi.sizeof("struct vfio_pci_hot_reset_info")
+        dep = ffi.sizeof("struct vfio_pci_dependent_device")
+        count = 0
+        for _ in range(4):
+            size = hdr + count * dep
+            raw = ffi.new("char[]", size)
+            h = ffi.cast("struct vfio_pci_hot_reset_info *", raw)
+            h.argsz = size
+            try:
+                self._ioctl("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", h)
+            except NotFoundError as e:
+                raise UnsupportedError(e.errno, op=e.op, path=e.path, hint=e.hint) from None
+            except PyvfioError as e:
+                if e.errno == errno.ENOSPC and h.count > count:
+                    count = int(h.count)
+                    continue
+                raise
+            devs = tuple(HotResetDevice(int(d.group_id), int(d.segment), int(d.bus), int(d.devfn))
+                         for d in (h.devices[i] for i in range(h.count)))
+            return HotResetInfo(int(h.flags), devs)
+        raise PyvfioError(errno.EPROTO, op="VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", hint="count kept growing")
+
+    # -- features ----------------------------------------------------------------------------
+    def probe_feature(self, feature: int, *, get: bool = False, set: bool = False) -> bool:
+        """VFIO_DEVICE_FEATURE with PROBE: does the device support ``feature`` for GET and/or SET?
+
+        Returns False when the kernel answers ENOTTY (unknown to this device) or EINVAL
+        (known, but not for the requested operations); True on success.
+        """
+        if not 0 <= feature <= I.VFIO_DEVICE_FEATURE_MASK:
+            raise ArgumentError(f"feature {feature} must be in [0, {I.VFIO_DEVICE_FEATURE_MASK:#x}]")
+        f = ffi.new("struct vfio_device_feature *")
+        f.argsz = ffi.sizeof("struct vfio_device_feature")
+        f.flags = (feature | I.VFIO_DEVICE_FEATURE_PROBE
+                   | (I.VFIO_DEVICE_FEATURE_GET if get else 0) | (I.VFIO_DEVICE_FEATURE_SET if set else 0))
+        try:
+            self._ioctl("VFIO_DEVICE_FEATURE", f)
+        except PyvfioError as e:
+            if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                return False
+            raise
+        return True
+
+    def features(self) -> dict[str, tuple[bool, bool]]:
+        """Every known feature -> (GET supported, SET supported), by probing."""
+        return {f.name: (self.probe_feature(f, get=True), self.probe_feature(f, set=True))
+                for f in DeviceFeature}
+
+
+def _region_from(index: int, flags: int, size: int, offset: int,
+                 caps: tuple[InfoCapability, ...]) -> RegionInfo:
+    sparse: tuple[SparseArea, ...] | None = None
+    msix = False
+    rtype = rsub = None
+    order = "little" if _LE else "big"
+    for c in caps:
+        if c.id == I.VFIO_REGION_INFO_CAP_SPARSE_MMAP and len(c.data) >= 8:
+            n = int.from_bytes(c.data[0:4], order)
+            areas = []
+            for k in range(n):
+                o = 8 + 16 * k
+                if o + 16 > len(c.data):
+                    raise PyvfioError(errno.EPROTO, "sparse mmap capability truncated",
+                                      op="VFIO_DEVICE_GET_REGION_INFO")
+                areas.append(SparseArea(int.from_bytes(c.data[o:o + 8], order),
+                                        int.from_bytes(c.data[o + 8:o + 16], order)))
+            sparse = tuple(a for a in areas if a.size)
+        elif c.id == I.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE:
+            msix = True
+        elif c.id == I.VFIO_REGION_INFO_CAP_TYPE and len(c.data) >= 8:
+            rtype = int.from_bytes(c.data[0:4], order)
+            rsub = int.from_bytes(c.data[4:8], order)
+    return RegionInfo(index, RegionFlags(flags), size, offset, caps, sparse, msix, rtype, rsub)
+
+
+__all__ = [
+    "Device", "DeviceInfo", "DeviceFlags", "RegionInfo", "RegionFlags", "RegionMapping", "SparseArea",
+    "IrqInfo", "IrqFlags", "IrqSetFlags", "PciRegion", "PciIrq", "DeviceFeature", "HotResetDevice",
+    "HotResetInfo", "InfoCapability", "walk_info_caps", "PAGE_SIZE", "VFIO_PCI_OFFSET_SHIFT",
+]
