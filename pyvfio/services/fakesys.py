@@ -322,4 +322,62 @@ class EmulatedDriverCore(DriverCore):
                 return
 
 
-__all__ = ["FakeHost", "EmulatedDriverCore", "decorate", "limits_text"]
+__all__ = ["FakeHost", "EmulatedDriverCore", "MockKernelDriverCore", "decorate", "limits_text"]
+
+
+class MockKernelDriverCore(DriverCore):
+    """Driver-core writes turned into the mock kernel's rebinds (``mockkernel.vfio.bind_driver``).
+
+    The mock's sysfs tree has no driver_override or drivers_probe files; this keeps the override
+    here and moves the device in the mock kernel, which updates its tree and its groups'
+    viability exactly as a real rebind would. A device's first host driver is remembered so an
+    override-less probe gives it back (the real driver core matches by ID instead).
+    """
+
+    def __init__(self, paths: HostPaths, kernel: object) -> None:
+        super().__init__(paths)
+        from ..mockkernel import vfio as mvfio
+
+        self._vfio = mvfio
+        self.kernel = kernel
+        self._override: dict[str, str | None] = {}
+        self._native: dict[str, str] = kernel.state.setdefault("pyvfio.native_drivers", {})  # type: ignore[attr-defined]
+
+    def _rebind(self, bdf: str, driver: str | None) -> None:
+        from ..mockkernel.core import KernelError
+
+        try:
+            self._vfio.bind_driver(self.kernel, bdf, driver)  # type: ignore[arg-type]
+        except KernelError as e:
+            raise OSError(e.errno, os.strerror(e.errno), self.dev_path(bdf)) from None
+
+    def unbind(self, bdf: str) -> None:
+        drv = self.driver_of(bdf)
+        if drv is None:
+            return
+        if not is_vfio_driver(drv):
+            self._native.setdefault(bdf, drv)
+        try:
+            self._rebind(bdf, None)
+        except OSError as e:
+            from ..errors import from_oserror
+
+            raise from_oserror(e, op="driver/unbind") from None
+
+    def set_override(self, bdf: str, driver: str | None) -> None:
+        self._override[bdf] = driver
+
+    def probe(self, bdf: str) -> None:
+        if self.driver_of(bdf) is not None:
+            return
+        want = self._override.get(bdf) or self._native.get(bdf)
+        if want is None:
+            return
+        dev = self._vfio.state(self.kernel).devices.get(bdf)  # type: ignore[arg-type]
+        if dev is None:
+            return
+        self._rebind(bdf, want)
+
+    def node_exists(self, group: int) -> bool:
+        g = self._vfio.state(self.kernel).groups.get(group)  # type: ignore[arg-type]
+        return bool(g is not None and g.has_vfio_device())
