@@ -16,7 +16,8 @@ def default_subsystems() -> list[Any]:
     import importlib
 
     names: list[str] = [
-        # "pyvfio.mockkernel.vfio",     (VFIO core)
+        "pyvfio.mockkernel.vfio",
+        "pyvfio.mockkernel.type1",
         # "pyvfio.mockkernel.kvm",      (KVM)
     ]
     return [importlib.import_module(n) for n in names]

@@ -1,0 +1,224 @@
+"""The VFIO container (/dev/vfio/vfio): API version, extensions, and the IOMMU choice.
+
+A container holds groups; once at least one group is attached, :meth:`Container.set_iommu`
+selects the IOMMU model (type1v2 on x86, sPAPR TCE on POWER...) and returns the IOMMU object
+that maps memory for every device of every attached group. Close order (enforced by
+:meth:`Container.close`): mappings → device fds → group detach → group fds → container fd.
+
+Example (mock)::
+
+    >>> from pyvfio.seam.mock import MockBackend
+    >>> from pyvfio.vfio import Container, Group
+    >>> with Container(backend=MockBackend()) as c:
+    ...     g = c.attach(Group(3, backend=c.backend))
+    ...     iommu = c.set_iommu()
+    ...     iommu.info().iova_pgsizes
+    1075843072
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .. import ioctls
+from ..errors import ArgumentError, StateError, UnsupportedError, register_hint
+from ..seam import Backend, get_backend
+from ._fd import FdObject
+
+if TYPE_CHECKING:
+    from .group import Group
+
+CONTAINER_PATH = "/dev/vfio/vfio"
+
+#: Extension numbers by name (VFIO_CHECK_EXTENSION / VFIO_SET_IOMMU arguments).
+EXTENSIONS: dict[str, int] = {
+    "TYPE1": ioctls.VFIO_TYPE1_IOMMU,
+    "SPAPR_TCE": ioctls.VFIO_SPAPR_TCE_IOMMU,
+    "TYPE1v2": ioctls.VFIO_TYPE1v2_IOMMU,
+    "DMA_CC": ioctls.VFIO_DMA_CC_IOMMU,
+    "EEH": ioctls.VFIO_EEH,
+    "TYPE1_NESTING": ioctls.VFIO_TYPE1_NESTING_IOMMU,
+    "SPAPR_TCE_v2": ioctls.VFIO_SPAPR_TCE_v2_IOMMU,
+    "NOIOMMU": ioctls.VFIO_NOIOMMU_IOMMU,
+    "UNMAP_ALL": ioctls.VFIO_UNMAP_ALL,
+    "UPDATE_VADDR": ioctls.VFIO_UPDATE_VADDR,
+}
+
+
+class IommuBase:
+    """Base of the IOMMU objects :meth:`Container.set_iommu` returns.
+
+    Subclasses register the IOMMU types they implement with :func:`register_iommu`. They get
+    the container and the type; ``close()`` must drop every mapping they made (it runs before
+    the container lets go of its groups).
+    """
+
+    #: The VFIO_SET_IOMMU arguments this class implements.
+    TYPES: tuple[int, ...] = ()
+
+    def __init__(self, container: "Container", iommu_type: int) -> None:
+        self.container = container
+        self.type = iommu_type
+        self.backend = container.backend
+
+    def ioctl(self, request: int, arg: Any, *, op: str, hint: str | None = None) -> int:
+        """Issue an IOMMU request on the container fd."""
+        return self.backend.ioctl(self.container.fileno(), request, arg, op=op, hint=hint)
+
+    @property
+    def closed(self) -> bool:
+        return self.container.closed or self.container.iommu is not self
+
+    def close(self) -> None:
+        """Release what this IOMMU object holds (mappings); idempotent."""
+
+
+#: VFIO_SET_IOMMU type -> IOMMU class (type1 and sPAPR modules register themselves).
+IOMMU_TYPES: dict[int, type[IommuBase]] = {}
+
+
+def register_iommu(cls: type[IommuBase]) -> type[IommuBase]:
+    """Class decorator: make ``cls`` the IOMMU object for each type in ``cls.TYPES``."""
+    for t in cls.TYPES:
+        IOMMU_TYPES[t] = cls
+    return cls
+
+
+def _load_iommu_modules() -> None:
+    from . import type1  # noqa: F401  (registers Type1Iommu)
+
+    try:  # the sPAPR TCE IOMMU lands separately
+        from . import spapr  # type: ignore[attr-defined]  # noqa: F401
+    except ImportError:
+        pass
+
+
+class Container(FdObject):
+    """An open VFIO container.
+
+    Issues VFIO_GET_API_VERSION at open and refuses a kernel whose API version is not
+    ``VFIO_API_VERSION`` (UnsupportedError). ``backend`` is a Backend or "real"/"mock".
+
+    Errors: NotFoundError (no /dev/vfio/vfio: vfio module not loaded), PermissionDeniedError.
+    """
+
+    def __init__(self, *, backend: Backend | str | None = None, path: str = CONTAINER_PATH) -> None:
+        be = get_backend(backend)
+        self._fd = -1
+        self._adopt_fd(be, be.open(path), path)
+        self.groups: list[Group] = []
+        self.iommu: IommuBase | None = None
+        try:
+            version = self.api_version()
+            if version != ioctls.VFIO_API_VERSION:
+                raise UnsupportedError(
+                    errno.EPROTO, f"VFIO API version {version}, pyvfio speaks {ioctls.VFIO_API_VERSION}",
+                    op="VFIO_GET_API_VERSION", path=path)
+        except BaseException:
+            self._close_fd()
+            raise
+
+    # -- queries ------------------------------------------------------------------------------
+    def api_version(self) -> int:
+        """VFIO_GET_API_VERSION: the kernel's VFIO API version (0 on every released kernel)."""
+        return self.backend.ioctl(self.fileno(), ioctls.VFIO_GET_API_VERSION, 0, op="VFIO_GET_API_VERSION")
+
+    def check_extension(self, ext: int | str) -> int:
+        """VFIO_CHECK_EXTENSION: >0 when ``ext`` (number or name, e.g. "TYPE1v2") is supported.
+
+        Before SET_IOMMU every IOMMU driver is asked; afterwards only the one in use.
+        """
+        num = _ext_number(ext)
+        return self.backend.ioctl(self.fileno(), ioctls.VFIO_CHECK_EXTENSION, num,
+                                  op="VFIO_CHECK_EXTENSION")
+
+    def extensions(self) -> dict[str, int]:
+        """Every known extension name -> VFIO_CHECK_EXTENSION's answer."""
+        return {name: self.check_extension(num) for name, num in EXTENSIONS.items()}
+
+    # -- groups ---------------------------------------------------------------------------------
+    def attach(self, group: "Group") -> "Group":
+        """VFIO_GROUP_SET_CONTAINER: attach ``group`` to this container; returns the group."""
+        group.set_container(self)
+        return group
+
+    # -- IOMMU ----------------------------------------------------------------------------------
+    def set_iommu(self, iommu_type: int | str = ioctls.VFIO_TYPE1v2_IOMMU) -> IommuBase:
+        """VFIO_SET_IOMMU: pick the IOMMU model; returns its IOMMU object (e.g. Type1Iommu).
+
+        Needs at least one attached group. Errors: EINVAL (no group yet, or already set),
+        ENODEV (no driver for that type), EPERM (type1 without interrupt remapping: see hint).
+        """
+        num = _ext_number(iommu_type)
+        _load_iommu_modules()
+        cls = IOMMU_TYPES.get(num)
+        if cls is None:
+            raise ArgumentError(f"no pyvfio IOMMU class for type {iommu_type!r}; known: "
+                                f"{sorted(IOMMU_TYPES)}")
+        if self.iommu is not None:
+            raise StateError(f"{self.path}: the IOMMU is already set (type {self.iommu.type})")
+        if not self.groups:
+            raise StateError("VFIO_SET_IOMMU needs a group attached to the container first "
+                             "(the kernel answers EINVAL otherwise)")
+        self.backend.ioctl(self.fileno(), ioctls.VFIO_SET_IOMMU, num, op="VFIO_SET_IOMMU")
+        self.iommu = cls(self, num)
+        return self.iommu
+
+    def _release_iommu(self) -> None:
+        """The last group is leaving: the kernel drops the IOMMU and all mappings with it."""
+        if self.iommu is not None:
+            iommu, self.iommu = self.iommu, None
+            iommu.close()
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close in order: IOMMU mappings, each group (its devices, detach, fd), the container."""
+        if self.closed:
+            return
+        errors: list[BaseException] = []
+        if self.iommu is not None:
+            try:
+                self.iommu.close()
+            except Exception as e:  # keep unwinding; report the first error
+                errors.append(e)
+        for g in list(self.groups):
+            try:
+                g.close()
+            except Exception as e:
+                errors.append(e)
+        self.iommu = None
+        self._close_fd()
+        if errors:
+            raise errors[0]
+
+    def __iter__(self) -> Iterator["Group"]:
+        return iter(list(self.groups))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"<Container {state} groups={[g.number for g in self.groups]} iommu={self.iommu!r}>"
+
+
+def _ext_number(ext: int | str) -> int:
+    if isinstance(ext, str):
+        try:
+            return EXTENSIONS[ext]
+        except KeyError:
+            raise ArgumentError(f"unknown VFIO extension {ext!r}; known: {', '.join(EXTENSIONS)}") from None
+    return int(ext)
+
+
+register_hint(
+    "VFIO_SET_IOMMU", errno.EPERM,
+    "the IOMMU lacks interrupt remapping (dmesg: 'No interrupt remapping support'); enable it "
+    "(intel-iommu intremap=on, amd-iommu) or, accepting the risk, set "
+    "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts to Y before SET_IOMMU")
+register_hint(
+    "VFIO_SET_IOMMU", errno.EINVAL,
+    "VFIO_SET_IOMMU needs at least one group attached (VFIO_GROUP_SET_CONTAINER) and can be "
+    "issued only once per container")
+register_hint(
+    "VFIO_SET_IOMMU", errno.ENODEV,
+    "no loaded IOMMU driver supports that type (modprobe vfio_iommu_type1, or check the "
+    "container's extensions)")

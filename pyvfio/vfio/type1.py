@@ -1,0 +1,505 @@
+"""The type1 (v2) IOMMU: info with its capability chain, DMA map/unmap, vaddr update.
+
+:class:`Type1Iommu` is what ``Container.set_iommu()`` returns on x86/arm. Two levels:
+
+* ``map_dma`` / ``unmap_dma``: one ioctl each, no checks beyond the struct (what a test of the
+  kernel's rules wants);
+* ``map`` / ``unmap`` / ``unmap_all``: checked before the syscall (alignment to the smallest IOMMU
+  page, IOVA inside the reported ranges — the MSI window and other reserved regions are refused
+  with RangeError), returning :class:`DmaMapping` handles that keep their buffer alive until
+  unmapped; a short unmap raises :class:`ShortUnmapError`.
+
+Safety: while a mapping exists the device may read/write the mapped memory at any time; the
+buffer must stay allocated and must not be reused for anything else until ``unmap()`` returns.
+:class:`DmaMapping` enforces the first part by holding a reference to its buffer.
+
+Example (mock)::
+
+    >>> from pyvfio.seam.mock import MockBackend
+    >>> from pyvfio.services.dma import DmaBuffer
+    >>> from pyvfio.vfio import Container, Group
+    >>> with Container(backend=MockBackend()) as c:
+    ...     _ = c.attach(Group(3, backend=c.backend))
+    ...     iommu = c.set_iommu("TYPE1v2")
+    ...     buf = DmaBuffer(4096)
+    ...     with iommu.map(buf, iova=0x100000) as m:
+    ...         (m.iova, m.size)
+    (1048576, 4096)
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import resource
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import ioctls
+from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, StateError,
+                      UnsupportedError, register_hint)
+from ..uapi import ffi
+from .container import Container, IommuBase, register_iommu
+
+U64_MAX = (1 << 64) - 1
+_SZ_INFO = ffi.sizeof("struct vfio_iommu_type1_info")
+_SZ_MAP = ffi.sizeof("struct vfio_iommu_type1_dma_map")
+_SZ_UNMAP = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
+_SZ_CAPHDR = ffi.sizeof("struct vfio_info_cap_header")
+
+_MAP_DMA = ioctls.VFIO_IOMMU_MAP_DMA
+_UNMAP_DMA = ioctls.VFIO_IOMMU_UNMAP_DMA
+
+
+class DmaFlags(enum.IntFlag):
+    """Device-side access of a mapping (VFIO_DMA_MAP_FLAG_*)."""
+
+    READ = ioctls.VFIO_DMA_MAP_FLAG_READ
+    WRITE = ioctls.VFIO_DMA_MAP_FLAG_WRITE
+    VADDR = ioctls.VFIO_DMA_MAP_FLAG_VADDR
+
+
+class ShortUnmapError(PyvfioError):
+    """VFIO_IOMMU_UNMAP_DMA removed less than the mapping's size."""
+
+
+class CapChainError(PyvfioError):
+    """A capability chain the kernel returned is malformed (out of bounds or cyclic)."""
+
+
+@dataclass(frozen=True)
+class IovaRange:
+    """A usable IOVA range, ``end`` inclusive (as the kernel reports it)."""
+
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+    def contains(self, iova: int, size: int = 1) -> bool:
+        return self.start <= iova and iova + size - 1 <= self.end
+
+    def __repr__(self) -> str:
+        return f"IovaRange({self.start:#x}, {self.end:#x})"
+
+
+@dataclass(frozen=True)
+class MigrationCap:
+    """VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: dirty-page tracking parameters."""
+
+    flags: int
+    pgsize_bitmap: int
+    max_dirty_bitmap_size: int
+
+
+@dataclass(frozen=True)
+class CapHeader:
+    id: int
+    version: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Type1Info:
+    """VFIO_IOMMU_GET_INFO, with the whole capability chain parsed."""
+
+    flags: int
+    iova_pgsizes: int
+    iova_ranges: tuple[IovaRange, ...]
+    dma_avail: int | None
+    migration: MigrationCap | None
+    caps: tuple[CapHeader, ...] = field(default=())
+
+    @property
+    def min_pgsize(self) -> int:
+        """The smallest IOMMU page size: the alignment every map/unmap needs."""
+        p = self.iova_pgsizes
+        return (p & -p) if p else 4096
+
+    def usable(self, iova: int, size: int) -> bool:
+        """[iova, iova+size) lies inside one reported IOVA range (ranges absent: all usable)."""
+        if not self.iova_ranges:
+            return True
+        return any(r.contains(iova, size) for r in self.iova_ranges)
+
+
+def walk_cap_chain(buf: Any, total: int, first: int, min_offset: int, *, op: str,
+                   path: str | None = None) -> list[CapHeader]:
+    """Walk a VFIO capability chain in ``buf`` (``total`` bytes) starting at offset ``first``.
+
+    Every header must lie within the buffer at or after ``min_offset``; a repeated offset (a
+    cycle) or more headers than could fit raises CapChainError.
+    """
+    out: list[CapHeader] = []
+    seen: set[int] = set()
+    off = first
+    base = ffi.cast("char *", buf)
+    while off:
+        if off in seen or len(out) > total // _SZ_CAPHDR:
+            raise CapChainError(errno.EPROTO, f"capability chain loops at offset {off:#x}", op=op, path=path)
+        if off < min_offset or off + _SZ_CAPHDR > total or off % 4:
+            raise CapChainError(errno.EPROTO, f"capability at offset {off:#x} outside 0..{total:#x}",
+                                op=op, path=path)
+        seen.add(off)
+        hdr = ffi.cast("struct vfio_info_cap_header *", base + off)
+        out.append(CapHeader(int(hdr.id), int(hdr.version), off))
+        off = int(hdr.next)
+    return out
+
+
+def _vmlck() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmLck:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class DmaMapping:
+    """One live DMA mapping: ``iova``, ``size``, ``vaddr``, ``flags`` and the ``buffer`` it
+    keeps alive. ``unmap()`` (or leaving the ``with`` block) removes it; idempotent.
+
+    ``state`` is free for extensions (dirty tracking keeps per-mapping data there).
+    """
+
+    __slots__ = ("iommu", "iova", "size", "vaddr", "flags", "buffer", "state", "_live",
+                 "_on_unmap", "__weakref__")
+
+    def __init__(self, iommu: "Type1Iommu", iova: int, size: int, vaddr: int, flags: DmaFlags,
+                 buffer: Any) -> None:
+        self.iommu = iommu
+        self.iova = iova
+        self.size = size
+        self.vaddr = vaddr
+        self.flags = flags
+        self.buffer = buffer
+        self.state: dict[str, Any] = {}
+        self._live = True
+        self._on_unmap: list[Any] = []
+
+    def on_unmap(self, fn: Any) -> None:
+        """Call ``fn(mapping)`` once the mapping is gone (the IOVA allocator frees its block)."""
+        self._on_unmap.append(fn)
+
+    @property
+    def closed(self) -> bool:
+        return not self._live
+
+    def unmap(self) -> None:
+        if self._live:
+            self.iommu.unmap(self)
+
+    close = unmap
+
+    def __enter__(self) -> "DmaMapping":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unmap()
+
+    def __repr__(self) -> str:
+        state = "live" if self._live else "unmapped"
+        return f"<DmaMapping iova={self.iova:#x} size={self.size:#x} {self.flags!r} {state}>"
+
+
+def _buffer_span(buffer: Any, size: int | None, offset: int) -> tuple[int, int]:
+    if isinstance(buffer, int):
+        if size is None:
+            raise ArgumentError("mapping a raw address needs size=")
+        return buffer, size
+    addr = getattr(buffer, "addr", None)
+    total = getattr(buffer, "size", None)
+    if addr is None or total is None:
+        raise ArgumentError(f"cannot map {type(buffer).__name__}: pass a DmaBuffer (or an object "
+                            "with .addr and .size) or an int address with size=")
+    if offset < 0 or offset > total:
+        raise RangeError(f"offset {offset:#x} outside the buffer (size {total:#x})")
+    n = total - offset if size is None else size
+    if n > total - offset:
+        raise RangeError(f"size {n:#x} at offset {offset:#x} runs past the buffer (size {total:#x})")
+    return int(addr) + offset, n
+
+
+@register_iommu
+class Type1Iommu(IommuBase):
+    """The type1 IOMMU of a container (VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU, nesting)."""
+
+    TYPES = (ioctls.VFIO_TYPE1_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU, ioctls.VFIO_TYPE1_NESTING_IOMMU)
+
+    def __init__(self, container: Container, iommu_type: int) -> None:
+        super().__init__(container, iommu_type)
+        self.v2 = iommu_type != ioctls.VFIO_TYPE1_IOMMU
+        self._info: Type1Info | None = None
+        #: Live mappings made through map(), by IOVA.
+        self.mappings: dict[int, DmaMapping] = {}
+        # preallocated ioctl arguments (hot path of map/unmap)
+        self._map_arg = ffi.new("struct vfio_iommu_type1_dma_map *")
+        self._unmap_arg = ffi.new("struct vfio_iommu_type1_dma_unmap *")
+        self._fd = container.fileno()
+        self._ioctl = self.backend.ioctl
+
+    # -- info -----------------------------------------------------------------------------
+    def info(self, *, refresh: bool = False) -> Type1Info:
+        """VFIO_IOMMU_GET_INFO with the capability chain (re-called with the argsz the kernel
+        asks for). Cached; ``refresh=True`` re-reads (DMA_AVAIL changes with every map)."""
+        if self._info is not None and not refresh:
+            return self._info
+        size = _SZ_INFO
+        for _attempt in range(4):
+            raw = ffi.new("char[]", size)
+            info = ffi.cast("struct vfio_iommu_type1_info *", raw)
+            info.argsz = size
+            self.ioctl(ioctls.VFIO_IOMMU_GET_INFO, info, op="VFIO_IOMMU_GET_INFO")
+            if info.argsz <= size:
+                break
+            if info.argsz > 1 << 20:
+                raise CapChainError(errno.EPROTO, f"GET_INFO asks for argsz {info.argsz}",
+                                    op="VFIO_IOMMU_GET_INFO", path=self.container.path)
+            size = int(info.argsz)
+        else:
+            raise CapChainError(errno.EPROTO, "GET_INFO argsz keeps growing",
+                                op="VFIO_IOMMU_GET_INFO", path=self.container.path)
+        ranges: list[IovaRange] = []
+        avail: int | None = None
+        mig: MigrationCap | None = None
+        headers: list[CapHeader] = []
+        if info.flags & ioctls.VFIO_IOMMU_INFO_CAPS and info.cap_offset:
+            headers = walk_cap_chain(raw, size, int(info.cap_offset), _SZ_INFO,
+                                     op="VFIO_IOMMU_GET_INFO", path=self.container.path)
+            for h in headers:
+                at = ffi.cast("char *", raw) + h.offset
+                if h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
+                    cap = ffi.cast("struct vfio_iommu_type1_info_cap_iova_range *", at)
+                    need = (ffi.sizeof("struct vfio_iommu_type1_info_cap_iova_range")
+                            + cap.nr_iovas * ffi.sizeof("struct vfio_iova_range"))
+                    if h.offset + need > size:
+                        raise CapChainError(errno.EPROTO, f"IOVA_RANGE cap with {cap.nr_iovas} "
+                                            "ranges runs past the buffer", op="VFIO_IOMMU_GET_INFO")
+                    ranges = [IovaRange(int(cap.iova_ranges[i].start), int(cap.iova_ranges[i].end))
+                              for i in range(cap.nr_iovas)]
+                elif h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
+                    if h.offset + ffi.sizeof("struct vfio_iommu_type1_info_dma_avail") > size:
+                        raise CapChainError(errno.EPROTO, "DMA_AVAIL cap truncated", op="VFIO_IOMMU_GET_INFO")
+                    avail = int(ffi.cast("struct vfio_iommu_type1_info_dma_avail *", at).avail)
+                elif h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION:
+                    if h.offset + ffi.sizeof("struct vfio_iommu_type1_info_cap_migration") > size:
+                        raise CapChainError(errno.EPROTO, "MIGRATION cap truncated", op="VFIO_IOMMU_GET_INFO")
+                    c = ffi.cast("struct vfio_iommu_type1_info_cap_migration *", at)
+                    mig = MigrationCap(int(c.flags), int(c.pgsize_bitmap), int(c.max_dirty_bitmap_size))
+        self._info = Type1Info(int(info.flags), int(info.iova_pgsizes), tuple(ranges), avail, mig,
+                               tuple(headers))
+        return self._info
+
+    # -- raw requests -----------------------------------------------------------------------
+    def map_dma(self, vaddr: int, iova: int, size: int,
+                flags: int = DmaFlags.READ | DmaFlags.WRITE) -> None:
+        """VFIO_IOMMU_MAP_DMA as is (no pre-checks).
+
+        Errors: EINVAL (size 0, unaligned, outside the IOVA ranges, no IOMMU set), EEXIST
+        (overlaps a mapping), ENOSPC (dma_entry_limit reached), ENOMEM (RLIMIT_MEMLOCK), EFAULT
+        (vaddr not mapped).
+        """
+        m = self._map_arg
+        m.argsz = _SZ_MAP
+        m.flags = flags
+        m.vaddr = vaddr
+        m.iova = iova
+        m.size = size
+        try:
+            self._ioctl(self._fd, _MAP_DMA, m, op="VFIO_IOMMU_MAP_DMA")
+        except PyvfioError as e:
+            if e.errno in (errno.ENOMEM, errno.ENOSPC):
+                e.hint = self._map_hint(e.errno, size) or e.hint
+            raise
+
+    def unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
+        """VFIO_IOMMU_UNMAP_DMA as is; returns the size the kernel reports unmapped.
+
+        v2: EINVAL when the range bisects a mapping; 0 when no mapping lies inside.
+        """
+        u = self._unmap_arg
+        u.argsz = _SZ_UNMAP
+        u.flags = flags
+        u.iova = iova
+        u.size = size
+        self._ioctl(self._fd, _UNMAP_DMA, u, op="VFIO_IOMMU_UNMAP_DMA")
+        return int(u.size)
+
+    def _map_hint(self, err: int, size: int) -> str | None:
+        if err == errno.ENOMEM:
+            soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+            lim = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+            locked = _vmlck()
+            return (f"RLIMIT_MEMLOCK is {lim}; {locked} bytes are already locked (VmLck) and this "
+                    f"map needs {size} more ({locked + size} in total): raise the limit (ulimit -l, "
+                    "prlimit --memlock, systemd LimitMEMLOCK=) or run with CAP_IPC_LOCK")
+        if err == errno.ENOSPC:
+            path = os.path.join(self.backend.sysfs_root, "module", "vfio_iommu_type1",
+                                "parameters", "dma_entry_limit")
+            try:
+                with open(path) as f:
+                    limit = f.read().strip()
+            except OSError:
+                limit = "?"
+            return (f"vfio_iommu_type1 dma_entry_limit ({limit}) mappings reached in this container "
+                    f"({len(self.mappings)} made through pyvfio): unmap some, merge buffers into "
+                    f"larger mappings, or raise {path} (read at VFIO_SET_IOMMU)")
+        return None
+
+    # -- checked API ------------------------------------------------------------------------------
+    def check(self, iova: int, size: int, vaddr: int | None = None) -> None:
+        """Raise ArgumentError subclasses for what the kernel would refuse: zero size,
+        misalignment to the smallest IOMMU page, wrap-around, IOVA outside the usable ranges."""
+        info = self.info()
+        pg = info.min_pgsize
+        if size <= 0:
+            raise RangeError(f"size must be positive, not {size}")
+        for what, v in (("iova", iova), ("size", size), ("vaddr", vaddr)):
+            if v is not None and v & (pg - 1):
+                raise AlignmentError(f"{what} {v:#x} is not aligned to the IOMMU page size {pg:#x}")
+        if iova < 0 or iova + size - 1 > U64_MAX:
+            raise RangeError(f"IOVA range {iova:#x}+{size:#x} wraps around")
+        if not info.usable(iova, size):
+            allowed = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in info.iova_ranges)
+            raise RangeError(f"IOVA range {iova:#x}-{iova + size - 1:#x} is not inside the usable "
+                             f"IOVA ranges ({allowed}); reserved windows such as MSI cannot be mapped")
+
+    def map(self, buffer: Any, iova: int, *, size: int | None = None, offset: int = 0,
+            read: bool = True, write: bool = True) -> DmaMapping:
+        """Map ``buffer`` (a DmaBuffer, or an int address with ``size=``) at ``iova``.
+
+        Checks before the syscall (ArgumentError subclasses), then VFIO_IOMMU_MAP_DMA. Returns
+        a DmaMapping that keeps ``buffer`` alive until unmapped. Device access: ``read`` lets
+        the device read the memory, ``write`` lets it write.
+        """
+        if self.closed:
+            raise StateError("this IOMMU is closed")
+        vaddr, n = _buffer_span(buffer, size, offset)
+        if not (read or write):
+            raise ArgumentError("a mapping needs read=True and/or write=True")
+        self.check(iova, n, vaddr)
+        flags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
+        self.map_dma(vaddr, iova, n, flags)
+        mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)
+        self.mappings[iova] = mapping
+        pin = getattr(buffer, "_pin", None)
+        if pin is not None:
+            pin(mapping)
+        return mapping
+
+    def _forget(self, mapping: DmaMapping) -> None:
+        mapping._live = False
+        if self.mappings.get(mapping.iova) is mapping:
+            del self.mappings[mapping.iova]
+        unpin = getattr(mapping.buffer, "_unpin", None)
+        if unpin is not None:
+            unpin(mapping)
+        callbacks, mapping._on_unmap = mapping._on_unmap, []
+        for fn in callbacks:
+            fn(mapping)
+
+    def unmap(self, mapping: DmaMapping) -> None:
+        """VFIO_IOMMU_UNMAP_DMA of exactly ``mapping``; ShortUnmapError if the kernel removed
+        less (the handle is released either way: the kernel no longer maps all of it)."""
+        if not mapping._live:
+            return
+        if mapping.iommu is not self:
+            raise ArgumentError(f"{mapping!r} belongs to another IOMMU")
+        try:
+            done = self.unmap_dma(mapping.iova, mapping.size)
+        except PyvfioError:
+            raise
+        self._forget(mapping)
+        if done != mapping.size:
+            raise ShortUnmapError(errno.EIO, f"unmapped {done:#x} of {mapping.size:#x} bytes at "
+                                  f"{mapping.iova:#x}", op="VFIO_IOMMU_UNMAP_DMA", path=self.container.path,
+                                  hint="something else unmapped part of this range (a raw unmap_dma "
+                                       "or UNMAP_ALL?)")
+
+    def unmap_all(self) -> int:
+        """Remove every mapping of the container: VFIO_DMA_UNMAP_FLAG_ALL where the kernel has
+        VFIO_UNMAP_ALL, else one unmap per known mapping. Returns the bytes unmapped;
+        ShortUnmapError if less than pyvfio's own mappings add up to."""
+        expected = sum(m.size for m in self.mappings.values())
+        if self.container.check_extension(ioctls.VFIO_UNMAP_ALL) > 0:
+            done = self.unmap_dma(0, 0, ioctls.VFIO_DMA_UNMAP_FLAG_ALL)
+            for m in list(self.mappings.values()):
+                self._forget(m)
+        else:
+            done = 0
+            for m in sorted(self.mappings.values(), key=lambda m: m.iova):
+                done += self.unmap_dma(m.iova, m.size)
+                self._forget(m)
+        if done < expected:
+            raise ShortUnmapError(errno.EIO, f"UNMAP_ALL removed {done:#x} bytes, pyvfio had "
+                                  f"{expected:#x} mapped", op="VFIO_IOMMU_UNMAP_DMA", path=self.container.path)
+        return done
+
+    def update_vaddr(self, mapping: DmaMapping, buffer: Any, *, offset: int = 0) -> None:
+        """Point ``mapping`` at new memory (same IOVA and size) without unmapping it: UNMAP_DMA
+        with FLAG_VADDR, then MAP_DMA with FLAG_VADDR. Needs the VFIO_UPDATE_VADDR extension
+        (UnsupportedError otherwise; 6.x kernels report 0)."""
+        if self.container.check_extension(ioctls.VFIO_UPDATE_VADDR) <= 0:
+            raise UnsupportedError(errno.EOPNOTSUPP, "the kernel does not offer VFIO_UPDATE_VADDR",
+                                   op="VFIO_CHECK_EXTENSION", path=self.container.path,
+                                   hint="unmap and map again instead")
+        if not mapping._live or mapping.iommu is not self:
+            raise StateError(f"{mapping!r} is not a live mapping of this IOMMU")
+        vaddr, n = _buffer_span(buffer, mapping.size, offset)
+        self.check(mapping.iova, n, vaddr)
+        done = self.unmap_dma(mapping.iova, mapping.size, ioctls.VFIO_DMA_UNMAP_FLAG_VADDR)
+        if done != mapping.size:
+            raise ShortUnmapError(errno.EIO, f"vaddr invalidation covered {done:#x} of {mapping.size:#x}",
+                                  op="VFIO_IOMMU_UNMAP_DMA", path=self.container.path)
+        self.map_dma(vaddr, mapping.iova, mapping.size, DmaFlags.VADDR)
+        unpin = getattr(mapping.buffer, "_unpin", None)
+        if unpin is not None:
+            unpin(mapping)
+        mapping.buffer, mapping.vaddr = buffer, vaddr
+        pin = getattr(buffer, "_pin", None)
+        if pin is not None:
+            pin(mapping)
+
+    def find(self, iova: int) -> DmaMapping | None:
+        """The pyvfio mapping containing ``iova``."""
+        for m in self.mappings.values():
+            if m.iova <= iova < m.iova + m.size:
+                return m
+        return None
+
+    def close(self) -> None:
+        """Unmap every mapping made through this object (idempotent)."""
+        if self.mappings and not self.container.closed:
+            try:
+                self.unmap_all()
+            finally:
+                for m in list(self.mappings.values()):
+                    self._forget(m)
+        else:
+            for m in list(self.mappings.values()):
+                self._forget(m)
+
+    def __repr__(self) -> str:
+        return f"<Type1Iommu type={self.type} mappings={len(self.mappings)}>"
+
+
+register_hint("VFIO_IOMMU_MAP_DMA", errno.ENOMEM,
+              "pinning the memory would exceed RLIMIT_MEMLOCK (the process lacks CAP_IPC_LOCK): "
+              "raise the limit (ulimit -l / prlimit --memlock) or run with CAP_IPC_LOCK")
+register_hint("VFIO_IOMMU_MAP_DMA", errno.ENOSPC,
+              "vfio_iommu_type1's dma_entry_limit is reached "
+              "(/sys/module/vfio_iommu_type1/parameters/dma_entry_limit)")
+register_hint("VFIO_IOMMU_MAP_DMA", errno.EEXIST,
+              "the IOVA range overlaps an existing mapping: unmap it first or pick another IOVA")
+register_hint("VFIO_IOMMU_MAP_DMA", errno.EINVAL,
+              "size zero, not aligned to the IOMMU page size, outside the usable IOVA ranges, "
+              "or the container has no IOMMU set yet")
+register_hint("VFIO_IOMMU_MAP_DMA", errno.EFAULT, "the user address range is not mapped in this process")
+register_hint("VFIO_IOMMU_UNMAP_DMA", errno.EINVAL,
+              "type1v2 only unmaps whole mappings: the range bisects one, or is unaligned/zero")
