@@ -1,0 +1,145 @@
+"""ioeventfd and irqfd bindings of a VM (KVM_IOEVENTFD, KVM_IRQFD).
+
+Each binding owns the eventfd it created (or borrows one passed in) and is undone by
+``close()``: deassign first, then close the eventfd it owns.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+from .. import ioctls as I
+from ..errors import ArgumentError, register_hint
+from ..uapi import ffi
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+register_hint("KVM_IOEVENTFD", errno.EEXIST, "another ioeventfd already covers this address/length/datamatch")
+register_hint("KVM_IRQFD", errno.EBUSY, "this eventfd is already an irqfd of the VM")
+register_hint("KVM_IRQFD", errno.EINVAL, "x86 needs KVM_CREATE_IRQCHIP (Vm.create_irqchip) before irqfds")
+
+
+class _Binding:
+    vm: "Vm"
+    _owned: bool
+    eventfd: int
+    active: bool
+
+    def fileno(self) -> int:
+        return self.eventfd
+
+    def _undo(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Deassign, then close the eventfd if this binding created it. Idempotent."""
+        if not self.active:
+            return
+        self.active = False
+        try:
+            if not self.vm.closed:
+                self._undo()
+        finally:
+            if self._owned:
+                self.vm.backend.close(self.eventfd)
+            try:
+                self.vm._children.remove(self)
+            except ValueError:
+                pass
+
+    def read(self) -> int:
+        """Read (and reset) the eventfd counter; BlockingIOError if nothing was signalled."""
+        return int.from_bytes(os.read(self.eventfd, 8), "little")
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class IoEventFd(_Binding):
+    """Guest writes of ``length`` bytes (0: any) to MMIO/PIO ``addr`` (matching ``datamatch``)
+    signal :attr:`eventfd` instead of exiting to userspace.
+
+    ArgumentError before the syscall for a length other than 0/1/2/4/8 or datamatch with length
+    0; EEXIST: same registration exists; ENOSPC: too many devices on the bus.
+    """
+
+    def __init__(self, vm: "Vm", addr: int, length: int = 4, *, eventfd: int | None = None,
+                 datamatch: int | None = None, pio: bool = False) -> None:
+        if length not in (0, 1, 2, 4, 8):
+            raise ArgumentError(f"ioeventfd length {length} must be 0, 1, 2, 4 or 8")
+        if datamatch is not None and length == 0:
+            raise ArgumentError("an ioeventfd with datamatch needs a length")
+        if addr < 0 or addr + length > 1 << 64:
+            raise ArgumentError(f"ioeventfd range {addr:#x}+{length} overflows")
+        if pio and addr + length > 0x10000:
+            raise ArgumentError(f"port {addr:#x}+{length} is beyond the 64 KiB I/O space")
+        self.vm = vm
+        self.addr, self.length, self.datamatch, self.pio = addr, length, datamatch, pio
+        self._owned = eventfd is None
+        self.eventfd = vm.backend.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if eventfd is None else eventfd
+        self.active = False
+        try:
+            self._ioctl(0)
+        except BaseException:
+            if self._owned:
+                vm.backend.close(self.eventfd)
+            raise
+        self.active = True
+
+    def _ioctl(self, extra: int) -> None:
+        a = ffi.new("struct kvm_ioeventfd *")
+        a.addr = self.addr
+        a.len = self.length
+        a.fd = self.eventfd
+        a.flags = extra | (I.KVM_IOEVENTFD_FLAG_PIO if self.pio else 0)
+        if self.datamatch is not None:
+            a.flags |= I.KVM_IOEVENTFD_FLAG_DATAMATCH
+            a.datamatch = self.datamatch
+        self.vm._ioctl(I.KVM_IOEVENTFD, a, op="KVM_IOEVENTFD")
+
+    def _undo(self) -> None:
+        self._ioctl(I.KVM_IOEVENTFD_FLAG_DEASSIGN)
+
+
+class IrqFd(_Binding):
+    """Signalling :attr:`eventfd` injects guest interrupt ``gsi`` (with an optional resample fd).
+
+    EINVAL: no in-kernel irqchip (x86) or bad flags; EBUSY: eventfd already used as irqfd.
+    """
+
+    def __init__(self, vm: "Vm", gsi: int, *, eventfd: int | None = None, resample_fd: int | None = None) -> None:
+        self.vm = vm
+        self.gsi = gsi
+        self.resample_fd = resample_fd
+        self._owned = eventfd is None
+        self.eventfd = vm.backend.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if eventfd is None else eventfd
+        self.active = False
+        try:
+            self._ioctl(I.KVM_IRQFD_FLAG_RESAMPLE if resample_fd is not None else 0)
+        except BaseException:
+            if self._owned:
+                vm.backend.close(self.eventfd)
+            raise
+        self.active = True
+
+    def _ioctl(self, flags: int) -> None:
+        a = ffi.new("struct kvm_irqfd *")
+        a.fd = self.eventfd
+        a.gsi = self.gsi
+        a.flags = flags
+        if self.resample_fd is not None:
+            a.resamplefd = self.resample_fd
+        self.vm._ioctl(I.KVM_IRQFD, a, op="KVM_IRQFD")
+
+    def trigger(self) -> None:
+        """Signal the eventfd (what a device's interrupt does)."""
+        os.write(self.eventfd, (1).to_bytes(8, "little"))
+
+    def _undo(self) -> None:
+        self._ioctl(I.KVM_IRQFD_FLAG_DEASSIGN)

@@ -1,0 +1,166 @@
+"""Guest memory backings for memslots: anonymous, memfd, hugetlbfs, or a borrowed mapping.
+
+A :class:`GuestMemory` is a host virtual address range that a memslot maps into the guest.
+It owns its mapping (and memfd) unless it was built with :meth:`GuestMemory.from_address`, which
+borrows an existing mapping -- such as an mmap'd VFIO region (device MMIO, the way QEMU maps a
+BAR into the guest) -- and keeps its owner alive.
+
+Safety: the guest reads and writes this memory behind Python's back for as long as a memslot
+maps it; a MemSlot keeps its GuestMemory alive, and GuestMemory.close() refuses while slots use it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Any
+
+from ..errors import AlignmentError, ArgumentError, PyvfioError, StateError, from_oserror
+from ..seam import Backend, get_backend
+from ..uapi import ffi
+
+PAGE_SIZE = mmap.PAGESIZE
+#: memfd_create(2) flag for hugetlbfs-backed memory and the page-size encoding (log2 << 26).
+MFD_HUGETLB = 0x0004
+MFD_HUGE_SHIFT = 26
+
+
+class GuestMemory:
+    """A page-aligned host mapping that memslots can map. Context manager; ``close()`` unmaps."""
+
+    def __init__(self, addr: int, size: int, *, backend: Backend, kind: str, fd: int = -1,
+                 owned: bool = True, owner: Any = None, page_size: int = PAGE_SIZE) -> None:
+        self.addr = addr
+        self.size = size
+        self.kind = kind
+        self.fd = fd
+        self.page_size = page_size
+        self.backend = backend
+        self._owned = owned
+        self._owner = owner  # keeps a borrowed mapping's owner alive
+        self.users = 0       # memslots mapping this memory
+        self.closed = False
+
+    # -- factories -----------------------------------------------------------------------------
+    @classmethod
+    def anonymous(cls, size: int, *, noreserve: bool = False,
+                  backend: Backend | str | None = None) -> "GuestMemory":
+        """Private anonymous memory (mmap MAP_PRIVATE|MAP_ANONYMOUS[|MAP_NORESERVE])."""
+        be = get_backend(backend)
+        _check_size(size, PAGE_SIZE)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (mmap.MAP_NORESERVE if noreserve else 0)
+        addr = be.mmap(size, mmap.PROT_READ | mmap.PROT_WRITE, flags)
+        return cls(addr, size, backend=be, kind="anonymous")
+
+    @classmethod
+    def memfd(cls, size: int, *, name: str = "pyvfio-guest", hugetlb: bool = False,
+              huge_page_size: int = 2 << 20, backend: Backend | str | None = None) -> "GuestMemory":
+        """Shared memory of a memfd (memfd_create + ftruncate + MAP_SHARED).
+
+        ``hugetlb=True`` backs it with hugetlbfs pages of ``huge_page_size`` (MFD_HUGETLB); the
+        size must be a multiple of that, and mmap fails with ENOMEM when too few huge pages are
+        reserved (/proc/sys/vm/nr_hugepages).
+        """
+        be = get_backend(backend)
+        page = huge_page_size if hugetlb else PAGE_SIZE
+        _check_size(size, page)
+        flags = os.MFD_CLOEXEC
+        if hugetlb:
+            flags |= MFD_HUGETLB | ((page.bit_length() - 1) << MFD_HUGE_SHIFT)
+        try:
+            fd = os.memfd_create(name, flags)
+        except OSError as e:
+            raise from_oserror(e, op="memfd_create") from None
+        try:
+            os.ftruncate(fd, size)
+        except OSError as e:
+            os.close(fd)
+            raise from_oserror(e, op="ftruncate") from None
+        try:
+            addr = be.mmap(size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        except PyvfioError as e:
+            os.close(fd)
+            if hugetlb and e.hint is None:
+                e.hint = (f"not enough free {page >> 20} MiB huge pages: "
+                          "reserve them with echo N > /proc/sys/vm/nr_hugepages")
+            raise
+        return cls(addr, size, backend=be, kind="hugetlbfs" if hugetlb else "memfd", fd=fd,
+                   page_size=page)
+
+    @classmethod
+    def hugetlb(cls, size: int, *, huge_page_size: int = 2 << 20,
+                backend: Backend | str | None = None) -> "GuestMemory":
+        """hugetlbfs memory (a MFD_HUGETLB memfd): see :meth:`memfd`."""
+        return cls.memfd(size, name="pyvfio-guest-huge", hugetlb=True, huge_page_size=huge_page_size,
+                         backend=backend)
+
+    @classmethod
+    def from_address(cls, addr: int, size: int, *, owner: Any = None, kind: str = "borrowed",
+                     backend: Backend | str | None = None) -> "GuestMemory":
+        """Borrow an existing mapping (e.g. ``Device.mmap_region``); ``owner`` is kept alive."""
+        if addr % PAGE_SIZE:
+            raise AlignmentError(f"address {addr:#x} is not page aligned ({PAGE_SIZE})")
+        _check_size(size, PAGE_SIZE)
+        return cls(addr, size, backend=get_backend(backend), kind=kind, owned=False, owner=owner)
+
+    # -- access ------------------------------------------------------------------------------
+    def buffer(self) -> Any:
+        """A writable cffi buffer over the whole mapping (no copy)."""
+        self._check_open()
+        return ffi.buffer(ffi.cast("char *", self.addr), self.size)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Copy ``size`` bytes at ``offset`` out of the mapping."""
+        self._check_range(offset, size)
+        return bytes(ffi.buffer(ffi.cast("char *", self.addr + offset), size))
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Copy ``data`` into the mapping at ``offset``."""
+        self._check_range(offset, len(data))
+        ffi.memmove(ffi.cast("char *", self.addr + offset), data, len(data))
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StateError("guest memory is unmapped")
+
+    def _check_range(self, offset: int, size: int) -> None:
+        self._check_open()
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise ArgumentError(f"range {offset:#x}+{size:#x} outside the {self.size:#x}-byte mapping")
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Unmap (and close the memfd). StateError while memslots still map it. Idempotent."""
+        if self.closed:
+            return
+        if self.users:
+            raise StateError(f"{self.users} memslot(s) still map this memory: delete them first")
+        self.closed = True
+        if self._owned:
+            self.backend.munmap(self.addr, self.size)
+            if self.fd >= 0:
+                os.close(self.fd)
+        self._owner = None
+
+    def __enter__(self) -> "GuestMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True) and self._owned and not self.users:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        return f"<GuestMemory {self.kind} {self.size:#x} bytes @ {self.addr:#x}>"
+
+
+def _check_size(size: int, page: int) -> None:
+    if size <= 0:
+        raise ArgumentError(f"size must be positive, got {size}")
+    if size % page:
+        raise AlignmentError(f"size {size:#x} is not a multiple of the page size {page:#x}")
