@@ -247,6 +247,8 @@ def _group_of(dev_dir: str) -> int | None:
 def decorate(sysfs_root: str) -> None:
     """Add attributes discovery reads (numa_node, reset_method, driver_override, revision,
     subsystem ids) to every PCI device of a sysfs-shaped tree that lacks them (the mock kernel's)."""
+    for mod in ("vfio", "vfio_pci"):  # the mock kernel implements both
+        os.makedirs(os.path.join(sysfs_root, "module", mod), exist_ok=True)
     base = os.path.join(sysfs_root, "bus", "pci", "devices")
     try:
         names = os.listdir(base)
