@@ -45,7 +45,7 @@ class PyvfioError(OSError):
         # OSError's own filename slot feeds str(); we format ourselves instead.
 
     def __str__(self) -> str:
-        name = _errno.errorcode.get(self.errno, str(self.errno))
+        name = _errno.errorcode.get(self.errno or 0, str(self.errno))
         where = f"{self.op}" if self.op else "operation"
         if self.path:
             where += f" on {self.path}"
@@ -62,7 +62,7 @@ class PyvfioError(OSError):
         return {
             "error": str(self),
             "errno": self.errno,
-            "errno_name": _errno.errorcode.get(self.errno, None),
+            "errno_name": _errno.errorcode.get(self.errno or 0),
             "op": self.op,
             "path": self.path,
             "hint": self.hint,
@@ -150,7 +150,11 @@ def register_hint(op: str | None, err: int, hint: str | HintFn) -> None:
 
     ``hint`` is a sentence or a function of the error returning one (or None).
     """
-    _HINTS[(op, err)] = hint if callable(hint) else (lambda _e, _h=hint: _h)
+    if callable(hint):
+        _HINTS[(op, err)] = hint
+    else:
+        text: str = hint
+        _HINTS[(op, err)] = lambda _e: text
 
 
 def error_from_errno(

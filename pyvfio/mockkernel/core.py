@@ -203,10 +203,10 @@ class MockKernel:
         """True if [addr, addr+size) lies in mappings of this process (/proc/self/maps)."""
         end = addr + size
         with open("/proc/self/maps") as f:
-            spans = []
+            spans: list[tuple[int, int]] = []
             for line in f:
-                lo, hi = line.split(None, 1)[0].split("-")
-                spans.append((int(lo, 16), int(hi, 16)))
+                lo_s, hi_s = line.split(None, 1)[0].split("-")
+                spans.append((int(lo_s, 16), int(hi_s, 16)))
         spans.sort()
         cur = addr
         for lo, hi in spans:

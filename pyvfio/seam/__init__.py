@@ -28,8 +28,11 @@ class Backend(Protocol):
     """What pyvfio needs from the kernel. Every method raises PyvfioError with errno and op."""
 
     name: str
-    #: Root of the sysfs tree this backend describes ("/sys" for the real kernel).
-    sysfs_root: str
+
+    @property
+    def sysfs_root(self) -> str:
+        """Root of the sysfs tree this backend describes ("/sys" for the real kernel)."""
+        ...
 
     def open(self, path: str, flags: int = O_RDWR_CLOEXEC) -> int: ...
     def close(self, fd: int) -> None: ...

@@ -28,7 +28,7 @@ class MockBackend(RealBackend):
         super().__init__()
         self.kernel = kernel if kernel is not None else MockKernel()
 
-    @property  # type: ignore[override]
+    @property
     def sysfs_root(self) -> str:
         return self.kernel.sysfs_root
 

@@ -16,7 +16,10 @@ class RealBackend:
     """Talks to the running kernel. ``ioctl`` returns the ioctl's own return value."""
 
     name = "real"
-    sysfs_root = "/sys"
+
+    @property
+    def sysfs_root(self) -> str:
+        return "/sys"
 
     def __init__(self) -> None:
         self._paths: dict[int, str] = {}
