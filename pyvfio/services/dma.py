@@ -8,9 +8,9 @@
   :class:`~pyvfio.services.iova.IovaAllocator` built from the IOMMU's reported ranges, and keeps a
   mapping cache: mapping the same buffer (same span and access) again returns the live mapping.
 
-Safety: a buffer must outlive every DMA mapping of it. ``DmaBuffer.close()`` refuses while a
-mapping exists, and a mapping holds a reference to its buffer, so memory the device can reach is
-never returned to the system behind its back. Views obtained from ``view``/``numpy()`` must not be
+Safety: a buffer must outlive every DMA mapping of it. A mapping holds a reference to its
+buffer, and ``DmaBuffer.close()`` while mapped only closes Python access: the memory is returned
+when the last mapping goes, so memory the device can reach is never freed behind its back. Views obtained from ``view``/``numpy()`` must not be
 used after ``close()``.
 
 Example (mock)::
@@ -80,6 +80,7 @@ class DmaBuffer:
         self.hugepages = hugepages
         self._lock = threading.Lock()
         self._mappings: list[Any] = []
+        self._close_pending = False
         prot = _mmap.PROT_READ | _mmap.PROT_WRITE
         flags = _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS | MAP_POPULATE
         if hugepages == "hugetlbfs":
@@ -128,6 +129,11 @@ class DmaBuffer:
 
     @property
     def closed(self) -> bool:
+        return self._close_pending or not self._finalizer.alive
+
+    @property
+    def released(self) -> bool:
+        """The memory went back to the system (closed and no longer mapped)."""
         return not self._finalizer.alive
 
     @property
@@ -170,6 +176,8 @@ class DmaBuffer:
         with self._lock:
             if mapping in self._mappings:
                 self._mappings.remove(mapping)
+            if self._close_pending and not self._mappings and self._finalizer.alive:
+                self._finalizer()
 
     @property
     def mappings(self) -> tuple[Any, ...]:
@@ -178,12 +186,11 @@ class DmaBuffer:
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
-        """Return the memory (idempotent). StateError while a DMA mapping of it exists."""
+        """Return the memory (idempotent). While DMA mappings of it exist the memory stays
+        until the last one is unmapped (the buffer is closed for Python access at once)."""
         with self._lock:
-            if self._mappings:
-                where = ", ".join(f"{m.iova:#x}" for m in self._mappings)
-                raise StateError(f"DmaBuffer is still DMA-mapped at IOVA {where}: unmap first")
-            if self._finalizer.alive:
+            self._close_pending = True
+            if not self._mappings and self._finalizer.alive:
                 self._finalizer()
 
     def __enter__(self) -> "DmaBuffer":

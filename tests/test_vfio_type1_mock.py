@@ -1,0 +1,247 @@
+"""Container/group/type1 behaviour on the mock kernel: the shared scenarios, plus what only the
+mock can set up (non-viable groups, missing interrupt remapping, injected faults)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from scenarios import CountingBackend, Env, FaultyBackend, locked_vm
+from scenarios import type1 as sc
+
+from pyvfio.errors import (BusyError, NotFoundError,
+                           PermissionDeniedError, StateError)
+from pyvfio.mockkernel import vfio as mvfio
+from pyvfio.mockkernel.type1 import Type1Iommu as MockType1
+from pyvfio.seam.mock import MockBackend
+from pyvfio.services.dma import DmaBuffer, DmaMapper
+from pyvfio.services.iova import IovaAllocator, IovaExhaustedError
+from pyvfio.vfio import Container, Group, IovaRange, open_device
+
+
+@pytest.fixture
+def env() -> Env:
+    return Env("mock", MockBackend)
+
+
+@pytest.mark.parametrize("scenario", sc.ALL, ids=lambda f: f.__name__.removeprefix("scenario_"))
+def test_scenario(scenario, env, no_fd_leak):
+    scenario(env)
+
+
+# -- mock-only situations ---------------------------------------------------------------------------
+
+
+def test_non_viable_group_set_container_eperm(no_fd_leak):
+    be = MockBackend()
+    mvfio.bind_driver(be.kernel, "0000:00:02.0", None)  # the NIC leaves its host driver...
+    nic = mvfio.state(be.kernel).devices["0000:00:02.0"]
+    # ...and joins edu's IOMMU group on a host driver: the group is no longer viable
+    nic.group.devices.remove(nic)
+    edu_group = mvfio.state(be.kernel).groups[3]
+    nic.group = edu_group
+    edu_group.devices.append(nic)
+    mvfio.bind_driver(be.kernel, "0000:00:02.0", "e1000e")
+    with Container(backend=be) as c, Group(3, backend=be) as g:
+        assert not g.status().viable
+        with pytest.raises(PermissionDeniedError) as ei:
+            c.attach(g)
+        assert "viable" in ei.value.hint
+        assert c.groups == [] and g.container is None
+
+
+def test_group_of_host_driver_device_has_no_node():
+    be = MockBackend()
+    assert Group.number_of("0000:00:02.0", backend=be) == 2
+    with pytest.raises(NotFoundError) as ei:
+        Group(2, backend=be)
+    assert "vfio-pci" in ei.value.hint
+    with pytest.raises(NotFoundError):
+        Group.number_of("0000:00:1f.0", backend=be)
+
+
+def test_no_interrupt_remapping_eperm_then_allow_unsafe(no_fd_leak):
+    be = MockBackend()
+    mvfio.state(be.kernel).groups[3].interrupt_remapping = False
+    with Container(backend=be) as c:
+        c.attach(Group(3, backend=be))
+        with pytest.raises(PermissionDeniedError) as ei:
+            c.set_iommu()
+        assert "allow_unsafe_interrupts" in ei.value.hint and "interrupt remapping" in ei.value.hint
+        assert any("No interrupt remapping support" in line for line in be.kernel.dmesg)
+        assert c.iommu is None
+        mvfio.state(be.kernel).write_param("vfio_iommu_type1", "allow_unsafe_interrupts", "Y")
+        c.set_iommu()
+
+
+def test_open_device_undoes_steps_on_failure(no_fd_leak):
+    be = MockBackend()
+    faulty = FaultyBackend(be, {"VFIO_SET_IOMMU": errno.EPERM})
+    with pytest.raises(PermissionDeniedError):
+        open_device("0000:00:03.0", backend=faulty)
+    assert "VFIO_SET_IOMMU!" in faulty.ops
+    assert len(be.kernel.files) == 0  # container and group closed
+    # the group can be opened again: nothing holds it
+    Group(3, backend=be).close()
+    faulty = FaultyBackend(be, {"VFIO_GROUP_SET_CONTAINER": errno.EBUSY})
+    with pytest.raises(BusyError):
+        open_device("0000:00:03.0", backend=faulty)
+    assert len(be.kernel.files) == 0
+
+
+def test_close_order_and_idempotence(no_fd_leak):
+    be = MockBackend()
+    counting = CountingBackend(be)
+    c = Container(backend=counting)
+    g = c.attach(Group(3, backend=counting))
+    iommu = c.set_iommu()
+    buf = DmaBuffer(4096)
+    m = iommu.map(buf, 0x100000)
+    base = locked_vm(be)
+    c.close()
+    c.close()
+    assert m.closed and buf.mappings == () and g.closed and c.closed
+    ops = counting.ops
+    assert ops.index("VFIO_IOMMU_UNMAP_DMA") < ops.index("VFIO_GROUP_UNSET_CONTAINER")
+    assert locked_vm(be) == base - 4096
+    assert be.kernel.files == {}
+    buf.close()
+    with pytest.raises(StateError):
+        c.fileno()
+
+
+def test_group_close_alone_releases_iommu_mappings(no_fd_leak):
+    be = MockBackend()
+    with Container(backend=be) as c:
+        g = c.attach(Group(3, backend=be))
+        iommu = c.set_iommu()
+        with DmaBuffer(4096) as buf:
+            m = iommu.map(buf, 0x100000)
+            g.close()  # last group: mappings go first, then the detach
+            assert m.closed and c.iommu is None and c.groups == []
+
+
+def test_finalizer_closes_dropped_container():
+    be = MockBackend()
+    c = Container(backend=be)
+    fd = c.fileno()
+    assert fd in be.kernel.files
+    del c
+    import gc
+
+    gc.collect()
+    assert fd not in be.kernel.files
+
+
+def test_enomem_via_simulated_task(no_fd_leak):
+    be = MockBackend()
+    task = mvfio.state(be.kernel).task
+    task.cap_ipc_lock_override = False
+    task.rlimit_override = task.locked_vm() + (64 << 10)
+    with sc.type1(be, "0000:00:03.0") as (_c, _g, iommu), DmaBuffer(128 << 10, hugepages=None) as buf:
+        before = task.locked_vm()
+        with pytest.raises(OSError) as ei:
+            iommu.map(buf, 0x100000)
+        assert ei.value.errno == errno.ENOMEM and "RLIMIT_MEMLOCK" in ei.value.hint
+        assert task.locked_vm() == before
+        task.cap_ipc_lock_override = True  # accounted, never refused
+        m = iommu.map(buf, 0x100000)
+        assert task.locked_vm() == before + (128 << 10)
+        m.unmap()
+
+
+def test_update_vaddr_when_supported(monkeypatch):
+    monkeypatch.setattr(MockType1, "update_vaddr_supported", True)
+    sc.scenario_update_vaddr(Env("mock", MockBackend))
+
+
+def test_translate_and_fault_logging():
+    be = MockBackend()
+    with sc.type1(be, "0000:00:03.0") as (_c, g, iommu), DmaBuffer(8192) as buf:
+        iommu.map(buf, 0x100000, write=False)
+        mgroup = mvfio.state(be.kernel).groups[3].vfio
+        buf.write(0, b"hello")
+        assert mgroup.dma_read(0x100000, 5) == b"hello"
+        with pytest.raises(mvfio.IommuFault):
+            mgroup.dma_write(0x100000, b"xx")
+        assert buf.read(0, 5) == b"hello"
+        with pytest.raises(mvfio.IommuFault):
+            mgroup.dma_read(0x900000, 4)
+        faults = [l for l in be.kernel.dmesg if l.startswith("DMAR:")]
+        assert "DMA Write" in faults[0] and "0x100000" in faults[0]
+        assert "DMA Read" in faults[1] and "0x900000" in faults[1]
+
+
+def test_get_info_argsz_recall_and_cap_chain_guard():
+    be = MockBackend()
+    counting = CountingBackend(be)
+    with sc.type1(counting, "0000:00:03.0") as (_c, _g, iommu):
+        iommu.info()
+        assert counting.ops.count("VFIO_IOMMU_GET_INFO") == 2  # too small, then the asked argsz
+    from pyvfio.uapi import ffi
+    from pyvfio.vfio.type1 import CapChainError, walk_cap_chain
+
+    raw = ffi.new("char[]", 64)
+    hdr = ffi.cast("struct vfio_info_cap_header *", raw + 24)
+    hdr.id, hdr.next = 1, 24  # points at itself
+    with pytest.raises(CapChainError):
+        walk_cap_chain(raw, 64, 24, 24, op="t")
+    hdr.next = 60  # header would run past the end
+    with pytest.raises(CapChainError):
+        walk_cap_chain(raw, 64, 24, 24, op="t")
+    hdr.next = 8  # points back into the fixed struct
+    with pytest.raises(CapChainError):
+        walk_cap_chain(raw, 64, 24, 24, op="t")
+
+
+def test_short_unmap_is_an_error():
+    from pyvfio.vfio import ShortUnmapError
+
+    be = MockBackend()
+    with sc.type1(be, "0000:00:03.0") as (_c, _g, iommu), DmaBuffer(4096) as buf:
+        m = iommu.map(buf, 0x100000)
+        assert iommu.unmap_dma(0x100000, 4096) == 4096  # behind pyvfio's back
+        with pytest.raises(ShortUnmapError):
+            m.unmap()
+        assert m.closed and buf.mappings == ()
+
+
+def test_iova_allocator_ranges_limit_and_reuse():
+    a = IovaAllocator([IovaRange(0, 0xFEDFFFFF), IovaRange(0xFEF00000, 0x7FFFFFFFFF)])
+    x = a.alloc(0x1000)
+    assert x == 0x100000
+    big = a.alloc(0xFED00000 - 0x101000)  # fills the rest of the low range
+    nxt = a.alloc(0x200000)
+    assert nxt >= 0xFEF00000  # never inside the MSI window
+    with pytest.raises(IovaExhaustedError):
+        a.alloc(0x1000, limit=1 << 28)
+    a.free(x)
+    assert a.alloc(0x1000, limit=1 << 28) == x
+    a.free(big)
+    assert a.alloc(0x4000, align=0x200000) == 0x200000
+    with pytest.raises(Exception):
+        a.reserve(0xFEE00000, 0x1000)
+
+
+def test_mapper_frees_iova_on_unmap():
+    be = MockBackend()
+    with sc.type1(be, "0000:00:03.0") as (_c, _g, iommu), DmaBuffer(4096) as buf:
+        mp = DmaMapper(iommu, limit=1 << 28)
+        m = mp.map(buf)
+        iova = m.iova
+        m.unmap()
+        assert len(mp) == 0 and mp.lookup(buf) is None
+        assert mp.map(buf).iova == iova
+        mp.unmap_all()
+
+
+def test_dmabuffer_alignment_and_access():
+    with DmaBuffer(4096) as b:
+        assert b.addr % (2 << 20) == 0 and b.size == 4096
+        b.write(10, b"abc")
+        assert b.read(10, 3) == b"abc" and bytes(b.view[10:13]) == b"abc"
+        assert int(b.numpy()[10]) == ord("a")
+    with DmaBuffer(5000, hugepages=None) as b:
+        assert b.addr % 4096 == 0 and b.size == 8192
+    assert b.closed
