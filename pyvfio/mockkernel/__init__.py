@@ -18,7 +18,7 @@ def default_subsystems() -> list[Any]:
     names: list[str] = [
         "pyvfio.mockkernel.vfio",
         "pyvfio.mockkernel.type1",
-        # "pyvfio.mockkernel.kvm",      (KVM)
+        "pyvfio.mockkernel.kvm",
     ]
     return [importlib.import_module(n) for n in names]
 
