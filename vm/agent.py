@@ -93,6 +93,9 @@ def bind_vfio(dev: dict, wait: float = 5.0) -> None:
     dev["driver"] = driver_of(bdf)
     group = group_of(bdf)
     dev["iommu_group"] = group
+    if dev["driver"] != "vfio-pci" and "bind_error" not in dev:
+        dev["bind_error"] = ("vfio-pci did not bind" +
+                             (" (the device has no IOMMU group)" if group is None else ""))
     if dev["driver"] == "vfio-pci" and group is not None:
         node = f"/dev/vfio/{group}"
         deadline = time.monotonic() + wait
@@ -104,7 +107,8 @@ def bind_vfio(dev: dict, wait: float = 5.0) -> None:
     cdev_dir = os.path.join(base, "vfio-dev")
     if os.path.isdir(cdev_dir):  # VFIO_DEVICE_CDEV kernels
         names = os.listdir(cdev_dir)
-        dev["vfio_cdev"] = f"/dev/vfio/devices/{names[0]}" if names else None
+        node = f"/dev/vfio/devices/{names[0]}" if names else None
+        dev["vfio_cdev"] = node if node and os.path.exists(node) else None
     dev["bound"] = dev["driver"] == "vfio-pci"
 
 

@@ -48,9 +48,9 @@ mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay 
     || fatal "overlay mount failed"
 
 R=/newroot
-for d in tmp var/tmp run; do
-    mount -t tmpfs -o mode=1777 tmpfs "$R/$d" 2>/dev/null
-done
+# the whole root is an overlay (writes land in tmpfs), so /tmp keeps the host's content and a
+# host cwd under /tmp works; /run starts empty
+mount -t tmpfs -o mode=0755 tmpfs "$R/run" 2>/dev/null
 mount --move /proc "$R/proc"
 mount --move /sys "$R/sys"
 mount --move /dev "$R/dev"

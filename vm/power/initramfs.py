@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import py_compile
 import shutil
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from . import pins
+from .fetch import module_depends
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 GUEST_SRC = "/src"                 # where the project's files appear in the guest
 GUEST_RUN = "/run/pyvfio"          # cmd, env written per run
@@ -127,8 +129,18 @@ def base_archive(cache: Path) -> Path:
             w.dir(d)
         w.chardev("dev/console", 5, 1)
         w.chardev("dev/null", 1, 3, 0o666)
-        for name in (cache / "modules").iterdir():
-            w.file(f"usr/lib/modules/pyvfio/{name.name}", name.read_bytes())
+        # Modules where modprobe looks, a modules.dep for them, and /init's load order.
+        moddir = f"usr/lib/modules/{pins.KERNEL.release}"
+        order = (cache / "modules" / "order").read_text().split()
+        by_modname = {n[:-3].replace("-", "_"): n for n in order}
+        deps = []
+        for name in order:
+            data = (cache / "modules" / name).read_bytes()
+            w.file(f"{moddir}/pyvfio/{name}", data)
+            needs = [by_modname[d.replace("-", "_")] for d in module_depends(data)]
+            deps.append(f"pyvfio/{name}:" + "".join(f" pyvfio/{d}" for d in needs))
+        w.file(f"{moddir}/modules.dep", "\n".join(deps).encode() + b"\n")
+        w.file(f"{moddir}/pyvfio.order", "".join(f"pyvfio/{n}\n" for n in order).encode())
         w.file("init", INIT_SCRIPT.read_bytes(), 0o755)
         w.trailer()
     for old in cache.glob("base-*.cpio"):
@@ -179,9 +191,10 @@ def compile_pyc(src: Path, guest_path: str, tmpdir: Path) -> bytes | None:
     return out.read_bytes()
 
 
-def payload_archive(repo: Path, command: str, env: dict[str, str],
+def payload_archive(repo: Path, command: str, job: dict,
                     extra: Iterable[tuple[str, bytes]] = ()) -> bytes:
-    """The per-run archive: project files under /src (+ __pycache__), /run/pyvfio/{cmd,env}."""
+    """The per-run archive: project files under /src (+ __pycache__), /run/pyvfio/cmd (the
+    command line) and /run/pyvfio/job.json (vm/agent.py's job description)."""
     buf = io.BytesIO()
     w = CpioWriter(buf)
     with tempfile.TemporaryDirectory() as td:
@@ -197,15 +210,11 @@ def payload_archive(repo: Path, command: str, env: dict[str, str],
                     d, n = os.path.split(rel)
                     w.file(f"{GUEST_SRC}/{d}/__pycache__/{n[:-3]}.cpython-311.pyc".replace("//", "/"), pyc)
     w.file(f"{GUEST_RUN}/cmd", command.encode() + b"\n", 0o755)
-    w.file(f"{GUEST_RUN}/env", "".join(f"export {k}={_sh_quote(v)}\n" for k, v in env.items()).encode())
+    w.file(f"{GUEST_RUN}/job.json", json.dumps(job, indent=1).encode())
     for name, data in extra:
         w.file(name, data)
     w.trailer()
     return buf.getvalue()
-
-
-def _sh_quote(s: str) -> str:
-    return "'" + s.replace("'", "'\"'\"'") + "'"
 
 
 def write_initrd(base: Path, payload: bytes, dest: Path) -> None:

@@ -42,9 +42,10 @@ __all__ = ["PowerRun", "run", "unavailable_reason", "qemu_command", "GuestResult
            "GuestUnavailable", "EXIT_FAILURE", "EXIT_TIMEOUT", "VARIANT"]
 
 VARIANT = "power"
+GUEST_RESULTS = "/results"
 REPO = Path(__file__).resolve().parents[2]
 EXIT_RE = re.compile(r"^PYVFIO-EXIT=(\d+)\s*$")
-READY, BEGIN, END, INIT_ERROR = ("PYVFIO-READY", "PYVFIO-RESULTS-BEGIN", "PYVFIO-RESULTS-END",
+READY, BEGIN, END, INIT_ERROR = ("pyvfio-guest: up", "PYVFIO-RESULTS-BEGIN", "PYVFIO-RESULTS-END",
                                  "PYVFIO-INIT-ERROR")
 
 
@@ -80,7 +81,7 @@ class PowerRun:
                  results_dir: str | os.PathLike | None = None, env: dict[str, str] | None = None,
                  stream: IO[str] | None | bool = True, tail_lines: int = 60,
                  repo: str | os.PathLike | None = None, memory: str = "2G", edu: bool = True,
-                 shell: bool = False) -> None:
+                 shell: bool = False, bind: Sequence[str] = ("edu",)) -> None:
         """``argv`` runs in the guest's /src (``shell=True``: argv is one shell command line).
 
         ``env`` is added to the guest's environment (the host's environment is not passed: the
@@ -102,6 +103,7 @@ class PowerRun:
         self.repo = Path(repo or REPO)
         self.memory = memory
         self.edu = edu
+        self.bind = tuple(bind) if edu else ()
         if results_dir is None:
             self.results_dir = Path(tempfile.mkdtemp(prefix="pyvfio-guest-power-"))
         else:
@@ -129,13 +131,22 @@ class PowerRun:
         """Call callback(line) for every console line (results payload lines excluded)."""
         self._line_callbacks.append(callback)
 
+    def job(self) -> dict:
+        """vm/agent.py's job description: it binds edu, runs ``sh /run/pyvfio/cmd`` in /src."""
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+               "TERM": "dumb", "PYTHONPATH": initramfs.GUEST_SRC, "PYTHONUNBUFFERED": "1",
+               "PYTHONDONTWRITEBYTECODE": "1", "PYVFIO_RESULTS": GUEST_RESULTS, **self.env}
+        return {"argv": ["sh", f"{initramfs.GUEST_RUN}/cmd"], "cwd": initramfs.GUEST_SRC,
+                "env": env, "variant": VARIANT, "bind": list(self.bind),
+                "results_dir": GUEST_RESULTS, "allow_unsafe_interrupts": False}
+
     def start(self) -> "PowerRun":
         reason = unavailable_reason()
         if reason:
             raise GuestUnavailable(reason)
         cache = fetch.prepare()
         base = initramfs.base_archive(cache)
-        payload = initramfs.payload_archive(self.repo, self.command, self.env)
+        payload = initramfs.payload_archive(self.repo, self.command, self.job())
         fd, name = tempfile.mkstemp(prefix="initrd-", suffix=".cpio", dir=cache)
         os.close(fd)
         self._initrd = Path(name)
@@ -238,7 +249,7 @@ class PowerRun:
             if s == BEGIN:
                 self._b64 = []
                 continue
-            if s == READY and self.boot_seconds is None:
+            if s.startswith(READY) and self.boot_seconds is None:
                 self.boot_seconds = time.monotonic() - self._t0
             elif s.startswith(INIT_ERROR):
                 self.init_error = s
