@@ -301,14 +301,19 @@ class DriverCore:
             with open(path, "w") as f:
                 f.write(value)
         except OSError as e:
-            hint = None
-            if e.errno == errno.ENODEV and op == "drivers_probe":
-                hint = "no driver accepted the device: is the module loaded (modprobe vfio-pci)?"
-            elif e.errno == errno.EINVAL and op == "drivers_probe":
-                hint = "the probe failed; vfio-pci refuses devices without an IOMMU group (see dmesg)"
-            elif e.errno in (errno.EACCES, errno.EPERM):
-                hint = "writing sysfs driver files needs root"
-            raise from_oserror(e, op=op, path=path, hint=hint) from None
+            raise self.translate(e, path, op) from None
+
+    @staticmethod
+    def translate(e: OSError, path: str, op: str) -> PyvfioError:
+        """The typed error for a refused driver-core write, with the usual cause as hint."""
+        hint = None
+        if e.errno == errno.ENODEV and op == "drivers_probe":
+            hint = "no driver accepted the device: is the module loaded (modprobe vfio-pci)?"
+        elif e.errno == errno.EINVAL and op == "drivers_probe":
+            hint = "the probe failed; vfio-pci refuses devices without an IOMMU group (see dmesg)"
+        elif e.errno in (errno.EACCES, errno.EPERM):
+            hint = "writing sysfs driver files needs root"
+        return from_oserror(e, op=op, path=path, hint=hint)
 
     def dev_path(self, bdf: str, *rest: str) -> str:
         return os.path.join(self.paths.sys, "bus", "pci", "devices", bdf, *rest)

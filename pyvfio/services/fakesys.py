@@ -117,11 +117,11 @@ class FakeHost:
         for k, v in attrs.items():
             _write(os.path.join(d, k), v if v.endswith("\n") or not v else v + "\n")
         _link(d, os.path.join(self.root, "sys/bus/pci/devices", bdf))
-        if driver:
-            self.add_driver(driver, [f"{vendor:04x}:{device:04x}"])
-            self._bind(bdf, driver)
         if group is not None:
             self.set_group(bdf, group)
+        if driver:
+            self.add_driver(driver, [] if is_vfio_driver(driver) else [f"{vendor:04x}:{device:04x}"])
+            self._bind(bdf, driver)
         if physfn:
             pf = self.dev_dir(physfn)
             _link(pf, os.path.join(d, "physfn"))
@@ -307,6 +307,13 @@ class EmulatedDriverCore(DriverCore):
 
     def probe(self, bdf: str) -> None:
         super().probe(bdf)
+        try:
+            self._probe(bdf)
+        except OSError as e:
+            raise self.translate(e, os.path.join(self.paths.sys, "bus", "pci", "drivers_probe"),
+                                 "drivers_probe") from None
+
+    def _probe(self, bdf: str) -> None:
         if self.driver_of(bdf) is not None:
             return
         dev = self._dev_dir(bdf)
@@ -324,7 +331,7 @@ class EmulatedDriverCore(DriverCore):
                 return
 
 
-__all__ = ["FakeHost", "EmulatedDriverCore", "MockKernelDriverCore", "decorate", "limits_text"]
+__all__ = ["FakeHost", "EmulatedDriverCore", "MockKernelDriverCore", "decorate", "limits_text", "sample_host"]
 
 
 class MockKernelDriverCore(DriverCore):
@@ -383,3 +390,57 @@ class MockKernelDriverCore(DriverCore):
     def node_exists(self, group: int) -> bool:
         g = self._vfio.state(self.kernel).groups.get(group)  # type: ignore[arg-type]
         return bool(g is not None and g.has_vfio_device())
+
+
+def sample_host(root: str) -> FakeHost:
+    """A small passthrough host with one example of each situation the CLI and doctor handle.
+
+    ====================  ==========  ===============  =====  ===========================================
+    BDF                   ids         driver           group  notes
+    ====================  ==========  ===============  =====  ===========================================
+    0000:00:00.0          8086:29c0   -                0      host bridge
+    0000:00:02.0          8086:10d3   e1000e           1      eth0 with a route (in use)
+    0000:00:03.0          1234:11e8   vfio-pci         2      edu, no reset method
+    0000:00:04.0          1b36:0010   nvme             3      nvme0n1p1 mounted on /data (in use)
+    0000:01:00.0          10de:1b80   nouveau          4      GPU ...
+    0000:01:00.1          10de:10f0   snd_hda_intel    4      ... and its audio function
+    0000:02:00.0          8086:1521   igb              5      SR-IOV PF (7 VFs possible), NUMA node 1
+    0000:02:10.0          8086:1520   -                6      its VF
+    0000:03:00.0          1af4:1041   virtio-pci       -      no IOMMU group
+    ====================  ==========  ===============  =====  ===========================================
+
+    Intel IOMMU on (ACPI DMAR, dmar0, intel_iommu=on), interrupt remapping (IR-PCI-MSI),
+    vfio modules loaded, /dev/vfio/vfio and /dev/kvm present, 4 GiB of 2 MiB hugepages free.
+    """
+    h = FakeHost(root)
+    h.add_driver("vfio-pci").add_driver("pci-stub")
+    h.add_pci("0000:00:00.0", 0x8086, 0x29C0, class_code=0x060000, group=0, reset_method="")
+    h.add_pci("0000:00:02.0", 0x8086, 0x10D3, class_code=0x020000, driver="e1000e", group=1)
+    h.add_pci("0000:00:03.0", 0x1234, 0x11E8, class_code=0x00FF00, driver="vfio-pci", group=2, reset_method="")
+    h.add_pci("0000:00:04.0", 0x1B36, 0x0010, class_code=0x010802, driver="nvme", group=3)
+    h.add_pci("0000:01:00.0", 0x10DE, 0x1B80, class_code=0x030000, driver="nouveau", group=4)
+    h.add_pci("0000:01:00.1", 0x10DE, 0x10F0, class_code=0x040300, driver="snd_hda_intel", group=4)
+    h.add_pci("0000:02:00.0", 0x8086, 0x1521, class_code=0x020000, driver="igb", group=5, numa_node=1,
+              sriov_totalvfs=7)
+    h.add_pci("0000:02:10.0", 0x8086, 0x1520, class_code=0x020000, group=6, numa_node=1, physfn="0000:02:00.0")
+    h.add_pci("0000:03:00.0", 0x1AF4, 0x1041, class_code=0x020000, driver="virtio-pci")
+    h.add_net("0000:00:02.0", "eth0").add_ipv4_route("eth0", "10.0.2.0", 24)
+    h.add_block("0000:00:04.0", "nvme0n1", "259:0", {"nvme0n1p1": "259:1"}).mount("259:1", "/dev/nvme0n1p1", "/data")
+    h.write("sys/firmware/acpi/tables/DMAR", "")
+    os.makedirs(os.path.join(root, "sys/class/iommu/dmar0/intel-iommu"), exist_ok=True)
+    h.write("proc/cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro intel_iommu=on\n")
+    h.write("proc/interrupts", "            CPU0\n  0:   30   IR-IO-APIC    2-edge      timer\n"
+                               " 24:    0   IR-PCI-MSI-0000:00:02.0 0-edge   eth0\n")
+    for mod in ("vfio", "vfio_pci", "vfio_iommu_type1"):
+        os.makedirs(os.path.join(root, "sys/module", mod), exist_ok=True)
+    h.write("sys/module/vfio_iommu_type1/parameters/dma_entry_limit", "65535\n")
+    h.write("sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts", "N\n")
+    h.write("sys/module/vfio/parameters/enable_unsafe_noiommu_mode", "N\n")
+    h.write("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "2048\n")
+    h.write("sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "2048\n")
+    h.write("proc/self/limits", limits_text(None))
+    h.write("proc/zoneinfo", "Node 0, zone      DMA\n  pages free     3840\n        present  3998\n"
+                             "Node 0, zone   Normal\n  pages free     100000\n        present  1000000\n")
+    h.write("dev/vfio/vfio", "").write("dev/kvm", "")
+    h.write("dev/kmsg", "6,1,100,-;DMAR: IOMMU enabled\n6,2,200,-;DMAR-IR: Enabled IRQ remapping in x2apic mode\n")
+    return h
