@@ -21,8 +21,17 @@ from pyvfio.vfio import Container, Group, IovaRange, open_device
 
 
 @pytest.fixture
-def env() -> Env:
-    return Env("mock", MockBackend)
+def be():
+    """A mock kernel created before the fd-leak check starts (its simulated devices hold BAR
+    memfds for the machine's lifetime) and powered off afterwards."""
+    backend = MockBackend()
+    yield backend
+    mvfio.shutdown(backend.kernel)
+
+
+@pytest.fixture
+def env(be) -> Env:
+    return Env("mock", lambda: be)
 
 
 @pytest.mark.parametrize("scenario", sc.ALL, ids=lambda f: f.__name__.removeprefix("scenario_"))
@@ -33,8 +42,7 @@ def test_scenario(scenario, env, no_fd_leak):
 # -- mock-only situations ---------------------------------------------------------------------------
 
 
-def test_non_viable_group_set_container_eperm(no_fd_leak):
-    be = MockBackend()
+def test_non_viable_group_set_container_eperm(be, no_fd_leak):
     mvfio.bind_driver(be.kernel, "0000:00:02.0", None)  # the NIC leaves its host driver...
     nic = mvfio.state(be.kernel).devices["0000:00:02.0"]
     # ...and joins edu's IOMMU group on a host driver: the group is no longer viable
@@ -61,8 +69,7 @@ def test_group_of_host_driver_device_has_no_node():
         Group.number_of("0000:00:1f.0", backend=be)
 
 
-def test_no_interrupt_remapping_eperm_then_allow_unsafe(no_fd_leak):
-    be = MockBackend()
+def test_no_interrupt_remapping_eperm_then_allow_unsafe(be, no_fd_leak):
     mvfio.state(be.kernel).groups[3].interrupt_remapping = False
     with Container(backend=be) as c:
         c.attach(Group(3, backend=be))
@@ -75,8 +82,7 @@ def test_no_interrupt_remapping_eperm_then_allow_unsafe(no_fd_leak):
         c.set_iommu()
 
 
-def test_open_device_undoes_steps_on_failure(no_fd_leak):
-    be = MockBackend()
+def test_open_device_undoes_steps_on_failure(be, no_fd_leak):
     faulty = FaultyBackend(be, {"VFIO_SET_IOMMU": errno.EPERM})
     with pytest.raises(PermissionDeniedError):
         open_device("0000:00:03.0", backend=faulty)
@@ -90,8 +96,7 @@ def test_open_device_undoes_steps_on_failure(no_fd_leak):
     assert len(be.kernel.files) == 0
 
 
-def test_close_order_and_idempotence(no_fd_leak):
-    be = MockBackend()
+def test_close_order_and_idempotence(be, no_fd_leak):
     counting = CountingBackend(be)
     c = Container(backend=counting)
     g = c.attach(Group(3, backend=counting))
@@ -111,8 +116,7 @@ def test_close_order_and_idempotence(no_fd_leak):
         c.fileno()
 
 
-def test_group_close_alone_releases_iommu_mappings(no_fd_leak):
-    be = MockBackend()
+def test_group_close_alone_releases_iommu_mappings(be, no_fd_leak):
     with Container(backend=be) as c:
         g = c.attach(Group(3, backend=be))
         iommu = c.set_iommu()
@@ -134,8 +138,7 @@ def test_finalizer_closes_dropped_container():
     assert fd not in be.kernel.files
 
 
-def test_enomem_via_simulated_task(no_fd_leak):
-    be = MockBackend()
+def test_enomem_via_simulated_task(be, no_fd_leak):
     task = mvfio.state(be.kernel).task
     task.cap_ipc_lock_override = False
     task.rlimit_override = task.locked_vm() + (64 << 10)

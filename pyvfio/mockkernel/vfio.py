@@ -554,8 +554,21 @@ def default_machine(kernel: MockKernel) -> None:
     else:
         edu = PciIdentity("0000:00:03.0", 0x1234, 0x11E8, 0x00FF00)
     add_device(kernel, edu, group=3, driver="vfio-pci")
-    add_device(kernel, PciIdentity("0000:00:02.0", 0x8086, 0x10D3, 0x020000), group=2,
-               driver="e1000e")
+    make_nic = getattr(pci, "make_e1000e", None) if pci is not None else None
+    nic = (make_nic(kernel, "0000:00:02.0") if make_nic is not None
+           else PciIdentity("0000:00:02.0", 0x8086, 0x10D3, 0x020000))
+    add_device(kernel, nic, group=2, driver="e1000e")
+
+
+def shutdown(kernel: MockKernel) -> None:
+    """Release what the simulated devices hold (BAR memfds...): the machine is powered off."""
+    st = kernel.state.get(NAME)
+    if st is None:
+        return
+    for entry in st.devices.values():
+        close = getattr(entry.sim, "close", None)
+        if callable(close):
+            close()
 
 
 # ---------------------------------------------------------------------------------------------
