@@ -114,7 +114,7 @@ class SimPciDevice:
     subsystem_vendor_id = 0x1AF4  # QEMU's default subsystem (Red Hat, Inc. / QEMU)
     subsystem_id = 0x1100
 
-    def __init__(self, name: str, *, pcie: bool = False, interrupt_pin: int = 1,
+    def __init__(self, name: str, *, pcie: bool = False, interrupt_pin: int = 1, interrupt_line: int = 0x0A,
                  reset: str | None = None, kernel: MockKernel | None = None) -> None:
         self.name = name
         self.kernel = kernel
@@ -123,6 +123,7 @@ class SimPciDevice:
         self.config = bytearray(self.cfg_size)
         self.wmask = bytearray(self.cfg_size)
         self.bars: list[Bar | None] = [None] * 6
+        self.rom: bytes | None = None
         self.reset_method = reset
         self.sparse_msix = False
         self.group: Any = None
@@ -136,7 +137,7 @@ class SimPciDevice:
         self.intx_level = False
         self.msi_vectors = 0
         self.msix_vectors = 0
-        self._header(interrupt_pin)
+        self._header(interrupt_pin, interrupt_line)
 
     # -- config space construction ---------------------------------------------------------
     def _put(self, off: int, size: int, value: int, wmask: int = 0) -> None:
@@ -146,10 +147,12 @@ class SimPciDevice:
     def _get(self, off: int, size: int) -> int:
         return int.from_bytes(self.config[off:off + size], "little")
 
-    def _header(self, pin: int) -> None:
+    def _header(self, pin: int, line: int) -> None:
         self._put(0x00, 2, self.vendor_id)
         self._put(0x02, 2, self.device_id)
-        self._put(0x04, 2, 0, wmask=0x0547)  # IO, MEMORY, MASTER, PARITY, SERR, INTX_DISABLE
+        # firmware left I/O+ Mem+ SERR+ (what the x86 guest's lspci shows); writable: IO, MEMORY,
+        # MASTER, PARITY, SERR, INTX_DISABLE
+        self._put(0x04, 2, 0x0103, wmask=0x0547)
         self._put(0x06, 2, 0)
         self._put(0x08, 4, (self.class_code << 8) | self.revision)
         self._put(0x0C, 1, 0, wmask=0xFF)  # cache line size
@@ -157,7 +160,7 @@ class SimPciDevice:
         self._put(0x0E, 1, 0)  # header type 0
         self._put(0x2C, 2, self.subsystem_vendor_id)
         self._put(0x2E, 2, self.subsystem_id)
-        self._put(0x3C, 1, 0xFF if pin else 0, wmask=0xFF)  # interrupt line
+        self._put(0x3C, 1, line if pin else 0, wmask=0xFF)  # interrupt line (firmware's routing)
         self._put(0x3D, 1, pin)
 
     def add_bar(self, bar: Bar, address: int) -> Bar:
@@ -173,6 +176,12 @@ class SimPciDevice:
             if bar.is_64bit:
                 self._put(off + 4, 4, address >> 32, wmask=0xFFFFFFFF)
         return bar
+
+    def add_rom(self, size: int, address: int, content: bytes = b"\x55\xaa") -> None:
+        """An expansion ROM of ``size`` bytes (disabled in the ROM BAR, as firmware leaves it);
+        vfio-pci exposes it read-only as the ROM region."""
+        self.rom = content + bytes(size - len(content))
+        self._put(0x30, 4, address & 0xFFFFF800, wmask=(~(size - 1) & 0xFFFFF800) | 1)
 
     def add_cap(self, cap_id: int, offset: int, body: bytes, wmask: bytes | None = None) -> int:
         """Append a standard capability at ``offset`` (``body`` after the id/next bytes)."""
@@ -318,7 +327,10 @@ class SimPciDevice:
             self._signal(self.triggers[0])
 
     def msi_notify(self, vector: int = 0) -> None:
-        """An MSI/MSI-X message for ``vector`` (edge: one eventfd signal per message)."""
+        """An MSI/MSI-X message for ``vector`` (edge: one eventfd signal per message; like any
+        device write it needs bus mastering, as QEMU and hardware do)."""
+        if not self.bus_master():
+            return  # an MSI is a memory write: dropped while bus mastering is off
         if self.irq_type in (MSI, MSIX) and vector < len(self.triggers):
             self._signal(self.triggers[vector])
 
@@ -563,7 +575,8 @@ class Edu(SimPciDevice):
 class E1000e(SimPciDevice):
     """Config space and BARs of QEMU's e1000e (8086:10d3): PM at 0xc8, MSI at 0xd0, PCIe v1
     endpoint at 0xe0, MSI-X (5 vectors, table and PBA in BAR3) at 0xa0; AER at 0x100, DSN at
-    0x140; BAR0 128 KiB MMIO, BAR1 128 KiB flash, BAR2 32-byte I/O, BAR3 16 KiB MSI-X.
+    0x140; BAR0 128 KiB MMIO, BAR1 128 KiB flash, BAR2 32-byte I/O, BAR3 16 KiB MSI-X, a 256 KiB
+    expansion ROM; laid out as the x86 guest's firmware leaves it (same addresses).
     ``sparse_msix=True`` reports BAR3 with a SPARSE_MMAP capability leaving out the table page
     (kernels before 4.16) instead of MSIX_MAPPABLE. Reset by PM (D3hot and back)."""
 
@@ -575,27 +588,27 @@ class E1000e(SimPciDevice):
     subsystem_id = 0x0000
 
     def __init__(self, name: str = "0000:00:02.0", *, kernel: MockKernel | None = None,
-                 sparse_msix: bool = False, bar_base: int = 0xFEB80000) -> None:
-        super().__init__(name, pcie=True, interrupt_pin=1, reset="pm", kernel=kernel)
+                 sparse_msix: bool = False) -> None:
+        super().__init__(name, pcie=True, interrupt_pin=1, interrupt_line=0x0B, reset="pm", kernel=kernel)
         self.sparse_msix = sparse_msix
-        self.add_bar(Bar(0, 128 << 10), bar_base)
-        self.add_bar(Bar(1, 128 << 10), bar_base + (128 << 10))
-        self.add_bar(Bar(2, 32, io=True), 0xC000)
-        self.add_bar(Bar(3, 16 << 10), bar_base + (256 << 10))
-        # PM v3 (PMC: D1/D2 no, PME from D3hot), PMCSR power state writable, NoSoftRst-
-        self.add_cap(0x01, 0xC8, (0x0003).to_bytes(2, "little") + bytes(4),
-                     wmask=bytes(2) + b"\x03\x81")
+        # the addresses the x86 guest's firmware assigns
+        self.add_bar(Bar(0, 128 << 10), 0xFEB40000)
+        self.add_bar(Bar(1, 128 << 10), 0xFEB60000)
+        self.add_bar(Bar(2, 32, io=True), 0xC0C0)
+        self.add_bar(Bar(3, 16 << 10), 0xFEB80000)
+        self.add_rom(256 << 10, 0xFEB00000)
+        # PM version 2 with DSI (PMC 0x0022); PMCSR power state writable, NoSoftRst- (PM reset)
+        self.add_cap(0x01, 0xC8, _le(0x0022, 2) + bytes(4), wmask=bytes(2) + b"\x03\x81")
         # MSI: 64-bit, one vector
         self.add_cap(0x05, 0xD0, bytes([0x80, 0x00]) + bytes(12),
                      wmask=bytes([0x71, 0x00]) + b"\xfc\xff\xff\xff" + b"\xff" * 4 + b"\xff\xff")
-        # PCIe v1 endpoint (PCI_EXP_VER1_SIZEOF 0x14): caps, devcap, devctl (writable), devsta,
-        # lnkcap (x1, 2.5GT/s), lnkctl, lnksta
-        pcie = (_le(0x0001, 2) + _le(0x00008000, 4) + _le(0x2810, 2) + _le(0, 2)
-                + _le(0x00000011, 4) + _le(0, 2) + _le(0x0011, 2))
+        # PCIe v1 root complex integrated endpoint (PCI_EXP_VER1_SIZEOF 0x14): caps 0x0091,
+        # devcap RBE+, devctl (writable), devsta, lnkcap, lnkctl, lnksta
+        pcie = (_le(0x0091, 2) + _le(0x00008000, 4) + _le(0, 2) + _le(0, 2)
+                + _le(0x00000411, 4) + _le(0, 2) + _le(0x0011, 2))
         self.add_cap(0x10, 0xE0, pcie, wmask=bytes(6) + b"\xff\xff")
         # MSI-X: 5 vectors, table BAR3 + 0, PBA BAR3 + 0x2000; enable/function mask writable
-        self.add_cap(0x11, 0xA0, (4).to_bytes(2, "little") + (0x0 | 3).to_bytes(4, "little")
-                     + (0x2000 | 3).to_bytes(4, "little"), wmask=b"\x00\xc0")
+        self.add_cap(0x11, 0xA0, _le(4, 2) + _le(0x0 | 3, 4) + _le(0x2000 | 3, 4), wmask=b"\x00\xc0")
         self.add_ext_cap(0x01, 2, 0x100, bytes(0x40 - 4))  # AER
         self.add_ext_cap(0x03, 1, 0x140, (0x0000_5254_00_12_34_56).to_bytes(8, "little"))  # DSN
         self.device_reset()
@@ -694,7 +707,7 @@ class VfioPciDeviceFile(MockFile):
                     caps.append((I.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, b""))
             return flags, bar.size, caps
         if index == ROM:
-            return 0, 0, []
+            return (R, len(sim.rom), []) if sim.rom else (0, 0, [])
         if index == CONFIG:
             return R | W, sim.cfg_size, []
         raise KernelError(errno.EINVAL, f"vfio-pci: no region {index} (not a VGA device)")
@@ -733,8 +746,8 @@ class VfioPciDeviceFile(MockFile):
         flags = I.VFIO_IRQ_INFO_EVENTFD
         if index == INTX:
             flags |= I.VFIO_IRQ_INFO_MASKABLE | I.VFIO_IRQ_INFO_AUTOMASKED
-        elif index != MSIX:
-            flags |= I.VFIO_IRQ_INFO_NORESIZE
+        elif index != MSIX or self.sim.msix_table() is None:
+            flags |= I.VFIO_IRQ_INFO_NORESIZE  # dynamic MSI-X needs an MSI-X capability
         ii.flags = flags
         ii.count = self.sim.irq_count(index)
         return 0
@@ -951,6 +964,10 @@ class VfioPciDeviceFile(MockFile):
 
     def pread(self, size: int, offset: int) -> bytes:
         index, pos = self._split(offset)
+        if index == ROM and self.sim.rom:
+            if pos >= len(self.sim.rom):
+                raise KernelError(errno.EINVAL, f"vfio-pci: ROM offset {pos:#x} past the end")
+            return self.sim.rom[pos:pos + size]
         if index == CONFIG:
             self._config_range(pos, size)
             return self.sim.cfg_read(pos, size)
