@@ -134,6 +134,19 @@ def _fd_kind(kernel: MockKernel, fd: int) -> "MockFile | str | None":
     return "eventfd" if target == "anon_inode:[eventfd]" else "other"
 
 
+def _eventfd_id(fd: int) -> int:
+    """The identity of the eventfd context behind ``fd`` (all eventfds share one anon inode):
+    ``eventfd-id`` of /proc/self/fdinfo (Linux >= 6.2), else the fd number."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("eventfd-id:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -fd - 1
+
+
 def _is_vfio_file(f: Any) -> bool:
     """A VFIO group or device file of the mock VFIO (looked up lazily: it may not be loaded)."""
     if getattr(f, "vfio_file", False):
@@ -424,7 +437,7 @@ class VmFile(MockFile):
             raise KernelError(errno.ENOENT, "kvm: no dirty bitmap for the slot")
         n = s.dirty.size * 8
         addr = _addr(d.dirty_bitmap)
-        if not _user_writable(addr, n):
+        if not _user_ok(addr, n, "w"):
             raise KernelError(errno.EFAULT, "kvm: dirty bitmap buffer")
         self.kernel.write_user(addr, s.dirty.tobytes())
         if not self.manual_protect:
@@ -444,7 +457,7 @@ class VmFile(MockFile):
             raise KernelError(errno.EINVAL, "kvm: clear range")
         nw = (num + 63) // 64
         addr = _addr(c.dirty_bitmap)
-        if nw and not self.kernel.user_mapped(addr, nw * 8):
+        if not _user_ok(addr, nw * 8, "r"):
             raise KernelError(errno.EFAULT, "kvm: clear bitmap buffer")
         mask = np.frombuffer(self.kernel.read_user(addr, nw * 8), dtype="<u8")
         w0 = first // 64
@@ -503,7 +516,7 @@ class VmFile(MockFile):
             raise KernelError(errno.EBADF, f"fd {fd} is not open")
         if kind != "eventfd":
             raise KernelError(errno.EINVAL, f"fd {fd} is not an eventfd")
-        return os.fstat(fd).st_ino
+        return _eventfd_id(fd)
 
     @handles("KVM_IOEVENTFD")
     def ioeventfd(self, arg: Any) -> int:
@@ -550,7 +563,7 @@ class VmFile(MockFile):
             if kind is None:
                 raise KernelError(errno.EBADF)
             if kind == "eventfd":
-                key = os.fstat(fd).st_ino
+                key = _eventfd_id(fd)
                 ent = self.irqfds.get(key)
                 if ent is not None and ent[0] == gsi:
                     os.close(self.irqfds.pop(key)[1])
@@ -590,20 +603,24 @@ class VmFile(MockFile):
             pass
 
 
-def _user_writable(addr: int, n: int) -> bool:
-    """copy_to_user also faults on read-only mappings: check the permissions in /proc/self/maps."""
+def _user_ok(addr: int, n: int, perms: str) -> bool:
+    """copy_{to,from}_user succeed only over mappings with ``perms`` ("r", "w", "rw"): check
+    /proc/self/maps (a PROT_NONE guard page faults even though it is mapped)."""
+    if n <= 0:
+        return True
     end = addr + n
     cur = addr
+    spans = []
     with open("/proc/self/maps") as f:
-        spans = []
         for line in f:
-            parts = line.split()
+            parts = line.split(None, 2)
             lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            spans.append((lo, hi, "w" in parts[1]))
-    for lo, hi, w in sorted(spans):
-        if hi <= cur or lo >= end:
+            if hi > addr and lo < end:
+                spans.append((lo, hi, all(p in parts[1] for p in perms)))
+    for lo, hi, ok in sorted(spans):
+        if hi <= cur:
             continue
-        if lo > cur or not w:
+        if lo > cur or not ok:
             return False
         cur = hi
         if cur >= end:
@@ -683,7 +700,7 @@ class VcpuFile(MockFile):
     def _mapped(self, s: Slot) -> None:
         key = (s.hva, s.npages)
         if key not in self._checked:
-            if not self.kernel.user_mapped(s.hva, s.npages * PAGE):
+            if not _user_ok(s.hva, s.npages * PAGE, "r"):
                 raise KernelError(errno.EFAULT, "kvm: memslot hva not mapped")
             self._checked.add(key)
 
@@ -857,16 +874,16 @@ class KvmVfioDeviceFile(MockFile):
                                                                        I.KVM_DEV_VFIO_FILE_DEL):
             raise KernelError(errno.ENXIO, "kvm-vfio: unknown attribute")
         addr = int(a.addr)
-        if not self.kernel.user_mapped(addr, 4):
+        if not _user_ok(addr, 4, "r"):
             raise KernelError(errno.EFAULT, "kvm-vfio: bad attribute address")
         fd = int.from_bytes(self.kernel.read_user(addr, 4), "little", signed=True)
         f = _fd_kind(self.kernel, fd)
         if f is None:
             raise KernelError(errno.EBADF, f"kvm-vfio: fd {fd} not open")
-        if not _is_vfio_file(f):
-            raise KernelError(errno.EINVAL, f"kvm-vfio: fd {fd} is not a VFIO file")
-        assert isinstance(f, MockFile)
         if int(a.attr) == I.KVM_DEV_VFIO_FILE_ADD:
+            if not _is_vfio_file(f):
+                raise KernelError(errno.EINVAL, f"kvm-vfio: fd {fd} is not a VFIO file")
+            assert isinstance(f, MockFile)
             if any(x is f for x in self.files):
                 raise KernelError(errno.EEXIST, "kvm-vfio: file already added")
             self.files.append(f.get())
