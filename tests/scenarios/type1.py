@@ -393,7 +393,9 @@ def scenario_unmapped_write_does_not_land(env: Env) -> None:
                 time.sleep(0.1)
             if kmsg is not None:
                 os.close(kmsg)
-        if env.is_mock or kmsg is not None:
+        # intel's vIOMMU (and the mock) log a DMAR fault naming the address; QEMU's amd-iommu
+        # drops the write without a guest-visible event
+        if env.is_mock or (kmsg is not None and env.facts.get("variant") == "intel"):
             assert any(f"{iova:#x}" in line for line in log), log[-10:]
         # a read-only mapping refuses device writes too
         mr = opened.iommu.map(dst, iova, write=False)
