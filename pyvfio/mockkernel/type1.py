@@ -345,8 +345,18 @@ class Type1Iommu(IommuDriver):
         return 0
 
     def unmap_with_bitmap(self, u: Any) -> int:
-        """UNMAP_DMA with GET_DIRTY_BITMAP: EINVAL unless dirty tracking (an extension) is on."""
-        raise KernelError(errno.EINVAL, "type1: dirty page tracking is not started")
+        """UNMAP_DMA with GET_DIRTY_BITMAP: implemented by the dirty-tracking module."""
+        from . import dirty
+
+        return dirty.type1_unmap_with_bitmap(self, u)
+
+    @handles("VFIO_IOMMU_DIRTY_PAGES")
+    def dirty_pages(self, arg: Any) -> int:
+        """VFIO_IOMMU_DIRTY_PAGES (0x3b75, the number sPAPR uses for REGISTER_MEMORY: it only
+        reaches this handler when the container's IOMMU is type1)."""
+        from . import dirty
+
+        return dirty.type1_dirty_pages(self, arg)
 
     # -- what simulated devices use --------------------------------------------------------------
     def translate(self, iova: int, size: int, write: bool) -> int:
@@ -369,6 +379,10 @@ class Type1Iommu(IommuDriver):
                 raise IommuFault(errno.EFAULT, f"IOVA range {iova:#x}+{size:#x} not contiguous")
             pos = e.end
         assert base is not None
+        if write and self.dirty_page_tracking:
+            from . import dirty
+
+            dirty.mark(self, iova, size)  # the IOMMU sets the pages' dirty bits on a write
         return base
 
 
