@@ -364,9 +364,12 @@ class SimPciDevice:
             return False
         try:
             self.group.dma_write(iova, data, device=self.name)
-            return True
         except KernelError:
             return False
+        from . import dirty
+
+        dirty.device_dma_written(self, iova, len(data))  # the device's own DMA logger, if any
+        return True
 
     def close(self) -> None:
         for b in self.bars:
@@ -662,14 +665,17 @@ def _eventfd_dup(fd: int) -> int:
 class VfioPciDeviceFile(MockFile):
     """The file behind a vfio-pci device fd."""
 
-    def __init__(self, kernel: MockKernel, sim: SimPciDevice, group: Any) -> None:
+    def __init__(self, kernel: MockKernel, sim: SimPciDevice, group: Any, *, owns_device: bool = False) -> None:
         super().__init__(kernel, f"vfio-device:{sim.name}")
         self.sim = sim
         self.group = group
+        self.owns_device = owns_device
         sim.enable(kernel, group)
 
     def release(self) -> None:
         self.sim.disable()
+        if self.owns_device:  # a standalone device goes away with its only file
+            self.sim.close()
 
     # -- info ------------------------------------------------------------------------------
     @handles("VFIO_DEVICE_GET_INFO")
@@ -928,6 +934,10 @@ class VfioPciDeviceFile(MockFile):
         if not flags & P and flags & G and flags & S:
             raise KernelError(errno.EINVAL, "vfio: FEATURE GET and SET together without PROBE")
         feat = flags & I.VFIO_DEVICE_FEATURE_MASK
+        if I.VFIO_DEVICE_FEATURE_DMA_LOGGING_START <= feat <= I.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT:
+            from . import dirty  # DMA_LOGGING_START/STOP/REPORT: ENOTTY unless the device logs
+
+            return dirty.device_feature(self.sim, arg)
         supported = {I.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY: S,
                      I.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP: S,
                      I.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT: S}.get(feat)
@@ -1010,13 +1020,16 @@ class VfioPciDeviceFile(MockFile):
         return addr
 
 
-def open_device_file(kernel: MockKernel, group_state: Any, sim_device: SimPciDevice) -> MockFile:
+def open_device_file(kernel: MockKernel, group_state: Any, sim_device: SimPciDevice, *,
+                     owns_device: bool = False) -> MockFile:
     """The MockFile answering VFIO_DEVICE_* for ``sim_device`` (VFIO_GROUP_GET_DEVICE_FD).
 
     ``group_state`` provides ``dma_read(iova, size, device=)``/``dma_write(iova, data, device=)``
-    through the container's IOMMU (raising KernelError, already logged, on a fault).
+    through the container's IOMMU (raising KernelError, already logged, on a fault); None means
+    no IOMMU domain (every DMA faults). ``owns_device``: releasing the file powers the simulated
+    device off (its BAR memfds are closed).
     """
-    return VfioPciDeviceFile(kernel, sim_device, group_state)
+    return VfioPciDeviceFile(kernel, sim_device, group_state, owns_device=owns_device)
 
 
 def make_edu(kernel: MockKernel, name: str = "0000:00:03.0", **kw: Any) -> Edu:
@@ -1043,7 +1056,7 @@ def standalone_device(kind: str = "edu", *, backend: Any = None, **kw: Any) -> A
 
     be = backend if backend is not None else MockBackend(MockKernel(subsystems=[]))
     sim = DEVICE_KINDS[kind](be.kernel, **kw)
-    fd = be.kernel.install(open_device_file(be.kernel, None, sim))
+    fd = be.kernel.install(open_device_file(be.kernel, None, sim, owns_device=True))
     be.label(fd, f"vfio-device:{sim.name}")
     return Device(fd, name=sim.name, backend=be)
 
