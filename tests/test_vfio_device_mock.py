@@ -1,0 +1,212 @@
+"""Device-layer behaviour on the mock kernel: the shared scenarios of tests/scenarios/device.py
+(the same functions run in the guest, tests/test_vfio_device_guest.py), plus what only the mock
+can set up (sparse mmap areas, byte-swapped edu, a device bus reset, DMA faults and QEMU's edu
+limits)."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from scenarios import Env
+from scenarios import device as sc
+
+from pyvfio.errors import ArgumentError, RangeError, UnsupportedError
+from pyvfio.mockkernel import pci as mpci
+from pyvfio.mockkernel import vfio as mvfio
+from pyvfio.seam.mock import MockBackend
+from pyvfio.vfio import open_device
+from pyvfio.vfio.device import Device, PciIrq, walk_info_caps
+from pyvfio.vfio.edu import EduDevice, EduError
+from pyvfio.vfio.irq import EventFd
+
+EDU, NIC = "0000:00:03.0", "0000:00:02.0"
+
+
+@pytest.fixture
+def be():
+    """The default mock machine with the e1000e-like NIC bound to vfio-pci as well (as the guest
+    tests bind it); powered off afterwards."""
+    backend = MockBackend()
+    mvfio.bind_driver(backend.kernel, NIC, "vfio-pci")
+    yield backend
+    mvfio.shutdown(backend.kernel)
+
+
+@pytest.fixture
+def env(be) -> Env:
+    return Env("mock", lambda: be, bdf=EDU,
+               facts={"devices": [{"name": "edu", "bdf": EDU}, {"name": "e1000e", "bdf": NIC}]})
+
+
+@pytest.mark.parametrize("scenario", sc.ALL, ids=lambda f: f.__name__.removeprefix("scenario_"))
+def test_scenario(scenario, env, no_fd_leak):
+    scenario(env)
+
+
+# -- mock-only situations ---------------------------------------------------------------------
+
+
+
+
+
+def test_sparse_mmap_areas(no_fd_leak):
+    """A region with a SPARSE_MMAP capability: areas parsed, mmap only inside an area (pyvfio
+    refuses before the syscall, the kernel with EINVAL), mmap_areas maps each."""
+    dev = mpci.standalone_device("e1000e", sparse_msix=True)
+    try:
+        r = dev.region_info(3)
+        assert not r.msix_mappable
+        assert [(a.offset, a.size) for a in r.sparse_areas] == [(0x1000, 0x3000)]
+        with pytest.raises(RangeError):
+            dev.mmap(3, 0)
+        with pytest.raises(OSError) as ei:
+            import mmap as _m
+            dev.backend.mmap(0x1000, _m.PROT_READ, _m.MAP_SHARED, dev.fileno(), (3 << 40))
+        assert ei.value.errno == errno.EINVAL
+        maps = dev.mmap_areas(3)
+        assert [(m.offset, m.size) for m in maps] == [(0x1000, 0x3000)]
+        dev.write(3, 0x2000, b"\x01\x02\x03\x04")
+        assert maps[0].read(0x1000, 4) == b"\x01\x02\x03\x04"  # mmap and pwrite share the bytes
+        maps[0].write(0x1004, b"\xaa")
+        assert dev.read(3, 0x2004, 1) == b"\xaa"
+    finally:
+        dev.close()
+    assert all(m.closed for m in maps)
+
+
+def test_region_info_grows_argsz():
+    """The first GET_REGION_INFO (fixed size) is answered with the size the caps need; pyvfio
+    calls again, as with the real kernel."""
+    be = MockBackend(mvfio.MockKernel(subsystems=[]))
+    calls = []
+    orig = be.ioctl
+
+    def spy(fd, request, arg=0, *, op, hint=None):
+        r = orig(fd, request, arg, op=op, hint=hint)
+        if op == "VFIO_DEVICE_GET_REGION_INFO":
+            calls.append(int(arg.argsz))
+        return r
+
+    be.ioctl = spy  # type: ignore[method-assign]
+    dev = mpci.standalone_device("e1000e", backend=be)
+    try:
+        assert dev.region_info(3).msix_mappable
+        assert calls == [40, 40]  # 32 asked, 32 + 8-byte cap header needed
+    finally:
+        dev.close()
+
+
+def test_cap_chain_guards():
+    """Capability chains with a loop or an offset outside the answer are errors, not hangs."""
+    hdr = lambda cid, nxt: cid.to_bytes(2, "little") + (1).to_bytes(2, "little") + nxt.to_bytes(4, "little")
+    buf = bytes(32) + hdr(1, 40) + hdr(2, 32)
+    with pytest.raises(OSError, match="loops"):
+        walk_info_caps(buf, 32, 32)
+    with pytest.raises(OSError, match="out of bounds"):
+        walk_info_caps(bytes(32) + hdr(1, 400), 32, 32)
+    with pytest.raises(OSError, match="out of bounds"):
+        walk_info_caps(bytes(40), 8, 32)  # inside the fixed struct
+    caps = walk_info_caps(bytes(32) + hdr(3, 40) + hdr(2, 0) + b"\x07\x00\x00\x00\x09\x00\x00\x00", 32, 32)
+    assert [(c.id, c.offset, c.data) for c in caps] == [(3, 32, b""), (2, 40, bytes([7, 0, 0, 0, 9, 0, 0, 0]))]
+
+
+def test_edu_big_endian_registers():
+    """edu on a big-endian QEMU target reads byte-swapped; EduDevice detects it from the ident."""
+    dev = mpci.standalone_device("edu", byteorder="big")
+    try:
+        assert dev.read_u32(0, 0) == 0xED000001
+        edu = EduDevice(dev)
+        assert edu.byteorder == "big" and edu.ident == 0x010000ED and edu.liveness(0x01020304)
+        assert edu.factorial(6) == 720
+    finally:
+        dev.close()
+
+
+def test_edu_rejects_what_qemu_aborts_on():
+    """Transfers QEMU's edu aborts on (0 bytes, ending at the buffer end on 7.2, beyond the DMA
+    mask) are refused before any register is written; the mock device stops like QEMU if forced."""
+    dev = mpci.standalone_device("edu")
+    try:
+        edu = EduDevice(dev)
+        for iova, size, off in ((0x1000, 0, 0), (0x1000, 4096, 0), (0x1000, 10, 4090), (1 << 28, 16, 0),
+                                ((1 << 28) - 8, 16, 0)):
+            with pytest.raises(RangeError):
+                edu.dma(iova, size, to_ram=False, offset=off)
+        assert dev.read_u32(0, 0x90) == 0 and dev.read_u32(0, 0x98) == 0
+        with pytest.raises(ArgumentError):
+            EduDevice(dev, max_transfer=0)
+        # forcing a 4096-byte transfer through the registers stops the simulated device
+        dev.config.enable_bus_master()
+        dev.write_u32(0, 0x80, 0x1000)
+        dev.write_u32(0, 0x88, 0x40000)
+        dev.write_u32(0, 0x90, 4096)
+        dev.write_u32(0, 0x98, 1)
+        assert any("out of bounds" in line for line in dev.backend.kernel.dmesg)
+        with pytest.raises(EduError):
+            EduDevice(dev)  # ident reads all-ones now
+    finally:
+        dev.close()
+
+
+def test_edu_dma_without_iommu_domain_faults():
+    """A device with no IOMMU domain behind it: the DMA is dropped and a fault logged."""
+    dev = mpci.standalone_device("edu")
+    try:
+        edu = EduDevice(dev)
+        edu.enable_bus_master()
+        edu.from_device(0x100000, 16)
+        assert any("DMAR" in line and "0x100000" in line for line in dev.backend.kernel.dmesg)
+    finally:
+        dev.close()
+
+
+def test_hot_reset_info_off_root_bus(no_fd_leak):
+    """Off the root bus a bus reset exists: the dependent devices are listed (ENOSPC first)."""
+    be = MockBackend(mvfio.MockKernel(subsystems=[]))
+    dev = mpci.standalone_device("e1000e", backend=be, name="0000:01:00.0")
+    try:
+        info = dev.hot_reset_info()
+        assert [d.bdf for d in info.devices] == ["0000:01:00.0"]
+    finally:
+        dev.close()
+        mvfio.shutdown(be.kernel)
+
+
+def test_device_close_releases_everything(be, no_fd_leak):
+    """Closing the device unmaps mappings and closes the eventfds it created; the kernel side
+    drops its eventfd references and bus mastering; close twice is fine."""
+    with open_device(EDU, backend=be) as od:
+        dev: Device = od.device
+        dev.config.enable_bus_master()
+        efds = dev.enable_irq(PciIrq.MSI)
+        m = dev.mmap(0)
+        sim = mvfio.state(be.kernel).devices[EDU].sim
+        assert sim.triggers and sim.bus_master()
+        dev.close()
+        dev.close()
+        assert m.closed and efds[0].closed and dev.closed
+        assert sim.triggers == [] and not sim.bus_master()
+    assert od.closed
+
+
+def test_eventfd_basics(no_fd_leak):
+    be = MockBackend(mvfio.MockKernel(subsystems=[]))
+    with EventFd(backend=be) as e:
+        assert e.wait(0) == 0 and not e.poll(0)
+        e.signal(3)
+        assert e.poll(0) and e.wait(0) == 3 and e.read() == 0
+        with pytest.raises(ArgumentError):
+            e.signal(0)
+    assert e.closed
+    e.close()
+
+
+def test_reset_unsupported_is_typed():
+    dev = mpci.standalone_device("edu")
+    try:
+        with pytest.raises(UnsupportedError) as ei:
+            dev.reset()
+        assert ei.value.errno == errno.EOPNOTSUPP and ei.value.op == "VFIO_DEVICE_RESET"
+    finally:
+        dev.close()
