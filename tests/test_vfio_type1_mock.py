@@ -154,9 +154,9 @@ def test_enomem_via_simulated_task(be, no_fd_leak):
         m.unmap()
 
 
-def test_update_vaddr_when_supported(monkeypatch):
-    monkeypatch.setattr(MockType1, "update_vaddr_supported", True)
-    sc.scenario_update_vaddr(Env("mock", MockBackend))
+def test_update_vaddr_unsupported(monkeypatch, be):
+    monkeypatch.setattr(MockType1, "update_vaddr_supported", False)
+    sc.scenario_update_vaddr(Env("mock", lambda: be))
 
 
 def test_translate_and_fault_logging():

@@ -15,8 +15,8 @@ Rules reproduced (with the kernel's errnos):
 * UNMAP_DMA: unknown flags → EINVAL; UNMAP_FLAG_ALL needs iova = size = 0; misaligned or zero
   size or wrap → EINVAL; v2: a range that bisects a mapping → EINVAL; otherwise every mapping
   inside the range goes and ``size`` is rewritten to the total unmapped (0 when none).
-* VFIO_UPDATE_VADDR (off by default, like the 6.12 guest): UNMAP with FLAG_VADDR invalidates
-  vaddrs, MAP with FLAG_VADDR supplies new ones.
+* VFIO_UPDATE_VADDR (reported once the IOMMU is set, like the 6.12 guest): UNMAP with
+  FLAG_VADDR invalidates vaddrs, MAP with FLAG_VADDR supplies new ones.
 
 Mappings are :class:`DmaEntry` objects kept sorted by IOVA; ``DmaEntry.state`` is free for
 extensions (dirty tracking keeps its per-mapping bitmap there).
@@ -68,7 +68,10 @@ class Type1Iommu(IommuDriver):
 
     TYPES = (ioctls.VFIO_TYPE1_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU, ioctls.VFIO_TYPE1_NESTING_IOMMU)
     #: Mock knobs (class level; override per instance or per subclass in tests).
-    update_vaddr_supported = False
+    #: VFIO_UPDATE_VADDR: 1 once the IOMMU is set (6.x: ``iommu && !has_emulated``), 0 before.
+    update_vaddr_supported = True
+    #: VFIO_DMA_CC_IOMMU after SET_IOMMU (the intel QEMU guest reports 0).
+    cache_coherent = False
     pgsize_bitmap = DEFAULT_PGSIZES
 
     def __init__(self, kernel: MockKernel, container: Any, arg: int) -> None:
@@ -91,9 +94,9 @@ class Type1Iommu(IommuDriver):
                    ioctls.VFIO_TYPE1_NESTING_IOMMU, ioctls.VFIO_UNMAP_ALL):
             return 1
         if arg == ioctls.VFIO_UPDATE_VADDR:
-            return 1 if cls.update_vaddr_supported else 0
+            return 1 if cls.update_vaddr_supported and iommu is not None else 0
         if arg == ioctls.VFIO_DMA_CC_IOMMU:
-            return 1 if iommu is not None and iommu.groups else 0
+            return 1 if cls.cache_coherent and iommu is not None and iommu.groups else 0
         return 0
 
     def attach_group(self, group: MockGroup) -> None:

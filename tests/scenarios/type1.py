@@ -53,6 +53,7 @@ def scenario_extensions_and_status(env: Env) -> None:
         ext = c.extensions()
         assert ext["TYPE1"] == 1 and ext["TYPE1v2"] == 1 and ext["UNMAP_ALL"] == 1
         assert ext["NOIOMMU"] == 0 and ext["SPAPR_TCE"] == 0
+        assert ext["UPDATE_VADDR"] == 0 and ext["DMA_CC"] == 0  # no IOMMU set yet
         g = Group.from_bdf(env.bdf, backend=be)
         st = g.status()
         assert st.viable and not st.container_set
@@ -60,6 +61,9 @@ def scenario_extensions_and_status(env: Env) -> None:
         st = g.status()
         assert st.viable and st.container_set
         assert env.bdf in g.device_names()
+        c.set_iommu("TYPE1v2")
+        assert c.check_extension("UPDATE_VADDR") == 1  # now asked of the type1 instance
+        assert c.check_extension("TYPE1v2") == 1
 
 
 def scenario_state_machine(env: Env) -> None:
