@@ -216,6 +216,7 @@ def cli(ctx: click.Context, as_json: bool, backend: str | None, verbose: int, sy
     \b
     Exit codes: 0 ok, 1 operation failed (doctor: a check failed), 2 usage or
     missing confirmation, 3 not found, 4 permission denied, 5 unsupported.
+    bind remembers original drivers in $PYVFIO_STATE_DIR (default /run/pyvfio).
     """
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, stream=sys.stderr,
@@ -224,6 +225,8 @@ def cli(ctx: click.Context, as_json: bool, backend: str | None, verbose: int, sy
     if name not in ("real", "mock"):
         raise ArgumentError(f"unknown backend {name!r} in PYVFIO_BACKEND: use real or mock")
     paths = HostPaths.under(fake_root) if fake_root else HostPaths.real()
+    if os.environ.get("PYVFIO_STATE_DIR"):
+        paths = HostPaths(paths.sys, paths.proc, paths.dev, os.environ["PYVFIO_STATE_DIR"])
     env = Env(as_json, name, paths)
     if sysfs_root:
         env.paths = HostPaths(sysfs_root, paths.proc, paths.dev, paths.state)
@@ -267,7 +270,7 @@ def ls_cmd(env: Env, only_vfio: bool, long_: bool) -> None:
                 sriov = (f"PF {d.sriov_numvfs}/{d.sriov_totalvfs}" if d.sriov_totalvfs
                          else (f"VF of {d.physfn}" if d.physfn else "-"))
                 line += ["-" if d.numa_node is None else str(d.numa_node),
-                         "?" if d.reset_methods is None else (",".join(d.reset_methods) or "none"),
+                         (",".join(d.reset_methods) if d.reset_methods else ("yes" if d.has_reset else "none")),
                          sriov, "" if r.usability.usable else r.usability.reason]
             out.append(line)
         click.echo(table(out, header) if out else "no PCI devices")

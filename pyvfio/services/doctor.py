@@ -514,7 +514,7 @@ class Doctor:
         ev = []
         bad = []
         for d in want:
-            methods = "unknown (no reset_method attribute)" if d.reset_methods is None else (" ".join(d.reset_methods) or "none")
+            methods = ("none (no reset_method attribute)" if not d.has_reset else "reset attribute only") if d.reset_methods is None else (" ".join(d.reset_methods) or "none")
             ev.append(f"{d.bdf} ({d.ids}): reset methods {methods}")
             if not d.resettable:
                 bad.append(d.bdf)
