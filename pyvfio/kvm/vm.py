@@ -81,8 +81,9 @@ class MemFlag(enum.IntFlag):
     GUEST_MEMFD = I.KVM_MEM_GUEST_MEMFD
 
 
-def _open_kvm(backend: Backend, path: str) -> int:
-    return backend.open(path)
+_LOG = int(MemFlag.LOG_DIRTY_PAGES)
+_RO = int(MemFlag.READONLY)
+_GMEM = int(MemFlag.GUEST_MEMFD)
 
 
 class Kvm(FdOwner):
@@ -167,6 +168,7 @@ class Vm(FdOwner):
         self.vcpus: dict[int, Vcpu] = {}
         self._children: list[Any] = []  # devices, ioeventfds, irqfds, guest memfds
         self._irqchip = False
+        self._valid: int | None = None
 
     # -- capabilities ------------------------------------------------------------------------
     def check_extension(self, cap: int) -> int:
@@ -187,6 +189,7 @@ class Vm(FdOwner):
             c.args[i] = int(a)
         self._ioctl(I.KVM_ENABLE_CAP, c, op="KVM_ENABLE_CAP")
         self._caps.clear()
+        self._valid = None
 
     @property
     def max_slots(self) -> int:
@@ -306,21 +309,24 @@ class Vm(FdOwner):
             self._next_id.append(0)
 
     def _valid_flags(self) -> int:
+        if self._valid is not None:
+            return self._valid
         v = int(MemFlag.LOG_DIRTY_PAGES)
         if self.has_readonly_mem:
             v |= MemFlag.READONLY
         if self.check_extension(I.KVM_CAP_GUEST_MEMFD) and self.check_extension(I.KVM_CAP_USER_MEMORY2):
             v |= MemFlag.GUEST_MEMFD
+        self._valid = v
         return v
 
     def _check_flags(self, flags: int) -> None:
-        valid = self._valid_flags()
+        valid = self._valid if self._valid is not None else self._valid_flags()
         if flags & ~valid:
             raise ArgumentError(
                 f"memslot flags {flags:#x} not allowed here: valid are {MemFlag(valid)!r}"
                 + ("" if self.has_readonly_mem or not flags & MemFlag.READONLY
                    else " (this architecture has no KVM_CAP_READONLY_MEM)"))
-        if flags & MemFlag.GUEST_MEMFD and flags & MemFlag.LOG_DIRTY_PAGES:
+        if flags & _GMEM and flags & _LOG:
             raise ArgumentError("dirty logging of guest_memfd (private) memory is not supported")
 
     def _check_range(self, gpa: int, size: int, hva: int) -> None:
@@ -389,7 +395,9 @@ class Vm(FdOwner):
             memory._check_open()
             if size is None:
                 size = memory.size - offset
-            if offset < 0 or offset % PAGE_SIZE or offset + size > memory.size:
+            if offset % PAGE_SIZE:
+                raise AlignmentError(f"offset {offset:#x} into the memory is not page aligned")
+            if offset < 0 or offset + size > memory.size:
                 raise RangeError(f"{offset:#x}+{size:#x} is outside the {memory.size:#x}-byte memory")
             hva = memory.addr + offset
             keep: GuestMemory | None = memory
@@ -398,10 +406,10 @@ class Vm(FdOwner):
                 raise ArgumentError("size is required when memory is a raw address")
             hva = int(memory) + offset
             keep = None
-        flags = (MemFlag.LOG_DIRTY_PAGES if log_dirty else 0) | (MemFlag.READONLY if readonly else 0)
+        flags = (_LOG if log_dirty else 0) | (_RO if readonly else 0)
         gmem_fd = 0
         if guest_memfd is not None:
-            flags |= MemFlag.GUEST_MEMFD
+            flags |= _GMEM
             gmem_fd = guest_memfd if isinstance(guest_memfd, int) else guest_memfd.fileno()
             if not self.check_extension(I.KVM_CAP_USER_MEMORY2) or not self.check_extension(I.KVM_CAP_GUEST_MEMFD):
                 raise UnsupportedError(op="KVM_SET_USER_MEMORY_REGION2", path=self.path,
@@ -410,7 +418,7 @@ class Vm(FdOwner):
                 raise AlignmentError(f"guest_memfd offset {guest_memfd_offset:#x} is not page aligned")
         if not 0 <= as_id < self.address_spaces:
             raise RangeError(f"address space {as_id} out of range: this VM has {self.address_spaces}")
-        self._check_flags(int(flags))
+        self._check_flags(flags)
         self._check_range(gpa, size, hva)
         self._as(as_id)
         if slot is None:
@@ -429,15 +437,15 @@ class Vm(FdOwner):
                                f"({other.gpa:#x}+{other.size:#x})")
         key = as_id << 16 | slot_id
         try:
-            if flags & MemFlag.GUEST_MEMFD:
-                self.set_user_memory_region2(key, int(flags), gpa, size, hva, gmem_fd, guest_memfd_offset)
+            if flags & _GMEM:
+                self.set_user_memory_region2(key, flags, gpa, size, hva, gmem_fd, guest_memfd_offset)
             else:
-                self.set_user_memory_region(key, int(flags), gpa, size, hva)
+                self.set_user_memory_region(key, flags, gpa, size, hva)
         except BaseException:
             if slot is None:
                 self._release_id(as_id, slot_id)
             raise
-        s = MemSlot(self, slot_id, as_id, gpa, size, hva, int(flags), keep, guest_memfd, guest_memfd_offset)
+        s = MemSlot(self, slot_id, as_id, gpa, size, hva, flags, keep, guest_memfd, guest_memfd_offset)
         self._slots[key] = s
         self._index(s)
         if keep is not None:
@@ -740,7 +748,7 @@ class MemSlot:
         if self.deleted:
             return
         if not self.vm.closed:
-            if self.flags & MemFlag.GUEST_MEMFD:
+            if self.flags & _GMEM:
                 self.vm.set_user_memory_region2(self.slot, self.flags, self.gpa, 0, self.hva)
             else:
                 self.vm.set_user_memory_region(self.slot, self.flags, self.gpa, 0, self.hva)
