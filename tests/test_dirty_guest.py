@@ -1,0 +1,32 @@
+"""The dirty-tracking scenarios of tests/scenarios/dirty.py against the real kernel, inside the
+QEMU guests (intel and amd vIOMMUs; edu bound to vfio-pci by the test bed's agent).
+
+There the expectations are the real type1's: with a plain vfio-pci device every page of every
+mapping is reported dirty at each report (the kernel cannot see device writes), holes stay as
+they were, and edu has no DMA logging (ENOTTY). tests/test_dirty_mock.py runs the same
+functions on the mock with its exact semantics and with the real kernel's.
+"""
+
+from __future__ import annotations
+
+import pytest
+from scenarios import Env
+from scenarios import dirty as sc
+
+pytestmark = pytest.mark.guest(variants=["intel", "amd"])
+
+
+@pytest.fixture
+def env(guest_info, guest_variant) -> Env:
+    from pyvfio.seam import get_backend
+
+    edu = [d for d in guest_info["devices"] if d.get("name") == "edu" and d.get("bound")]
+    if not edu:
+        pytest.fail(f"the guest agent did not bind edu to vfio-pci: {guest_info['devices']}", pytrace=False)
+    return Env("real", lambda: get_backend("real"), bdf=edu[0]["bdf"],
+               facts={"variant": guest_variant, "guest": guest_info})
+
+
+@pytest.mark.parametrize("scenario", sc.ALL, ids=lambda f: f.__name__.removeprefix("scenario_"))
+def test_scenario(scenario, env, no_fd_leak):
+    scenario(env)
