@@ -12,7 +12,8 @@ vfio_pci_config.c (6.x) where user space can tell:
   (flags CAPS, cap_offset 0) when they do not fit, as the kernel does.
 * pread/pwrite: config accesses outside the config space give EFAULT; BAR accesses past the end
   EINVAL, straddling the end are short; memory BARs give EIO while memory decoding is off in the
-  command register; writes to read-only config bits are dropped. BAR sizing works.
+  command register; the MSI-X table reads all-ones and drops writes (mmap sees the real table);
+  writes to read-only config bits are dropped. BAR sizing works.
 * mmap: MAP_SHARED only, BARs flagged MMAP only, inside the page-aligned BAR (EINVAL otherwise).
   BAR memory is a memfd, so mmap and pread/pwrite see the same bytes. Registers with side effects
   (edu's liveness, DMA doorbell, interrupt raise) act on pread/pwrite only: stores through a
@@ -982,7 +983,11 @@ class VfioPciDeviceFile(MockFile):
             self._config_range(pos, size)
             return self.sim.cfg_read(pos, size)
         bar, n = self._bar_access(index, pos, size)
-        return self.sim.mmio_read(bar, pos, n)
+        lo, hi = self._msix_window(index)
+        out = b""
+        for a, b, hidden in self._pieces(pos, pos + n, lo, hi):
+            out += b"\xff" * (b - a) if hidden else self.sim.mmio_read(bar, a, b - a)
+        return out
 
     def pwrite(self, data: bytes, offset: int) -> int:
         index, pos = self._split(offset)
@@ -991,8 +996,24 @@ class VfioPciDeviceFile(MockFile):
             self.sim.cfg_write(pos, data)
             return len(data)
         bar, n = self._bar_access(index, pos, len(data))
-        self.sim.mmio_write(bar, pos, data[:n])
+        lo, hi = self._msix_window(index)
+        for a, b, hidden in self._pieces(pos, pos + n, lo, hi):
+            if not hidden:
+                self.sim.mmio_write(bar, a, data[a - pos:b - pos])
         return n
+
+    def _msix_window(self, index: int) -> tuple[int, int]:
+        """vfio-pci's view of the MSI-X table through read/write: reads give all-ones and
+        writes are dropped (the table is the kernel's); mmap sees the real table."""
+        t = self.sim.msix_table()
+        if t is None or t[0] != index:
+            return 0, 0
+        return t[1], t[1] + t[2]
+
+    @staticmethod
+    def _pieces(start: int, end: int, lo: int, hi: int) -> list[tuple[int, int, bool]]:
+        cuts = sorted({start, end, *(c for c in (lo, hi) if start < c < end)})
+        return [(a, b, lo <= a < hi) for a, b in zip(cuts, cuts[1:])]
 
     def mmap(self, length: int, prot: int, flags: int, offset: int) -> int:
         index, pos = self._split(offset)

@@ -28,7 +28,7 @@ import errno
 import mmap as _mmap
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from .. import ioctls as I
 from ..errors import (
@@ -888,7 +888,7 @@ class Device:
             try:
                 self._ioctl("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", h)
             except NotFoundError as e:
-                raise UnsupportedError(e.errno, op=e.op, path=e.path, hint=e.hint) from None
+                raise UnsupportedError(e.errno or errno.ENODEV, op=e.op, path=e.path, hint=e.hint) from None
             except PyvfioError as e:
                 if e.errno == errno.ENOSPC and h.count > count:
                     count = int(h.count)
@@ -931,7 +931,7 @@ def _region_from(index: int, flags: int, size: int, offset: int,
     sparse: tuple[SparseArea, ...] | None = None
     msix = False
     rtype = rsub = None
-    order = "little" if _LE else "big"
+    order: Literal["little", "big"] = "little" if _LE else "big"
     for c in caps:
         if c.id == I.VFIO_REGION_INFO_CAP_SPARSE_MMAP and len(c.data) >= 8:
             n = int.from_bytes(c.data[0:4], order)
