@@ -246,3 +246,45 @@ def test_mock_backend_every_verb():
     status = {c["check"]: c["status"] for c in doc["checks"]}
     assert status["iommu"] == "ok" and status["group-viability"] == "ok" and status["dma-entry-limit"] == "ok"
     assert status["interrupt-remapping"] == "ok"
+
+
+def test_info_on_the_mock_backend():
+    res = invoke(["--json", "--backend", "mock", "info", "0000:00:03.0"])
+    assert res.exit_code == 0, res.output
+    doc = jdoc(res)
+    assert doc["ids"] == "1234:11e8" and doc["vfio_usable"] is True and doc["group"]["group"] == 3
+    v = doc["vfio"]
+    regions = {r["name"]: r for r in v["regions"]}
+    assert regions["BAR0"]["size"] > 0 and regions["BAR0"]["mappable"] and "CONFIG" in regions
+    assert {q["name"] for q in v["irqs"]} >= {"INTX", "MSI"}
+    assert v["container"]["api_version"] == 0 and v["container"]["extensions"]["TYPE1v2"] == 1
+    assert v["iommu"]["iova_ranges"] and int(v["iommu"]["iova_pgsizes"], 16) & 0x1000
+    res = invoke(["--backend", "mock", "info", "00:03.0"])
+    assert res.exit_code == 0 and "BAR0" in res.stdout and "TYPE1v2" in res.stdout
+
+
+def test_info_of_a_device_not_on_vfio_and_errors(host):
+    res = invoke(["--json", "info", "0000:00:02.0"], host)
+    doc = jdoc(res)
+    assert res.exit_code == 0 and doc["vfio"] is None and "e1000e" in doc["vfio_reason"]
+    assert invoke(["--json", "info", "0000:0e:00.0"], host).exit_code == 3
+    assert invoke(["--json", "info", "x"], host).exit_code == 2
+
+
+def test_info_reports_a_busy_group():
+    from pyvfio.seam.mock import MockBackend
+
+    be = MockBackend()
+    held = be.open("/dev/vfio/3")  # another opener: the group is exclusive
+    try:
+        from pyvfio.cli import Env
+
+        env = Env(True, "mock", clim.HostPaths(be.sysfs_root, "/proc", be.sysfs_root + "/.dev", be.sysfs_root + "/.s"),
+                  _backend=be)
+        runner = CliRunner()
+        res = runner.invoke(clim.info_cmd, ["0000:00:03.0"], obj=env, catch_exceptions=False)
+        assert res.exit_code == 1
+        doc = json.loads(res.stdout)
+        assert doc["vfio"] is None and doc["vfio_error"]["errno_name"] == "EBUSY"
+    finally:
+        be.close(held)

@@ -331,6 +331,108 @@ def group_cmd(env: Env, number: int | None) -> None:
     env.emit({"groups": docs}, text)
 
 
+def _flags(f: Any) -> str:
+    """An IntFlag as ``A|B`` (its set members), or hex when no member is named."""
+    names = [m.name for m in type(f) if m.name and m.value and (f & m) == m]
+    return "|".join(names) if names else f"{int(f):#x}"
+
+
+def _vfio_details(env: Env, bdf: str) -> dict[str, Any]:
+    """Open ``bdf`` through VFIO (container, group, type1v2, device fd) and describe it."""
+    from ..vfio import open_device
+
+    out: dict[str, Any] = {}
+    with open_device(bdf, backend=env.backend) as od:
+        dev, cont, iommu = od.device, od.container, od.iommu
+        di = dev.info
+        out["device"] = {"flags": _flags(di.flags), "num_regions": di.num_regions, "num_irqs": di.num_irqs,
+                         "reset_supported": di.reset_supported, "caps": [c.id for c in di.caps]}
+        out["regions"] = [
+            {"index": r.index, "name": r.name, "size": r.size, "offset": r.offset, "flags": _flags(r.flags),
+             "readable": r.readable, "writable": r.writable, "mappable": r.mappable,
+             "mmap_areas": [{"offset": a.offset, "size": a.size} for a in r.mmap_areas()],
+             "type": r.type, "subtype": r.subtype}
+            for r in dev.regions() if r.size or r.flags]
+        out["irqs"] = [{"index": q.index, "name": q.name, "count": q.count, "flags": _flags(q.flags)}
+                       for q in dev.irqs()]
+        try:
+            caps = dev.config.capabilities()
+            out["pci_capabilities"] = [{"name": c.name, "id": c.id, "offset": c.offset, "extended": c.extended}
+                                       for c in caps]
+        except PyvfioError as e:
+            out["pci_capabilities_error"] = str(e)
+        out["container"] = {"api_version": cont.api_version(), "extensions": cont.extensions(),
+                            "iommu_type": type(iommu).__name__}
+        info_fn = getattr(iommu, "info", None)
+        if info_fn is not None:
+            ti = info_fn()
+            out["iommu"] = {
+                "iova_pgsizes": f"{getattr(ti, 'iova_pgsizes', 0):#x}",
+                "iova_ranges": [{"start": f"{r.start:#x}", "end": f"{r.end:#x}"} for r in getattr(ti, "iova_ranges", ())],
+                "dma_avail": getattr(ti, "dma_avail", None),
+                "migration": None if getattr(ti, "migration", None) is None else {
+                    "pgsize_bitmap": f"{ti.migration.pgsize_bitmap:#x}",
+                    "max_dirty_bitmap_size": ti.migration.max_dirty_bitmap_size},
+            }
+    return out
+
+
+@cli.command("info")
+@click.argument("bdf")
+@click.pass_obj
+def info_cmd(env: Env, bdf: str) -> None:
+    """Describe BDF: sysfs facts, and through VFIO its regions, IRQs, capabilities and IOMMU."""
+    dev = env.source.device(bdf)
+    group = env.source.group(dev.iommu_group) if dev.iommu_group is not None else None
+    use = usability(dev, group)
+    doc: dict[str, Any] = {**dev.to_dict(), "vfio_usable": use.usable, "vfio_reason": use.reason,
+                           "group": None if group is None else group.to_dict(), "vfio": None}
+    code = EXIT_OK
+    if use.usable:
+        try:
+            doc["vfio"] = _vfio_details(env, dev.bdf)
+        except PyvfioError as e:
+            err, code = error_doc(e)
+            doc["vfio_error"] = err
+
+    def text() -> None:
+        click.echo(f"{dev.bdf}  {dev.ids}  {dev.class_name} (class {dev.class_code:06x})")
+        click.echo(f"  driver {dev.driver or '-'}, IOMMU group {dev.iommu_group if dev.iommu_group is not None else '-'}, "
+                   f"NUMA node {dev.numa_node if dev.numa_node is not None else '-'}")
+        rm = ",".join(dev.reset_methods) if dev.reset_methods else ("yes" if dev.has_reset else "none")
+        click.echo(f"  reset methods: {rm}")
+        if dev.sriov_totalvfs:
+            click.echo(f"  SR-IOV: {dev.sriov_numvfs}/{dev.sriov_totalvfs} VFs: {' '.join(dev.virtfns) or '-'}")
+        if dev.physfn:
+            click.echo(f"  VF of {dev.physfn}")
+        click.echo(f"  VFIO usable: {_yesno(use.usable)} ({use.reason})")
+        v = doc.get("vfio")
+        if doc.get("vfio_error"):
+            click.echo(f"  cannot open through VFIO: {doc['vfio_error']['error']}")
+        if not v:
+            return
+        d = v["device"]
+        click.echo(f"  device: {d['num_regions']} regions, {d['num_irqs']} IRQ types, flags {d['flags']}, "
+                   f"reset {'yes' if d['reset_supported'] else 'no'}")
+        rows = [[str(r["index"]), r["name"], f"{r['size']:#x}", f"{r['offset']:#x}",
+                 ("r" if r["readable"] else "-") + ("w" if r["writable"] else "-") + ("m" if r["mappable"] else "-")]
+                for r in v["regions"]]
+        click.echo("\n".join("  " + ln for ln in table(rows, ["#", "REGION", "SIZE", "OFFSET", "RWM"]).splitlines()))
+        rows = [[str(q["index"]), q["name"], str(q["count"]), q["flags"]] for q in v["irqs"]]
+        click.echo("\n".join("  " + ln for ln in table(rows, ["#", "IRQ", "COUNT", "FLAGS"]).splitlines()))
+        if v.get("pci_capabilities"):
+            click.echo("  PCI capabilities: " + ", ".join(f"{c['name']}@{c['offset']:#x}" for c in v["pci_capabilities"]))
+        c = v["container"]
+        click.echo(f"  container: API {c['api_version']}, {c['iommu_type']}, extensions "
+                   + ", ".join(k for k, val in c["extensions"].items() if val))
+        if v.get("iommu"):
+            i = v["iommu"]
+            click.echo(f"  IOMMU: page sizes {i['iova_pgsizes']}, DMA mappings available {i['dma_avail']}, ranges "
+                       + ", ".join(f"{r['start']}-{r['end']}" for r in i["iova_ranges"]))
+
+    env.emit(doc, text, code)
+
+
 def _bind_text(res: _binding.BindResult) -> Callable[[], None]:
     def text() -> None:
         pre = "would " if res.dry_run else ""

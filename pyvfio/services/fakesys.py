@@ -254,7 +254,8 @@ def decorate(sysfs_root: str) -> None:
         names = os.listdir(base)
     except OSError:
         return
-    defaults = {"numa_node": "-1\n", "reset_method": "flr\n", "reset": "", "driver_override": "(null)\n",
+    # no reset_method/reset: like QEMU's edu, the mock's devices have no reset method
+    defaults = {"numa_node": "-1\n", "driver_override": "(null)\n",
                 "revision": "0x10\n", "subsystem_vendor": None, "subsystem_device": "0x1100\n"}
     for bdf in names:
         d = os.path.join(base, bdf)
