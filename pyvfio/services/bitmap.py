@@ -44,6 +44,7 @@ _WORD = np.dtype("<u8")
 _ONE = np.uint64(1)
 _SH1 = np.uint64(1)
 _SH63 = np.uint64(63)
+_FULL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
 
 def words_for(npages: int) -> int:
@@ -83,6 +84,31 @@ def _bit_positions(words: np.ndarray, word_index: np.ndarray) -> np.ndarray:
     bits = np.unpackbits(le.view(np.uint8), bitorder="little").view(np.bool_)
     pos = np.flatnonzero(bits)
     return (word_index[pos >> 6].astype(np.int64) << 6) | (pos & 63)
+
+
+def _runs_at(w: np.ndarray, nz: np.ndarray) -> np.ndarray:
+    """Runs of set bits of ``w``, looking only at words ``nz`` (every word where a run starts or
+    ends must be among them): ``(first_bit, n_bits)`` rows."""
+    sel = w[nz]
+    # neighbours of the selected words (0 outside the bitmap)
+    prev = np.zeros_like(sel)
+    has_prev = nz > 0
+    prev[has_prev] = w[nz[has_prev] - 1]
+    nxt = np.zeros_like(sel)
+    has_next = nz < w.size - 1
+    nxt[has_next] = w[nz[has_next] + 1]
+    carry_in = prev >> _SH63                      # bit 63 of the previous word
+    carry_out = (nxt & _ONE) << _SH63             # bit 0 of the next word, moved to bit 63
+    starts = sel & ~((sel << _SH1) | carry_in)    # set bits whose predecessor is clear
+    lasts = sel & ~((sel >> _SH1) | carry_out)    # set bits whose successor is clear
+    ks = np.flatnonzero(starts)
+    kl = np.flatnonzero(lasts)
+    s = _bit_positions(starts[ks], nz[ks])
+    e = _bit_positions(lasts[kl], nz[kl])
+    out = np.empty((s.size, 2), dtype=np.int64)
+    out[:, 0] = s
+    out[:, 1] = e - s + 1
+    return out
 
 
 class DirtyBitmap:
@@ -201,29 +227,28 @@ class DirtyBitmap:
         return (self.pages().astype(np.uint64) * np.uint64(self.page_size)) + np.uint64(self.base)
 
     def ranges(self) -> np.ndarray:
-        """Maximal runs of dirty pages: an ``(n, 2)`` int64 array of ``(first_page, n_pages)``."""
+        """Maximal runs of dirty pages: an ``(n, 2)`` int64 array of ``(first_page, n_pages)``.
+
+        Only words where a run can begin or end have their bits expanded: the non-zero words of
+        a sparse bitmap; in a dense one the words that are neither empty nor full, plus the full
+        words at the edges of blocks of full words (an all-dirty 32 MiB bitmap is one compare
+        pass, not 2**28 expanded bits).
+        """
         w = self._clean_words()
-        nz = _nonzero_words(w)
-        if nz.size == 0:
+        nzm = w != 0
+        nnz = int(np.count_nonzero(nzm))
+        if nnz == 0:
             return np.empty((0, 2), dtype=np.int64)
-        sel = w[nz]
-        # neighbours of the selected words (0 outside the bitmap)
-        prev = np.zeros_like(sel)
-        has_prev = nz > 0
-        prev[has_prev] = w[nz[has_prev] - 1]
-        nxt = np.zeros_like(sel)
-        has_next = nz < w.size - 1
-        nxt[has_next] = w[nz[has_next] + 1]
-        carry_in = prev >> _SH63                      # bit 63 of the previous word
-        carry_out = (nxt & _ONE) << _SH63             # bit 0 of the next word, moved to bit 63
-        starts = sel & ~((sel << _SH1) | carry_in)    # set bits whose predecessor is clear
-        lasts = sel & ~((sel >> _SH1) | carry_out)    # set bits whose successor is clear
-        s = _bit_positions(starts, nz)
-        e = _bit_positions(lasts, nz)
-        out = np.empty((s.size, 2), dtype=np.int64)
-        out[:, 0] = s
-        out[:, 1] = e - s + 1
-        return out
+        if nnz * 8 <= w.size:
+            return _runs_at(w, np.flatnonzero(nzm))
+        full = w == _FULL
+        cand = nzm
+        cand ^= full                        # non-zero and not full (full implies non-zero)
+        cand[1:] |= full[1:] > full[:-1]    # first word of a block of full words
+        cand[:-1] |= full[:-1] > full[1:]   # last word of a block
+        cand[0] |= full[0]
+        cand[-1] |= full[-1]
+        return _runs_at(w, np.flatnonzero(cand))
 
     def byte_ranges(self) -> np.ndarray:
         """Runs of dirty pages as ``(address, n_bytes)`` (uint64): gpa/IOVA ranges to copy."""
