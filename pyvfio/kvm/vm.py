@@ -86,6 +86,75 @@ _RO = int(MemFlag.READONLY)
 _GMEM = int(MemFlag.GUEST_MEMFD)
 
 
+class _SlotIndex:
+    """Memslots of one address space sorted by gpa, in chunks (insert/remove O(sqrt n) instead
+    of a 32764-entry list memmove), answering "the slots starting below X, nearest first"."""
+
+    LOAD = 512
+
+    def __init__(self) -> None:
+        self._starts: list[list[int]] = []
+        self._slots: list[list["MemSlot"]] = []
+        self._mins: list[int] = []
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._starts)
+
+    def _chunk(self, gpa: int) -> int:
+        return max(0, bisect.bisect_right(self._mins, gpa) - 1)
+
+    def insert(self, s: "MemSlot") -> None:
+        if not self._starts:
+            self._starts.append([s.gpa])
+            self._slots.append([s])
+            self._mins.append(s.gpa)
+            return
+        c = self._chunk(s.gpa)
+        starts = self._starts[c]
+        i = bisect.bisect_left(starts, s.gpa)
+        starts.insert(i, s.gpa)
+        self._slots[c].insert(i, s)
+        self._mins[c] = starts[0]
+        if len(starts) > 2 * self.LOAD:
+            self._starts[c + 1:c + 1] = [starts[self.LOAD:]]
+            self._slots[c + 1:c + 1] = [self._slots[c][self.LOAD:]]
+            del starts[self.LOAD:]
+            del self._slots[c][self.LOAD:]
+            self._mins.insert(c + 1, self._starts[c + 1][0])
+
+    def remove(self, s: "MemSlot") -> None:
+        c = self._chunk(s.gpa)
+        starts, slots = self._starts[c], self._slots[c]
+        i = bisect.bisect_left(starts, s.gpa)
+        while slots[i] is not s:
+            i += 1
+        del starts[i]
+        del slots[i]
+        if starts:
+            self._mins[c] = starts[0]
+        else:
+            del self._starts[c], self._slots[c], self._mins[c]
+
+    def below(self, end: int) -> Iterator["MemSlot"]:
+        """Slots whose start is < ``end``, highest start first."""
+        c = bisect.bisect_left(self._mins, end) - 1
+        if c < 0:
+            return
+        i = bisect.bisect_left(self._starts[c], end) - 1
+        while c >= 0:
+            slots = self._slots[c]
+            while i >= 0:
+                yield slots[i]
+                i -= 1
+            c -= 1
+            if c >= 0:
+                i = len(self._slots[c]) - 1
+
+    def __iter__(self) -> Iterator["MemSlot"]:
+        for chunk in self._slots:
+            yield from chunk
+
+
 class Kvm(FdOwner):
     """The KVM system fd (/dev/kvm): API version, extensions, VM creation.
 
@@ -154,8 +223,7 @@ class Vm(FdOwner):
         # bookkeeping: (as_id, id) -> MemSlot; per address space a sorted list of starts and
         # the slots in the same order (for O(log n) overlap checks).
         self._slots: dict[int, MemSlot] = {}
-        self._starts: list[list[int]] = []
-        self._by_start: list[list[MemSlot]] = []
+        self._index_of: list[_SlotIndex] = []
         self._free_ids: list[list[int]] = []
         self._next_id: list[int] = []
         self._region = ffi.new("struct kvm_userspace_memory_region *")
@@ -302,9 +370,8 @@ class Vm(FdOwner):
 
     # -- managed memslots ---------------------------------------------------------------------
     def _as(self, as_id: int) -> None:
-        while len(self._starts) <= as_id:
-            self._starts.append([])
-            self._by_start.append([])
+        while len(self._index_of) <= as_id:
+            self._index_of.append(_SlotIndex())
             self._free_ids.append([])
             self._next_id.append(0)
 
@@ -348,30 +415,19 @@ class Vm(FdOwner):
             raise RangeError(f"host range {hva:#x}+{size:#x} is not in the user address space")
 
     def _overlap(self, as_id: int, gpa: int, end: int, exclude: "MemSlot | None" = None) -> "MemSlot | None":
-        starts = self._starts[as_id]
-        slots = self._by_start[as_id]
-        i = bisect.bisect_left(starts, end)  # slots starting before `end`
-        j = i - 1
-        while j >= 0:
-            s = slots[j]
+        # slots never overlap each other, so among those starting below `end` the nearest
+        # one (skipping `exclude`) has the highest end: it alone decides
+        for s in self._index_of[as_id].below(end):
             if s is exclude:
-                j -= 1
                 continue
             return s if s.gpa + s.size > gpa else None
         return None
 
     def _index(self, s: "MemSlot") -> None:
-        i = bisect.bisect_left(self._starts[s.as_id], s.gpa)
-        self._starts[s.as_id].insert(i, s.gpa)
-        self._by_start[s.as_id].insert(i, s)
+        self._index_of[s.as_id].insert(s)
 
     def _unindex(self, s: "MemSlot") -> None:
-        starts = self._starts[s.as_id]
-        i = bisect.bisect_left(starts, s.gpa)
-        while self._by_start[s.as_id][i] is not s:
-            i += 1
-        del starts[i]
-        del self._by_start[s.as_id][i]
+        self._index_of[s.as_id].remove(s)
 
     def add_memslot(self, memory: GuestMemory | int, gpa: int, size: int | None = None, *,
                     offset: int = 0, slot: int | None = None, as_id: int = 0,
@@ -482,7 +538,7 @@ class Vm(FdOwner):
     @property
     def memslots(self) -> list["MemSlot"]:
         """Live memslots, by address space then gpa."""
-        return [s for slots in self._by_start for s in slots]
+        return [s for index in self._index_of for s in index]
 
     def memslot(self, slot: int, as_id: int = 0) -> "MemSlot":
         """The live MemSlot with this id (KeyError if none)."""
@@ -490,7 +546,7 @@ class Vm(FdOwner):
 
     def find_memslot(self, gpa: int, as_id: int = 0) -> "MemSlot | None":
         """The slot containing guest physical address ``gpa`` (None if unmapped)."""
-        if as_id >= len(self._starts):
+        if as_id >= len(self._index_of):
             return None
         return self._overlap(as_id, gpa, gpa + 1)
 
@@ -589,8 +645,7 @@ class Vm(FdOwner):
         for s in list(self._slots.values()):
             s._dead()
         self._slots.clear()
-        self._starts.clear()
-        self._by_start.clear()
+        self._index_of.clear()
         self._free_ids.clear()
         self._next_id.clear()
 

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Benchmark: memslot create + delete through pyvfio vs C doing the same ioctls, same run.
+
+    python tools/bench_kvm_memslots.py [--slots N] [--rounds R]
+
+N one-page slots over one anonymous MAP_NORESERVE mapping (slot i at gpa i * 4 KiB), on the
+real /dev/kvm. Rounds alternate C and Python; the best round of each is reported. Rows:
+``create``/``delete`` (all N slots, per slot), ``pair`` (create+delete of one slot, repeated),
+each through the managed API (Vm.add_memslot / MemSlot.delete, validation and bookkeeping
+included) and through the raw Vm.set_user_memory_region. Goal: pyvfio/C <= 1.3. Also prints
+pyvfio's bookkeeping memory for N slots (tracemalloc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+import tracemalloc
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "c"))
+
+import cbuild  # noqa: E402
+
+from pyvfio.kvm import GuestMemory, Kvm  # noqa: E402
+
+PAGE = 4096
+
+
+def py_round(kvm: Kvm, mem: GuestMemory, n: int, pairs: int) -> dict[str, float]:
+    out = {}
+    with kvm.create_vm() as vm:
+        add = vm.add_memslot
+        t0 = time.perf_counter_ns()
+        slots = [add(mem, i * PAGE, PAGE, offset=i * PAGE) for i in range(n)]
+        t1 = time.perf_counter_ns()
+        for s in slots:
+            s.delete()
+        t2 = time.perf_counter_ns()
+        for _ in range(pairs):
+            add(mem, 0, PAGE).delete()
+        t3 = time.perf_counter_ns()
+        out.update(create_ns=(t1 - t0) / n, delete_ns=(t2 - t1) / n, pair_ns=(t3 - t2) / pairs)
+    with kvm.create_vm() as vm:
+        raw = vm.set_user_memory_region
+        base = mem.addr
+        t0 = time.perf_counter_ns()
+        for i in range(n):
+            raw(i, 0, i * PAGE, PAGE, base + i * PAGE)
+        t1 = time.perf_counter_ns()
+        for i in range(n):
+            raw(i, 0, i * PAGE, 0, base + i * PAGE)
+        t2 = time.perf_counter_ns()
+        for _ in range(pairs):
+            raw(0, 0, 0, PAGE, base)
+            raw(0, 0, 0, 0, base)
+        t3 = time.perf_counter_ns()
+        out.update(raw_create_ns=(t1 - t0) / n, raw_delete_ns=(t2 - t1) / n, raw_pair_ns=(t3 - t2) / pairs)
+    return out
+
+
+def bookkeeping(kvm: Kvm, mem: GuestMemory, n: int) -> int:
+    with kvm.create_vm() as vm:
+        gc.collect()
+        tracemalloc.start()
+        b0 = tracemalloc.get_traced_memory()[0]
+        slots = [vm.add_memslot(mem, i * PAGE, PAGE, offset=i * PAGE) for i in range(n)]
+        used = tracemalloc.get_traced_memory()[0] - b0
+        tracemalloc.stop()
+        for s in slots:
+            s.delete()
+    return used
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("--slots", type=int, default=0, help="default: the VM's KVM_CAP_NR_MEMSLOTS")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    exe = cbuild.build("kvm_memslots")
+    kvm = Kvm()
+    with kvm.create_vm() as vm:
+        n = args.slots or vm.max_slots
+    pairs = min(n, 5000)
+    mem = GuestMemory.anonymous(n * PAGE, noreserve=True)
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for k, v in cbuild.run(exe, n, 1).items():
+            best["c_" + k] = min(v, best.get("c_" + k, float("inf")))
+        for k, v in py_round(kvm, mem, n, pairs).items():
+            best[k] = min(v, best.get(k, float("inf")))
+    rows = []
+    ok = True
+    for op in ("create", "delete", "pair"):
+        c = best[f"c_{op}_ns"]
+        for label, key in ((f"{op} (managed)", f"{op}_ns"), (f"{op} (raw ioctl)", f"raw_{op}_ns")):
+            ratio = best[key] / c
+            goal = "<= 1.3"
+            if key == f"{op}_ns":
+                ok &= ratio <= 1.3
+            rows.append((label, f"{c / 1e3:.1f}", f"{best[key] / 1e3:.1f}", f"{ratio:.2f}",
+                         goal + (" ok" if ratio <= 1.3 else " MISSED")))
+    print(f"KVM memslots: {n} one-page slots, best of {args.rounds} rounds (C and pyvfio alternate)")
+    print(cbuild.table(rows, ("operation", "C us/slot", "pyvfio us/slot", "pyvfio/C", "goal")))
+    used = bookkeeping(kvm, mem, n)
+    print(f"pyvfio bookkeeping for {n} slots: {used / 1024:.0f} KiB ({used / n:.0f} B/slot, tracemalloc)")
+    mem.close()
+    kvm.close()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
