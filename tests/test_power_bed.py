@@ -161,22 +161,33 @@ def test_qemu_dying_is_a_failure(power_guest, tmp_path):
     assert res.console_tail  # the line it printed is reported
 
 
-@pytest.mark.power
-def test_guest_smoke_suite_passes_in_the_power_guest(power_guest, tmp_path):
-    """One boot runs tests/test_power_bed_guest.py; every one of its tests must pass there."""
-    from vm.power.suite import run_pytest
+GUEST_SUITES = ("tests/test_power_bed_guest.py", "tests/test_spapr.py")
 
-    guest_file = "tests/test_power_bed_guest.py"
-    run = run_pytest([guest_file], timeout=240, results_dir=tmp_path)
-    assert run.error() is None, run.error()
-    assert run.result.exit_code == 0 and run.result.ok, run.result.console_tail
+
+def _expected_guest_ids() -> set[str]:
+    """Every test of GUEST_SUITES that must pass in the guest: all of test_power_bed_guest.py
+    and the ``[real]`` variant of every test_spapr.py test (its ``[mock]`` ones run on the host)."""
     import ast
 
-    tree = ast.parse((REPO / guest_file).read_text())
-    expected = {f"{guest_file}::{n.name}" for n in tree.body
-                if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
-    assert set(run.tests) == expected
-    bad = {k: v for k, v in run.tests.items() if v["outcome"] != "passed"}
-    assert not bad, bad
+    out = set()
+    for path in GUEST_SUITES:
+        tree = ast.parse((REPO / path).read_text())
+        for n in tree.body:
+            if isinstance(n, ast.FunctionDef) and n.name.startswith("test_"):
+                out.add(f"{path}::{n.name}" + ("[real]" if path.endswith("test_spapr.py") else ""))
+    return out
+
+
+@pytest.mark.power
+def test_guest_suites_pass_in_the_power_guest(power_guest, tmp_path):
+    """One boot runs the guest smoke and the real sPAPR scenarios; every one must pass there."""
+    from vm.power.suite import run_pytest
+
+    run = run_pytest(list(GUEST_SUITES), timeout=400, results_dir=tmp_path, extra=["-k", "not mock"])
+    assert run.error() is None, run.error()
+    bad = {k: v["text"][-3000:] for k, v in run.tests.items() if v["outcome"] != "passed"}
+    assert not bad, "\n\n".join(f"{k}:\n{t}" for k, t in bad.items())
+    assert set(run.tests) == _expected_guest_ids()
+    assert run.result.exit_code == 0 and run.result.ok, run.result.console_tail
     junit = run.junit.read_text()
     assert 'failures="0"' in junit and 'errors="0"' in junit and 'skipped="0"' in junit

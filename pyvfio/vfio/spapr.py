@@ -1,0 +1,663 @@
+"""The sPAPR TCE IOMMU of IBM POWER (v1 and v2) with dynamic DMA windows.
+
+``Container.set_iommu("SPAPR_TCE")`` returns :class:`SpaprTceIommu` (v1),
+``set_iommu("SPAPR_TCE_v2")`` :class:`SpaprTceV2Iommu`. Both map into *DMA windows*: the default
+32-bit window (TCE_GET_INFO's ``dma32_window_start``/``size``, 4 KiB IOMMU pages) and, on v2,
+windows made with :meth:`SpaprTceV2Iommu.create_window` (the 64-bit window lands at
+0x800000000000000 on pseries).
+
+* v1 pins at map time; :meth:`SpaprTceIommu.enable` accounts the whole 32-bit window into
+  locked_vm first (MAP before ENABLE: EPERM).
+* v2 splits pinning from mapping: :meth:`SpaprTceV2Iommu.register` pins and accounts a buffer
+  once (VFIO_IOMMU_SPAPR_REGISTER_MEMORY); MAP/UNMAP then only write TCEs and must use
+  registered memory. :meth:`SpaprTceV2Iommu.unregister` must name exactly what was registered.
+
+Checked before any syscall (ArgumentError subclasses), because the kernel's own answers are
+poor or dangerous there (measured on Linux 6.12, POWER9 pseries guest):
+
+* a range that runs past its window's end: the 6.12 kernel **oopses** in the MAP_DMA error path;
+* an IOVA not aligned to the window's page: it WARNs and returns 1 instead of an error;
+* registering size 0 gives ENOMEM; a partial/mismatched unregister gives ENOENT;
+* unregistering memory that is still mapped returns **0** on 6.12: the container forgets the
+  region, which stays pinned and mapped (leaked until the container closes). Older kernels
+  answered EBUSY. pyvfio refuses it with :class:`~pyvfio.errors.BusyError` (errno EBUSY, no
+  syscall) while its own mappings use the region, so the memory stays registered and usable.
+
+The raw requests (``map_dma``, ``unmap_dma``, ``register_memory``, ``unregister_memory``,
+``tce_create``, ``tce_remove``) issue the ioctl as is, for tests of the kernel's rules.
+
+Safety: while a mapping exists the device may read/write the mapped memory at any time; a
+registered buffer stays pinned until unregistered. :class:`DmaMapping` and
+:class:`RegisteredMemory` keep their buffers alive; do not free or reuse the memory otherwise.
+
+Example (mock, a POWER-shaped machine)::
+
+    >>> from pyvfio.mockkernel.spapr import power_kernel
+    >>> from pyvfio.seam.mock import MockBackend
+    >>> from pyvfio.services.dma import DmaBuffer
+    >>> from pyvfio.vfio import Container, Group
+    >>> with Container(backend=MockBackend(power_kernel())) as c:
+    ...     _ = c.attach(Group(0, backend=c.backend))
+    ...     iommu = c.set_iommu("SPAPR_TCE_v2")
+    ...     buf = DmaBuffer(1 << 16, hugepages=None)
+    ...     with iommu.register(buf) as mem, iommu.map(buf, iova=0) as m:
+    ...         (iommu.info().dma32_window_size, m.iova, m.size)
+    (1073741824, 0, 65536)
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .. import ioctls
+from ..errors import (AlignmentError, ArgumentError, BusyError, OverlapError, PyvfioError,
+                      RangeError, StateError, register_hint)
+from ..uapi import ffi
+from .container import Container, IommuBase, register_iommu
+from .type1 import DmaFlags, DmaMapping, _buffer_span
+
+PAGE_SIZE = 4096  # the registration granularity (the kernel's PAGE_SIZE on ppc64le 4K kernels)
+U64_MAX = (1 << 64) - 1
+
+_SZ_INFO = ffi.sizeof("struct vfio_iommu_spapr_tce_info")
+_SZ_REG = ffi.sizeof("struct vfio_iommu_spapr_register_memory")
+_SZ_CREATE = ffi.sizeof("struct vfio_iommu_spapr_tce_create")
+_SZ_REMOVE = ffi.sizeof("struct vfio_iommu_spapr_tce_remove")
+_SZ_MAP = ffi.sizeof("struct vfio_iommu_type1_dma_map")
+_SZ_UNMAP = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
+_SZ_EEH = ffi.sizeof("struct vfio_eeh_pe_op")
+
+# sPAPR meanings of MAP/UNMAP errnos (the registered hints of those ops speak of type1)
+_MAP_HINTS = {
+    errno.EPERM: "sPAPR: the container is not enabled (v1: call enable(); v2: register memory "
+                 "first)",
+    errno.ENXIO: "sPAPR: the IOVA lies in no DMA window (see TCE_GET_INFO and created windows)",
+    errno.EINVAL: "sPAPR: not aligned to the window's IOMMU page, no READ/WRITE flag, or (v2) the "
+                  "memory is not inside one registered region",
+    errno.EFAULT: "sPAPR v1: the user address range is not mapped in this process",
+}
+
+
+@dataclass(frozen=True)
+class DdwInfo:
+    """The dynamic DMA window part of TCE_GET_INFO (v2 only)."""
+
+    pgsizes: int
+    max_dynamic_windows_supported: int
+    levels: int
+
+    @property
+    def page_sizes(self) -> tuple[int, ...]:
+        """The IOMMU page sizes a created window may use, smallest first."""
+        return tuple(1 << b for b in range(64) if self.pgsizes >> b & 1)
+
+
+@dataclass(frozen=True)
+class SpaprTceInfo:
+    """VFIO_IOMMU_SPAPR_TCE_GET_INFO: the default 32-bit window and, on v2, the DDW limits."""
+
+    flags: int
+    dma32_window_start: int
+    dma32_window_size: int
+    ddw: DdwInfo | None
+
+    @property
+    def has_ddw(self) -> bool:
+        return bool(self.flags & ioctls.VFIO_IOMMU_SPAPR_INFO_DDW)
+
+
+@dataclass(frozen=True)
+class DmaWindow:
+    """A DMA window: IOVAs ``[start, start+size)`` translated in pages of ``page_size``."""
+
+    start: int
+    size: int
+    page_shift: int
+    levels: int
+    default: bool = False
+
+    @property
+    def page_size(self) -> int:
+        return 1 << self.page_shift
+
+    @property
+    def end(self) -> int:
+        """One past the last IOVA."""
+        return self.start + self.size
+
+    def contains(self, iova: int, size: int = 1) -> bool:
+        return self.start <= iova and iova + size <= self.end
+
+    def __repr__(self) -> str:
+        kind = " default" if self.default else ""
+        return (f"DmaWindow({self.start:#x}+{self.size:#x}, page {self.page_size:#x}, "
+                f"levels {self.levels}{kind})")
+
+
+class RegisteredMemory:
+    """Memory pre-registered with a v2 container: ``vaddr``, ``size``, the ``buffer`` it keeps
+    alive and the pyvfio ``mappings`` that use it. ``unregister()`` (or leaving the ``with``
+    block) unpins it; BusyError while mappings remain."""
+
+    __slots__ = ("iommu", "vaddr", "size", "buffer", "mappings", "_live", "__weakref__")
+
+    def __init__(self, iommu: "SpaprTceV2Iommu", vaddr: int, size: int, buffer: Any) -> None:
+        self.iommu = iommu
+        self.vaddr = vaddr
+        self.size = size
+        self.buffer = buffer
+        self.mappings: set[DmaMapping] = set()
+        self._live = True
+
+    @property
+    def end(self) -> int:
+        return self.vaddr + self.size
+
+    @property
+    def closed(self) -> bool:
+        return not self._live
+
+    def contains(self, vaddr: int, size: int) -> bool:
+        return self.vaddr <= vaddr and vaddr + size <= self.end
+
+    def unregister(self) -> None:
+        if self._live:
+            self.iommu.unregister(self)
+
+    close = unregister
+
+    def __enter__(self) -> "RegisteredMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unregister()
+
+    def __repr__(self) -> str:
+        state = "live" if self._live else "unregistered"
+        return (f"<RegisteredMemory {self.vaddr:#x}+{self.size:#x} mappings={len(self.mappings)} "
+                f"{state}>")
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and not x & (x - 1)
+
+
+class _SpaprBase(IommuBase):
+    """What v1 and v2 share: TCE_GET_INFO, windows, MAP/UNMAP, EEH."""
+
+    def __init__(self, container: Container, iommu_type: int) -> None:
+        super().__init__(container, iommu_type)
+        self._info: SpaprTceInfo | None = None
+        #: Live mappings made through map(), by IOVA.
+        self.mappings: dict[int, DmaMapping] = {}
+        self._windows: list[DmaWindow] | None = None
+        self._map_arg = ffi.new("struct vfio_iommu_type1_dma_map *")
+        self._unmap_arg = ffi.new("struct vfio_iommu_type1_dma_unmap *")
+
+    # -- info ---------------------------------------------------------------------------------
+    def info(self, *, refresh: bool = False) -> SpaprTceInfo:
+        """VFIO_IOMMU_SPAPR_TCE_GET_INFO (cached; ``refresh=True`` re-reads).
+
+        Errors: ENXIO (no group attached), EINVAL (argsz too small).
+        """
+        if self._info is not None and not refresh:
+            return self._info
+        info = ffi.new("struct vfio_iommu_spapr_tce_info *")
+        info.argsz = _SZ_INFO
+        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_GET_INFO, info, op="VFIO_IOMMU_SPAPR_TCE_GET_INFO")
+        ddw = None
+        if info.flags & ioctls.VFIO_IOMMU_SPAPR_INFO_DDW:
+            ddw = DdwInfo(int(info.ddw.pgsizes), int(info.ddw.max_dynamic_windows_supported),
+                          int(info.ddw.levels))
+        self._info = SpaprTceInfo(int(info.flags), int(info.dma32_window_start),
+                                  int(info.dma32_window_size), ddw)
+        return self._info
+
+    @property
+    def windows(self) -> tuple[DmaWindow, ...]:
+        """The DMA windows as pyvfio knows them (the default one until removed, created ones)."""
+        if self._windows is None:
+            i = self.info()
+            self._windows = [DmaWindow(i.dma32_window_start, i.dma32_window_size, 12, 1, True)]
+        return tuple(self._windows)
+
+    def window_of(self, iova: int, size: int = 1) -> DmaWindow | None:
+        """The window holding all of ``[iova, iova+size)``, or None."""
+        for w in self.windows:
+            if w.contains(iova, size):
+                return w
+        return None
+
+    # -- raw requests ---------------------------------------------------------------------------
+    def map_dma(self, vaddr: int, iova: int, size: int,
+                flags: int = DmaFlags.READ | DmaFlags.WRITE) -> int:
+        """VFIO_IOMMU_MAP_DMA as is (no pre-checks); returns the ioctl's value.
+
+        Errors: EPERM (v1 not enabled / v2 nothing registered yet), ENXIO (IOVA in no window),
+        EINVAL (unaligned, no R/W flag, v2: memory not registered). A range running past the
+        window end oopses Linux 6.12: use :meth:`map`, which refuses it.
+        """
+        m = self._map_arg
+        m.argsz = _SZ_MAP
+        m.flags = flags
+        m.vaddr = vaddr
+        m.iova = iova
+        m.size = size
+        try:
+            return self.ioctl(ioctls.VFIO_IOMMU_MAP_DMA, m, op="VFIO_IOMMU_MAP_DMA")
+        except PyvfioError as e:
+            e.hint = _MAP_HINTS.get(e.errno, e.hint)
+            raise
+
+    def unmap_dma(self, iova: int, size: int) -> None:
+        """VFIO_IOMMU_UNMAP_DMA as is: clears the TCEs of ``[iova, iova+size)`` (nothing mapped
+        there is fine; the kernel reports no size). Errors: EPERM (not enabled), ENXIO (no
+        window), EINVAL (size not page aligned)."""
+        u = self._unmap_arg
+        u.argsz = _SZ_UNMAP
+        u.flags = 0
+        u.iova = iova
+        u.size = size
+        try:
+            self.ioctl(ioctls.VFIO_IOMMU_UNMAP_DMA, u, op="VFIO_IOMMU_UNMAP_DMA")
+        except PyvfioError as e:
+            e.hint = _MAP_HINTS.get(e.errno, e.hint)
+            raise
+
+    # -- checked API ----------------------------------------------------------------------------
+    def check(self, iova: int, size: int, vaddr: int | None = None) -> DmaWindow:
+        """Raise ArgumentError subclasses for what the kernel would refuse or mishandle; returns
+        the window of ``[iova, iova+size)``."""
+        if size <= 0:
+            raise RangeError(f"size must be positive, not {size}")
+        if iova < 0 or iova + size - 1 > U64_MAX:
+            raise RangeError(f"IOVA range {iova:#x}+{size:#x} wraps around")
+        w = self.window_of(iova)
+        if w is None:
+            known = ", ".join(f"{x.start:#x}-{x.end - 1:#x}" for x in self.windows) or "none"
+            raise RangeError(f"IOVA {iova:#x} is in no DMA window (windows: {known})")
+        if not w.contains(iova, size):
+            raise RangeError(f"IOVA range {iova:#x}-{iova + size - 1:#x} runs past the end of "
+                             f"{w!r} (Linux 6.12 oopses on such a map)")
+        for what, v in (("iova", iova), ("size", size), ("vaddr", vaddr)):
+            if v is not None and v & (w.page_size - 1):
+                raise AlignmentError(f"{what} {v:#x} is not aligned to the window's IOMMU page "
+                                     f"size {w.page_size:#x}")
+        for m in self.mappings.values():
+            if m.iova < iova + size and iova < m.iova + m.size:
+                raise OverlapError(f"IOVA range {iova:#x}+{size:#x} overlaps {m!r} (the kernel "
+                                   "would silently replace its TCEs)")
+        return w
+
+    def _require_enabled(self) -> None:
+        """Subclasses: raise StateError when MAP would get EPERM."""
+
+    def map(self, buffer: Any, iova: int, *, size: int | None = None, offset: int = 0,
+            read: bool = True, write: bool = True) -> DmaMapping:
+        """Map ``buffer`` (a DmaBuffer, an object with .addr/.size, or an int address with
+        ``size=``) at ``iova``: checks, then VFIO_IOMMU_MAP_DMA. Returns a DmaMapping that keeps
+        ``buffer`` alive until unmapped. ``read``: the device may read; ``write``: may write."""
+        if self.closed:
+            raise StateError("this IOMMU is closed")
+        vaddr, n = _buffer_span(buffer, size, offset)
+        if not (read or write):
+            raise ArgumentError("a mapping needs read=True and/or write=True")
+        self.check(iova, n, vaddr)
+        self._require_enabled()
+        region = self._region_for(vaddr, n)
+        flags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
+        self.map_dma(vaddr, iova, n, flags)
+        mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)  # type: ignore[arg-type]
+        self.mappings[iova] = mapping
+        if region is not None:
+            region.mappings.add(mapping)
+            mapping.state["spapr_region"] = region
+        pin = getattr(buffer, "_pin", None)
+        if pin is not None:
+            pin(mapping)
+        return mapping
+
+    def _region_for(self, vaddr: int, size: int) -> "RegisteredMemory | None":
+        return None
+
+    def _forget(self, mapping: DmaMapping) -> None:
+        mapping._live = False
+        if self.mappings.get(mapping.iova) is mapping:
+            del self.mappings[mapping.iova]
+        region = mapping.state.pop("spapr_region", None)
+        if region is not None:
+            region.mappings.discard(mapping)
+        unpin = getattr(mapping.buffer, "_unpin", None)
+        if unpin is not None:
+            unpin(mapping)
+        callbacks, mapping._on_unmap = mapping._on_unmap, []
+        for fn in callbacks:
+            fn(mapping)
+
+    def unmap(self, mapping: DmaMapping) -> None:
+        """VFIO_IOMMU_UNMAP_DMA of exactly ``mapping`` (idempotent)."""
+        if not mapping._live:
+            return
+        if mapping.iommu is not self:
+            raise ArgumentError(f"{mapping!r} belongs to another IOMMU")
+        self.unmap_dma(mapping.iova, mapping.size)
+        self._forget(mapping)
+
+    def unmap_all(self) -> int:
+        """Unmap every mapping made through this object; returns the bytes unmapped."""
+        done = 0
+        for m in sorted(self.mappings.values(), key=lambda m: m.iova):
+            self.unmap(m)
+            done += m.size
+        return done
+
+    def find(self, iova: int) -> DmaMapping | None:
+        """The pyvfio mapping containing ``iova``."""
+        for m in self.mappings.values():
+            if m.iova <= iova < m.iova + m.size:
+                return m
+        return None
+
+    # -- EEH --------------------------------------------------------------------------------------
+    def eeh_supported(self) -> bool:
+        """VFIO_CHECK_EXTENSION(VFIO_EEH) > 0 (0 in the QEMU pseries guest)."""
+        return self.container.check_extension(ioctls.VFIO_EEH) > 0
+
+    def eeh_pe_op(self, op: int) -> int:
+        """VFIO_EEH_PE_OP with ``op`` (VFIO_EEH_PE_ENABLE, ..._GET_STATE, ..._RESET_HOT...) on
+        every group of the container; returns the ioctl's value (a state for GET_STATE).
+
+        Errors: ENODEV (the platform has no EEH for the group), EINVAL (unknown op).
+        """
+        arg = ffi.new("struct vfio_eeh_pe_op *")
+        arg.argsz = _SZ_EEH
+        arg.op = op
+        return self.ioctl(ioctls.VFIO_EEH_PE_OP, arg, op="VFIO_EEH_PE_OP")
+
+    def __iter__(self) -> Iterator[DmaMapping]:
+        return iter(list(self.mappings.values()))
+
+
+@register_iommu
+class SpaprTceIommu(_SpaprBase):
+    """sPAPR TCE v1: ENABLE (accounts the 32-bit window), MAP/UNMAP pin per page, DISABLE."""
+
+    TYPES = (ioctls.VFIO_SPAPR_TCE_IOMMU,)
+
+    def __init__(self, container: Container, iommu_type: int) -> None:
+        super().__init__(container, iommu_type)
+        self.enabled = False
+
+    def enable(self) -> None:
+        """VFIO_IOMMU_ENABLE: account the whole 32-bit window into locked_vm; MAP works after.
+
+        Errors: EBUSY (already enabled), ENODEV (no group), ENOMEM (window over
+        RLIMIT_MEMLOCK without CAP_IPC_LOCK: see hint).
+        """
+        self.ioctl(ioctls.VFIO_IOMMU_ENABLE, 0, op="VFIO_IOMMU_ENABLE")
+        self.enabled = True
+
+    def disable(self) -> None:
+        """VFIO_IOMMU_DISABLE (idempotent): give the accounting back; MAP gets EPERM after."""
+        self.ioctl(ioctls.VFIO_IOMMU_DISABLE, 0, op="VFIO_IOMMU_DISABLE")
+        self.enabled = False
+
+    def _require_enabled(self) -> None:
+        if not self.enabled:
+            raise StateError("sPAPR TCE v1: call enable() before map() (the kernel answers EPERM)")
+
+    def close(self) -> None:
+        """Unmap every pyvfio mapping and disable (idempotent)."""
+        try:
+            if not self.container.closed:
+                if self.mappings:
+                    self.unmap_all()
+                if self.enabled:
+                    self.disable()
+        finally:
+            for m in list(self.mappings.values()):
+                self._forget(m)
+            self.enabled = False
+
+    def __repr__(self) -> str:
+        return f"<SpaprTceIommu v1 enabled={self.enabled} mappings={len(self.mappings)}>"
+
+
+@register_iommu
+class SpaprTceV2Iommu(_SpaprBase):
+    """sPAPR TCE v2: registered (pre-pinned) memory, MAP/UNMAP into windows, created windows."""
+
+    TYPES = (ioctls.VFIO_SPAPR_TCE_v2_IOMMU,)
+
+    def __init__(self, container: Container, iommu_type: int) -> None:
+        super().__init__(container, iommu_type)
+        #: Memory registered through register(), by vaddr.
+        self.regions: dict[int, RegisteredMemory] = {}
+        self._created: list[DmaWindow] = []
+
+    # -- raw requests ---------------------------------------------------------------------------
+    def register_memory(self, vaddr: int, size: int) -> None:
+        """VFIO_IOMMU_SPAPR_REGISTER_MEMORY as is: pin and account ``[vaddr, vaddr+size)``.
+
+        Errors: EINVAL (unaligned, wraps, overlaps another region), EBUSY (exactly this region
+        is registered), ENOMEM (size 0, or RLIMIT_MEMLOCK), EFAULT (not mapped).
+        """
+        r = ffi.new("struct vfio_iommu_spapr_register_memory *")
+        r.argsz = _SZ_REG
+        r.vaddr = vaddr
+        r.size = size
+        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY, r, op="VFIO_IOMMU_SPAPR_REGISTER_MEMORY")
+
+    def unregister_memory(self, vaddr: int, size: int) -> None:
+        """VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY as is.
+
+        Errors: ENOENT (no region with exactly this vaddr and size in this container), EPERM
+        (nothing was ever registered), EINVAL (unaligned). While the region is still mapped,
+        Linux 6.12 answers 0 and leaks the registration: use :meth:`unregister`, which refuses.
+        """
+        r = ffi.new("struct vfio_iommu_spapr_register_memory *")
+        r.argsz = _SZ_REG
+        r.vaddr = vaddr
+        r.size = size
+        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY, r,
+                   op="VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY")
+
+    def tce_create(self, page_shift: int, window_size: int, levels: int = 1) -> int:
+        """VFIO_IOMMU_SPAPR_TCE_CREATE as is; returns the window's start address.
+
+        Errors: ENOSPC (no free window), EINVAL (page size not offered, window size not a power
+        of two or too large, too many levels), EPERM (window #0 while #1 exists).
+        """
+        c = ffi.new("struct vfio_iommu_spapr_tce_create *")
+        c.argsz = _SZ_CREATE
+        c.page_shift = page_shift
+        c.window_size = window_size
+        c.levels = levels
+        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_CREATE, c, op="VFIO_IOMMU_SPAPR_TCE_CREATE")
+        return int(c.start_addr)
+
+    def tce_remove(self, start_addr: int) -> None:
+        """VFIO_IOMMU_SPAPR_TCE_REMOVE as is: removes the window *containing* ``start_addr``
+        (clearing its TCEs). Errors: EINVAL (no window there)."""
+        r = ffi.new("struct vfio_iommu_spapr_tce_remove *")
+        r.argsz = _SZ_REMOVE
+        r.start_addr = start_addr
+        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_REMOVE, r, op="VFIO_IOMMU_SPAPR_TCE_REMOVE")
+
+    # -- registered memory ----------------------------------------------------------------------
+    def register(self, buffer: Any, *, size: int | None = None, offset: int = 0) -> RegisteredMemory:
+        """Pre-register ``buffer`` (pin + account it once): checks, then REGISTER_MEMORY.
+
+        Refused before the syscall: size 0, vaddr/size not page aligned, overlap with memory
+        registered through this object. Kernel errors as :meth:`register_memory`.
+        """
+        if self.closed:
+            raise StateError("this IOMMU is closed")
+        vaddr, n = _buffer_span(buffer, size, offset)
+        if n <= 0:
+            raise RangeError("cannot register 0 bytes (the kernel answers ENOMEM)")
+        for what, v in (("vaddr", vaddr), ("size", n)):
+            if v & (PAGE_SIZE - 1):
+                raise AlignmentError(f"{what} {v:#x} is not aligned to the page size {PAGE_SIZE:#x}")
+        if vaddr + n - 1 > U64_MAX:
+            raise RangeError(f"range {vaddr:#x}+{n:#x} wraps around")
+        for r in self.regions.values():
+            if r.vaddr < vaddr + n and vaddr < r.end:
+                if (r.vaddr, r.size) == (vaddr, n):
+                    raise OverlapError(f"{r!r} is already registered (the kernel answers EBUSY)")
+                raise OverlapError(f"range {vaddr:#x}+{n:#x} overlaps {r!r} (the kernel answers "
+                                   "EINVAL): register disjoint ranges")
+        self.register_memory(vaddr, n)
+        region = RegisteredMemory(self, vaddr, n, buffer)
+        self.regions[vaddr] = region
+        return region
+
+    def unregister(self, region: RegisteredMemory) -> None:
+        """Unpin ``region`` (VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY with its exact vaddr and size).
+
+        BusyError (EBUSY, before the syscall) while pyvfio mappings use it: unmap them first.
+        The region stays registered and usable; retry after unmapping. (Linux 6.12 would answer
+        0 and leak the pin; older kernels answered EBUSY.) Idempotent once unregistered.
+        """
+        if region._live is False:
+            return
+        if region.iommu is not self or self.regions.get(region.vaddr) is not region:
+            raise ArgumentError(f"{region!r} was not registered through this IOMMU")
+        if region.mappings:
+            live = ", ".join(f"{m.iova:#x}+{m.size:#x}" for m in sorted(region.mappings, key=lambda m: m.iova))
+            raise BusyError(errno.EBUSY, f"registered memory {region.vaddr:#x}+{region.size:#x} "
+                            f"is still mapped at IOVA {live}",
+                            op="VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", path=self.container.path,
+                            hint="unmap those mappings first; the memory stays registered and "
+                                 "usable (Linux 6.12 would accept the unregister and leak the pin)")
+        self.unregister_memory(region.vaddr, region.size)
+        region._live = False
+        del self.regions[region.vaddr]
+
+    def unregister_range(self, vaddr: int, size: int) -> None:
+        """Unregister by address: ``(vaddr, size)`` must be exactly a region registered through
+        this object (RangeError before the syscall for a partial or mismatched range, which the
+        kernel answers with ENOENT)."""
+        region = self.regions.get(vaddr)
+        if region is None or region.size != size:
+            near = [r for r in self.regions.values() if r.vaddr < vaddr + max(size, 1) and vaddr < r.end]
+            what = (f"; it overlaps {', '.join(repr(r) for r in near)}: unregister exactly what was "
+                    "registered" if near else "")
+            raise RangeError(f"{vaddr:#x}+{size:#x} is not a registered region{what}")
+        self.unregister(region)
+
+    def region_of(self, vaddr: int, size: int = 1) -> RegisteredMemory | None:
+        """The registered region holding all of ``[vaddr, vaddr+size)``."""
+        for r in self.regions.values():
+            if r.contains(vaddr, size):
+                return r
+        return None
+
+    def _require_enabled(self) -> None:
+        pass  # v2: the region check below says more than the kernel's EPERM
+
+    def _region_for(self, vaddr: int, size: int) -> RegisteredMemory | None:
+        region = self.region_of(vaddr, size)
+        if region is None:
+            regs = ", ".join(f"{r.vaddr:#x}+{r.size:#x}" for r in self.regions.values()) or "none"
+            raise RangeError(f"memory {vaddr:#x}+{size:#x} is not inside one registered region "
+                             f"(registered: {regs}); register() it first (the kernel answers "
+                             "EPERM before any registration, EINVAL after)")
+        return region
+
+    # -- windows ------------------------------------------------------------------------------------
+    def create_window(self, page_size: int, window_size: int, *, levels: int = 1) -> DmaWindow:
+        """VFIO_IOMMU_SPAPR_TCE_CREATE after checking the page size against ddw.pgsizes, the
+        window size (a power of two, at least one page) and ``levels`` against ddw.levels.
+        Returns the new window (the 64-bit one starts at 0x800000000000000 on pseries).
+
+        Note: without hugetlbfs backing, registered memory has 4 KiB pages, and a window with
+        larger IOMMU pages cannot map it (EINVAL): use page_size=4096 for ordinary buffers.
+        """
+        ddw = self.info().ddw
+        if ddw is None:
+            raise ArgumentError("this container reports no dynamic DMA windows (TCE_GET_INFO "
+                                "without the DDW flag)")
+        if not _pow2(page_size) or not ddw.pgsizes & page_size:
+            raise ArgumentError(f"page size {page_size:#x} is not offered; allowed: "
+                                f"{', '.join(hex(p) for p in ddw.page_sizes)}")
+        if not _pow2(window_size) or window_size < page_size:
+            raise ArgumentError(f"window size {window_size:#x} must be a power of two of at least "
+                                f"one page ({page_size:#x})")
+        if not 1 <= levels <= max(ddw.levels, 1):
+            raise ArgumentError(f"levels {levels} must be in 1..{max(ddw.levels, 1)}")
+        start = self.tce_create(page_size.bit_length() - 1, window_size, levels)
+        w = DmaWindow(start, window_size, page_size.bit_length() - 1, levels)
+        self._windows = [*self.windows, w]
+        self._created.append(w)
+        return w
+
+    def remove_window(self, window: DmaWindow) -> None:
+        """VFIO_IOMMU_SPAPR_TCE_REMOVE of ``window`` (a created one or the default one).
+
+        BusyError (before the syscall) while pyvfio mappings use it: the kernel would clear
+        their TCEs under them.
+        """
+        if window not in self.windows:
+            raise ArgumentError(f"{window!r} is not a window of this container")
+        used = [m for m in self.mappings.values() if window.contains(m.iova)]
+        if used:
+            raise BusyError(errno.EBUSY, f"{window!r} still holds {len(used)} mapping(s)",
+                            op="VFIO_IOMMU_SPAPR_TCE_REMOVE", path=self.container.path,
+                            hint="unmap them first")
+        self.tce_remove(window.start)
+        self._windows = [w for w in self.windows if w != window]
+        if window in self._created:
+            self._created.remove(window)
+
+    def close(self) -> None:
+        """Unmap every pyvfio mapping, remove created windows, unregister every region
+        (idempotent; the container closing releases the rest)."""
+        errors: list[BaseException] = []
+        if not self.container.closed:
+            for step in (self.unmap_all,
+                         lambda: [self.remove_window(w) for w in list(self._created)],
+                         lambda: [self.unregister(r) for r in list(self.regions.values())]):
+                try:
+                    step()
+                except PyvfioError as e:
+                    errors.append(e)
+        for m in list(self.mappings.values()):
+            self._forget(m)
+        for r in self.regions.values():
+            r._live = False
+        self.regions.clear()
+        self._created.clear()
+        if errors:
+            raise errors[0]
+
+    def __repr__(self) -> str:
+        return (f"<SpaprTceV2Iommu regions={len(self.regions)} windows={len(self.windows) if self._windows else '?'} "
+                f"mappings={len(self.mappings)}>")
+
+
+register_hint("VFIO_IOMMU_ENABLE", errno.ENOMEM,
+              "sPAPR v1 accounts the whole 32-bit DMA window into locked memory at ENABLE: raise "
+              "RLIMIT_MEMLOCK (ulimit -l) to at least the window size or run with CAP_IPC_LOCK")
+register_hint("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", errno.ENOMEM,
+              "registering pins and accounts the memory: raise RLIMIT_MEMLOCK or run with "
+              "CAP_IPC_LOCK (a size of 0 also gives ENOMEM)")
+register_hint("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", errno.EBUSY,
+              "exactly this range is already registered in this container")
+register_hint("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", errno.EINVAL,
+              "vaddr/size not page aligned, or the range overlaps another registered region")
+register_hint("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", errno.ENOENT,
+              "no region with exactly this vaddr and size is registered in this container "
+              "(unregister exactly what was registered)")
+register_hint("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", errno.EPERM,
+              "nothing was ever registered in this container")
+register_hint("VFIO_IOMMU_SPAPR_TCE_CREATE", errno.ENOSPC,
+              "no free DMA window: the default 32-bit window counts; remove one first")
+register_hint("VFIO_IOMMU_SPAPR_TCE_CREATE", errno.EPERM,
+              "window #0 cannot be re-created while the 64-bit window exists")
+register_hint("VFIO_EEH_PE_OP", errno.ENODEV, "the platform offers no EEH for this group")
+
+__all__ = ["SpaprTceIommu", "SpaprTceV2Iommu", "SpaprTceInfo", "DdwInfo", "DmaWindow",
+           "RegisteredMemory"]
