@@ -119,7 +119,7 @@ class DirtyBitmap:
     every query.
     """
 
-    __slots__ = ("words", "npages", "page_size", "base", "first_page", "__weakref__")
+    __slots__ = ("words", "npages", "page_size", "base", "first_page", "_addr", "__weakref__")
 
     def __init__(self, words: np.ndarray, npages: int, *, page_size: int = 4096, base: int = 0,
                  first_page: int = 0) -> None:
@@ -135,6 +135,7 @@ class DirtyBitmap:
         self.base = int(base)
         #: page number of bit 0 inside the bigger object this bitmap describes (windows, CLEAR).
         self.first_page = int(first_page)
+        self._addr = 0
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -180,7 +181,9 @@ class DirtyBitmap:
     @property
     def address(self) -> int:
         """Address of the first word (pass it to the kernel; keep this object alive meanwhile)."""
-        return int(self.words.ctypes.data)
+        if not self._addr:  # numpy's address lookup costs microseconds: once per bitmap
+            self._addr = int(self.words.ctypes.data)
+        return self._addr
 
     def _mask_tail(self) -> None:
         rem = self.npages % 64
@@ -235,13 +238,15 @@ class DirtyBitmap:
         pass, not 2**28 expanded bits).
         """
         w = self._clean_words()
-        nzm = w != 0
+        # one pass classifies every word: 0 bits set (clean), 64 (full) or anything else
+        pc = np.bitwise_count(w) if hasattr(np, "bitwise_count") else None
+        nzm = pc != 0 if pc is not None else w != 0
         nnz = int(np.count_nonzero(nzm))
         if nnz == 0:
             return np.empty((0, 2), dtype=np.int64)
         if nnz * 8 <= w.size:
             return _runs_at(w, np.flatnonzero(nzm))
-        full = w == _FULL
+        full = pc == 64 if pc is not None else w == _FULL
         cand = nzm
         cand ^= full                        # non-zero and not full (full implies non-zero)
         cand[1:] |= full[1:] > full[:-1]    # first word of a block of full words
