@@ -169,7 +169,8 @@ class DmaBuffer:
     # -- mapping bookkeeping (called by the IOMMU objects) ---------------------------------------
     def _pin(self, mapping: Any) -> None:
         with self._lock:
-            self._check()
+            if self._close_pending or not self._finalizer.alive:
+                raise StateError("DmaBuffer is closed")
             self._mappings.append(mapping)
 
     def _unpin(self, mapping: Any) -> None:

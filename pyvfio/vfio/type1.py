@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import enum
 import errno
+import fcntl
 import os
 import resource
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import ioctls
 from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, StateError,
-                      UnsupportedError, register_hint)
+                      UnsupportedError, error_from_errno, register_hint)
 from ..uapi import ffi
 from .container import Container, IommuBase, register_iommu
 
@@ -48,8 +50,14 @@ _SZ_MAP = ffi.sizeof("struct vfio_iommu_type1_dma_map")
 _SZ_UNMAP = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
 _SZ_CAPHDR = ffi.sizeof("struct vfio_info_cap_header")
 
-_MAP_DMA = ioctls.VFIO_IOMMU_MAP_DMA
-_UNMAP_DMA = ioctls.VFIO_IOMMU_UNMAP_DMA
+_MAP_DMA = int(ioctls.VFIO_IOMMU_MAP_DMA)
+_UNMAP_DMA = int(ioctls.VFIO_IOMMU_UNMAP_DMA)
+# struct vfio_iommu_type1_dma_map / _dma_unmap packed by struct (checked against ffi below)
+_MAP_FMT = struct.Struct("=IIQQQ")
+_UNMAP_FMT = struct.Struct("=IIQQ")
+assert _MAP_FMT.size == _SZ_MAP and _UNMAP_FMT.size == _SZ_UNMAP
+_UNMAP_SIZE_AT = ffi.offsetof("struct vfio_iommu_type1_dma_unmap", "size")
+_U64 = struct.Struct("=Q")
 
 
 class DmaFlags(enum.IntFlag):
@@ -58,6 +66,10 @@ class DmaFlags(enum.IntFlag):
     READ = ioctls.VFIO_DMA_MAP_FLAG_READ
     WRITE = ioctls.VFIO_DMA_MAP_FLAG_WRITE
     VADDR = ioctls.VFIO_DMA_MAP_FLAG_VADDR
+
+
+_FLAGS = {(True, True): DmaFlags.READ | DmaFlags.WRITE, (True, False): DmaFlags.READ,
+          (False, True): DmaFlags.WRITE}
 
 
 class ShortUnmapError(PyvfioError):
@@ -213,6 +225,8 @@ def _buffer_span(buffer: Any, size: int | None, offset: int) -> tuple[int, int]:
         if size is None:
             raise ArgumentError("mapping a raw address needs size=")
         return buffer, size
+    if getattr(buffer, "closed", False):
+        raise StateError(f"{buffer!r} is closed")
     addr = getattr(buffer, "addr", None)
     total = getattr(buffer, "size", None)
     if addr is None or total is None:
@@ -238,11 +252,19 @@ class Type1Iommu(IommuBase):
         self._info: Type1Info | None = None
         #: Live mappings made through map(), by IOVA.
         self.mappings: dict[int, DmaMapping] = {}
-        # preallocated ioctl arguments (hot path of map/unmap)
-        self._map_arg = ffi.new("struct vfio_iommu_type1_dma_map *")
-        self._unmap_arg = ffi.new("struct vfio_iommu_type1_dma_unmap *")
+        # Hot path of map/unmap: the arguments live in preallocated bytearrays packed with
+        # struct; a cdata view over the same bytes serves backends that decode cdata (the mock).
+        # On the real backend the ioctl goes straight to fcntl.ioctl (which returns the ioctl's
+        # own return value for a mutable buffer), skipping the generic seam wrapper.
+        self._map_buf = bytearray(_SZ_MAP)
+        self._unmap_buf = bytearray(_SZ_UNMAP)
+        self._map_arg = ffi.cast("struct vfio_iommu_type1_dma_map *", ffi.from_buffer(self._map_buf))
+        self._unmap_arg = ffi.cast("struct vfio_iommu_type1_dma_unmap *", ffi.from_buffer(self._unmap_buf))
         self._fd = container.fileno()
         self._ioctl = self.backend.ioctl
+        from ..seam.real import RealBackend
+
+        self._direct = type(self.backend) is RealBackend
 
     # -- info -----------------------------------------------------------------------------
     def info(self, *, refresh: bool = False) -> Type1Info:
@@ -305,31 +327,48 @@ class Type1Iommu(IommuBase):
         (overlaps a mapping), ENOSPC (dma_entry_limit reached), ENOMEM (RLIMIT_MEMLOCK), EFAULT
         (vaddr not mapped).
         """
-        m = self._map_arg
-        m.argsz = _SZ_MAP
-        m.flags = flags
-        m.vaddr = vaddr
-        m.iova = iova
-        m.size = size
         try:
-            self._ioctl(self._fd, _MAP_DMA, m, op="VFIO_IOMMU_MAP_DMA")
-        except PyvfioError as e:
-            if e.errno in (errno.ENOMEM, errno.ENOSPC):
-                e.hint = self._map_hint(e.errno, size) or e.hint
-            raise
+            _MAP_FMT.pack_into(self._map_buf, 0, _SZ_MAP, flags, vaddr, iova, size)
+        except struct.error:
+            raise RangeError(f"map_dma arguments out of range: vaddr={vaddr!r} iova={iova!r} "
+                             f"size={size!r} flags={flags!r} (unsigned 64/32-bit)") from None
+        try:
+            if self._direct:
+                fcntl.ioctl(self._fd, _MAP_DMA, self._map_buf, True)
+            else:
+                self._ioctl(self._fd, _MAP_DMA, self._map_arg, op="VFIO_IOMMU_MAP_DMA")
+        except OSError as e:
+            raise self._map_error(e, size) from None
+
+    def _map_error(self, e: OSError, size: int) -> PyvfioError:
+        err = e if isinstance(e, PyvfioError) else error_from_errno(
+            e.errno or errno.EIO, op="VFIO_IOMMU_MAP_DMA", path=self.container.path)
+        if err.errno in (errno.ENOMEM, errno.ENOSPC):
+            err.hint = self._map_hint(err.errno, size) or err.hint
+        return err
 
     def unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
         """VFIO_IOMMU_UNMAP_DMA as is; returns the size the kernel reports unmapped.
 
         v2: EINVAL when the range bisects a mapping; 0 when no mapping lies inside.
         """
-        u = self._unmap_arg
-        u.argsz = _SZ_UNMAP
-        u.flags = flags
-        u.iova = iova
-        u.size = size
-        self._ioctl(self._fd, _UNMAP_DMA, u, op="VFIO_IOMMU_UNMAP_DMA")
-        return int(u.size)
+        buf = self._unmap_buf
+        try:
+            _UNMAP_FMT.pack_into(buf, 0, _SZ_UNMAP, flags, iova, size)
+        except struct.error:
+            raise RangeError(f"unmap_dma arguments out of range: iova={iova!r} size={size!r} "
+                             f"flags={flags!r}") from None
+        try:
+            if self._direct:
+                fcntl.ioctl(self._fd, _UNMAP_DMA, buf, True)
+            else:
+                self._ioctl(self._fd, _UNMAP_DMA, self._unmap_arg, op="VFIO_IOMMU_UNMAP_DMA")
+        except OSError as e:
+            if isinstance(e, PyvfioError):
+                raise
+            raise error_from_errno(e.errno or errno.EIO, op="VFIO_IOMMU_UNMAP_DMA",
+                                   path=self.container.path) from None
+        return _U64.unpack_from(buf, _UNMAP_SIZE_AT)[0]
 
     def _map_hint(self, err: int, size: int) -> str | None:
         if err == errno.ENOMEM:
@@ -356,19 +395,27 @@ class Type1Iommu(IommuBase):
     def check(self, iova: int, size: int, vaddr: int | None = None) -> None:
         """Raise ArgumentError subclasses for what the kernel would refuse: zero size,
         misalignment to the smallest IOMMU page, wrap-around, IOVA outside the usable ranges."""
-        info = self.info()
+        info = self._info or self.info()
+        mask = info.min_pgsize - 1
+        if size <= 0 or iova < 0 or iova + size - 1 > U64_MAX or (iova | size | (vaddr or 0)) & mask:
+            self._explain(info, iova, size, vaddr)
+        for r in info.iova_ranges:
+            if r.start <= iova and iova + size - 1 <= r.end:
+                return
+        if info.iova_ranges:
+            allowed = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in info.iova_ranges)
+            raise RangeError(f"IOVA range {iova:#x}-{iova + size - 1:#x} is not inside the usable "
+                             f"IOVA ranges ({allowed}); reserved windows such as MSI cannot be mapped")
+
+    @staticmethod
+    def _explain(info: Type1Info, iova: int, size: int, vaddr: int | None) -> None:
         pg = info.min_pgsize
         if size <= 0:
             raise RangeError(f"size must be positive, not {size}")
         for what, v in (("iova", iova), ("size", size), ("vaddr", vaddr)):
             if v is not None and v & (pg - 1):
                 raise AlignmentError(f"{what} {v:#x} is not aligned to the IOMMU page size {pg:#x}")
-        if iova < 0 or iova + size - 1 > U64_MAX:
-            raise RangeError(f"IOVA range {iova:#x}+{size:#x} wraps around")
-        if not info.usable(iova, size):
-            allowed = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in info.iova_ranges)
-            raise RangeError(f"IOVA range {iova:#x}-{iova + size - 1:#x} is not inside the usable "
-                             f"IOVA ranges ({allowed}); reserved windows such as MSI cannot be mapped")
+        raise RangeError(f"IOVA range {iova:#x}+{size:#x} is negative or wraps around")
 
     def map(self, buffer: Any, iova: int, *, size: int | None = None, offset: int = 0,
             read: bool = True, write: bool = True) -> DmaMapping:
@@ -378,19 +425,23 @@ class Type1Iommu(IommuBase):
         a DmaMapping that keeps ``buffer`` alive until unmapped. Device access: ``read`` lets
         the device read the memory, ``write`` lets it write.
         """
-        if self.closed:
+        if self._fd < 0:
             raise StateError("this IOMMU is closed")
         vaddr, n = _buffer_span(buffer, size, offset)
-        if not (read or write):
+        flags = _FLAGS.get((bool(read), bool(write)))
+        if flags is None:
             raise ArgumentError("a mapping needs read=True and/or write=True")
         self.check(iova, n, vaddr)
-        flags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
         self.map_dma(vaddr, iova, n, flags)
         mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)
-        self.mappings[iova] = mapping
         pin = getattr(buffer, "_pin", None)
         if pin is not None:
-            pin(mapping)
+            try:
+                pin(mapping)
+            except BaseException:  # closed meanwhile: do not leave the kernel mapping behind
+                self.unmap_dma(iova, n)
+                raise
+        self.mappings[iova] = mapping
         return mapping
 
     def _forget(self, mapping: DmaMapping) -> None:
@@ -411,10 +462,7 @@ class Type1Iommu(IommuBase):
             return
         if mapping.iommu is not self:
             raise ArgumentError(f"{mapping!r} belongs to another IOMMU")
-        try:
-            done = self.unmap_dma(mapping.iova, mapping.size)
-        except PyvfioError:
-            raise
+        done = self.unmap_dma(mapping.iova, mapping.size)
         self._forget(mapping)
         if done != mapping.size:
             raise ShortUnmapError(errno.EIO, f"unmapped {done:#x} of {mapping.size:#x} bytes at "
@@ -474,16 +522,15 @@ class Type1Iommu(IommuBase):
         return None
 
     def close(self) -> None:
-        """Unmap every mapping made through this object (idempotent)."""
-        if self.mappings and not self.container.closed:
-            try:
+        """Unmap every mapping made through this object (idempotent); the object is unusable
+        afterwards (its cached container fd is dropped, so a recycled fd number is never hit)."""
+        try:
+            if self.mappings and not self.container.closed and self._fd >= 0:
                 self.unmap_all()
-            finally:
-                for m in list(self.mappings.values()):
-                    self._forget(m)
-        else:
+        finally:
             for m in list(self.mappings.values()):
                 self._forget(m)
+            self._fd = -1
 
     def __repr__(self) -> str:
         return f"<Type1Iommu type={self.type} mappings={len(self.mappings)}>"
