@@ -6,6 +6,7 @@ limits)."""
 from __future__ import annotations
 
 import errno
+import mmap
 
 import pytest
 from scenarios import Env
@@ -57,19 +58,20 @@ def test_sparse_mmap_areas(no_fd_leak):
     try:
         r = dev.region_info(3)
         assert not r.msix_mappable
-        assert [(a.offset, a.size) for a in r.sparse_areas] == [(0x1000, 0x3000)]
-        with pytest.raises(RangeError):
-            dev.mmap(3, 0)
-        with pytest.raises(OSError) as ei:
-            import mmap as _m
-            dev.backend.mmap(0x1000, _m.PROT_READ, _m.MAP_SHARED, dev.fileno(), (3 << 40))
-        assert ei.value.errno == errno.EINVAL
+        assert [(a.offset, a.size) for a in r.sparse_areas] == [(0x1000, 0x1000), (0x3000, 0x1000)]
+        for off, size in ((0, None), (0x1000, 0x2000), (0x2000, None)):
+            with pytest.raises(RangeError):
+                dev.mmap(3, off, size)
+        for off, length in ((0, 0x1000), (0x1000, 0x2000)):
+            with pytest.raises(OSError) as ei:
+                dev.backend.mmap(length, mmap.PROT_READ, mmap.MAP_SHARED, dev.fileno(), (3 << 40) + off)
+            assert ei.value.errno == errno.EINVAL
         maps = dev.mmap_areas(3)
-        assert [(m.offset, m.size) for m in maps] == [(0x1000, 0x3000)]
-        dev.write(3, 0x2000, b"\x01\x02\x03\x04")
-        assert maps[0].read(0x1000, 4) == b"\x01\x02\x03\x04"  # mmap and pwrite share the bytes
-        maps[0].write(0x1004, b"\xaa")
-        assert dev.read(3, 0x2004, 1) == b"\xaa"
+        assert [(m.offset, m.size) for m in maps] == [(0x1000, 0x1000), (0x3000, 0x1000)]
+        dev.write(3, 0x3000, b"\x01\x02\x03\x04")
+        assert maps[1].read(0, 4) == b"\x01\x02\x03\x04"  # mmap and pwrite share the bytes
+        maps[0].write(4, b"\xaa")
+        assert dev.read(3, 0x1004, 1) == b"\xaa"
     finally:
         dev.close()
     assert all(m.closed for m in maps)
@@ -208,5 +210,42 @@ def test_reset_unsupported_is_typed():
         with pytest.raises(UnsupportedError) as ei:
             dev.reset()
         assert ei.value.errno == errno.EOPNOTSUPP and ei.value.op == "VFIO_DEVICE_RESET"
+    finally:
+        dev.close()
+
+
+def test_mmap_areas_unwinds_on_failure(no_fd_leak):
+    """Mapping every sparse area is all or nothing: when the second mmap fails, the first
+    mapping is undone."""
+    dev = mpci.standalone_device("e1000e", sparse_msix=True)
+    real_mmap = dev.backend.mmap
+    calls = []
+
+    def failing_mmap(length, prot, flags, fd=-1, offset=0):
+        calls.append(offset)
+        if len(calls) == 2:
+            from pyvfio.errors import error_from_errno
+
+            raise error_from_errno(errno.ENOMEM, op="mmap")
+        return real_mmap(length, prot, flags, fd, offset)
+
+    dev.backend.mmap = failing_mmap  # type: ignore[method-assign]
+    try:
+        with pytest.raises(OSError) as ei:
+            dev.mmap_areas(3)
+        assert ei.value.errno == errno.ENOMEM and len(calls) == 2
+        assert dev.mappings == ()
+    finally:
+        del dev.backend.mmap
+        dev.close()
+
+
+def test_edu_mmap_mode_closes_mapping_on_bad_ident(no_fd_leak):
+    """EduDevice(use_mmap=True) on a device that is not an edu leaves no mapping behind."""
+    dev = mpci.standalone_device("e1000e")
+    try:
+        with pytest.raises(EduError):
+            EduDevice(dev, use_mmap=True)
+        assert dev.mappings == ()
     finally:
         dev.close()

@@ -242,6 +242,29 @@ class SimPciDevice:
                 return table & 7, table & ~7, ((ctl & 0x7FF) + 1) * 16
         return None
 
+    def sparse_areas(self, index: int) -> list[tuple[int, int]] | None:
+        """With ``sparse_msix``: the (offset, size) areas of the MSI-X BAR that may be mapped,
+        leaving out the pages of the MSI-X table and PBA; None for a BAR mapped whole."""
+        bar = self.bars[index] if index < 6 else None
+        t = self.msix_table()
+        if not self.sparse_msix or bar is None or t is None or t[0] != index:
+            return None
+        holes = [(t[1] - t[1] % PAGE, _page_align(t[1] + t[2]))]
+        for off in self._std_caps:
+            if self.config[off] == 0x11:
+                pba = self._get(off + 8, 4)
+                if pba & 7 == index:
+                    start = pba & ~7
+                    holes.append((start - start % PAGE, _page_align(start + (t[2] // 16 + 63) // 64 * 8)))
+        areas, cur = [], 0
+        for lo, hi in sorted(holes):
+            if lo > cur:
+                areas.append((cur, lo - cur))
+            cur = max(cur, hi)
+        if cur < _page_align(bar.size):
+            areas.append((cur, _page_align(bar.size) - cur))
+        return areas
+
     def msi_cap_vectors(self) -> int:
         for off in self._std_caps:
             if self.config[off] == 0x05:
@@ -581,8 +604,8 @@ class E1000e(SimPciDevice):
     endpoint at 0xe0, MSI-X (5 vectors, table and PBA in BAR3) at 0xa0; AER at 0x100, DSN at
     0x140; BAR0 128 KiB MMIO, BAR1 128 KiB flash, BAR2 32-byte I/O, BAR3 16 KiB MSI-X, a 256 KiB
     expansion ROM; laid out as the x86 guest's firmware leaves it (same addresses).
-    ``sparse_msix=True`` reports BAR3 with a SPARSE_MMAP capability leaving out the table page
-    (kernels before 4.16) instead of MSIX_MAPPABLE. Reset by PM (D3hot and back)."""
+    ``sparse_msix=True`` reports BAR3 with a SPARSE_MMAP capability leaving out the table and PBA
+    pages (as kernels before 4.16 left out the table) instead of MSIX_MAPPABLE. Reset by PM (D3hot and back)."""
 
     vendor_id = 0x8086
     device_id = 0x10D3
@@ -704,10 +727,8 @@ class VfioPciDeviceFile(MockFile):
             caps: list[tuple[int, int, bytes]] = []
             t = sim.msix_table()
             if bar.mmap and t and t[0] == index:
-                if sim.sparse_msix:
-                    lo = t[1] - t[1] % PAGE
-                    hi = _page_align(t[1] + t[2])
-                    areas = [(a, b - a) for a, b in ((0, lo), (hi, _page_align(bar.size))) if b > a]
+                areas = sim.sparse_areas(index)
+                if areas is not None:
                     payload = _u32(len(areas)) + _u32(0) + b"".join(_u64(o) + _u64(s) for o, s in areas)
                     caps.append((I.VFIO_REGION_INFO_CAP_SPARSE_MMAP, 1, payload))
                 else:
@@ -1028,12 +1049,10 @@ class VfioPciDeviceFile(MockFile):
             raise KernelError(errno.EINVAL, f"vfio-pci: BAR{index} is not mmap-able")
         if pos % PAGE or pos + length > _page_align(bar.size):
             raise KernelError(errno.EINVAL, f"vfio-pci: mmap [{pos:#x}, {pos + length:#x}) outside BAR{index}")
-        if self.sim.sparse_msix:
-            t = self.sim.msix_table()
-            if t and t[0] == index:
-                lo, hi = t[1] - t[1] % PAGE, _page_align(t[1] + t[2])
-                if pos < hi and pos + length > lo:
-                    raise KernelError(errno.EINVAL, f"vfio-pci: mmap overlaps the MSI-X table of BAR{index}")
+        areas = self.sim.sparse_areas(index)
+        if areas is not None and not any(o <= pos and pos + length <= o + n for o, n in areas):
+            raise KernelError(errno.EINVAL, f"vfio-pci: mmap [{pos:#x}, {pos + length:#x}) of BAR{index} "
+                                            f"is not inside a sparse mmap area")
         p = lib.mmap(ffi.NULL, length, prot, flags, bar.fd, pos)
         addr = int(ffi.cast("uintptr_t", p))
         if addr == (1 << 64) - 1:

@@ -109,9 +109,13 @@ class EduDevice:
         self.max_transfer = max_transfer
         self.dma_mask = dma_mask
         self._map: RegionMapping | None = device.mmap(EDU_BAR, 0, 4096) if use_mmap else None
-        self.byteorder = byteorder or self._detect_byteorder()
-        if check:
-            self.check_ident()
+        try:
+            self.byteorder = byteorder or self._detect_byteorder()
+            if check:
+                self.check_ident()
+        except BaseException:
+            self.close()
+            raise
 
     # -- register access -----------------------------------------------------------------------
     def _detect_byteorder(self) -> str:
@@ -178,10 +182,16 @@ class EduDevice:
         self.write32(REG_LIVENESS, value)
         return self.read32(REG_LIVENESS) == (~value & 0xFFFFFFFF)
 
-    def factorial(self, n: int, *, timeout: float = 5.0) -> int:
-        """Compute ``n!`` (mod 2**32) on the device, polling the status register's busy bit."""
+    def factorial(self, n: int, *, irq: bool = False, timeout: float = 5.0) -> int:
+        """Compute ``n!`` (mod 2**32) on the device, polling the status register's busy bit.
+
+        With ``irq`` edu raises interrupt 0x1 (FACTORIAL_IRQ) when done (status bit 7)."""
         if not 0 <= n <= 0xFFFFFFFF:
             raise ArgumentError(f"factorial argument {n} must fit in 32 bits")
+        status = self.read32(REG_STATUS)
+        want = (status | STATUS_IRQFACT) if irq else (status & ~STATUS_IRQFACT)
+        if want != status:
+            self.write32(REG_STATUS, want & STATUS_IRQFACT)
         self.write32(REG_FACTORIAL, n)
         self._poll(REG_STATUS, STATUS_COMPUTING, timeout, "factorial")
         return self.read32(REG_FACTORIAL)

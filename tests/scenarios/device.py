@@ -222,6 +222,12 @@ def scenario_edu_msi(env: Env) -> dict[str, Any]:
             dev.enable_irq(PciIrq.INTX)
         with pytest.raises(InvalidArgumentError):
             dev.trigger_irq(PciIrq.MSI, 0, 2)  # one vector only
+        # factorial completion interrupt (status bit 7 -> status 0x1)
+        assert edu.factorial(7, irq=True) == 5040
+        assert efd.wait(IRQ_TIMEOUT) == 1, "no MSI for the factorial completion"
+        assert edu.irq_status == 0x1
+        edu.ack_irq()
+        assert edu.factorial(3) == 6 and efd.wait(QUIET) == 0 and edu.irq_status == 0
         # DMA completion interrupt (command bit 2 -> status 0x100)
         mapper = DmaMapper(od.iommu, limit=edu.dma_mask + 1)
         with DmaBuffer(PAGE) as buf:
