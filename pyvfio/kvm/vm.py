@@ -794,7 +794,7 @@ class MemSlot:
     def fetch_dirty(self, out: DirtyBitmap | None = None) -> DirtyBitmap:
         """One dirty-log cycle: GET, then (manual protect) CLEAR exactly the reported pages."""
         bm = self.get_dirty_log(out)
-        if self.vm.manual_protect and bm.any():
+        if self.vm.manual_protect:
             self.vm.clear_dirty_log(self.slot, 0, self.npages, bm.address)
         return bm
 
