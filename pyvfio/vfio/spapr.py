@@ -70,7 +70,7 @@ _SZ_UNMAP = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
 _SZ_EEH = ffi.sizeof("struct vfio_eeh_pe_op")
 
 # sPAPR meanings of MAP/UNMAP errnos (the registered hints of those ops speak of type1)
-_MAP_HINTS = {
+_MAP_HINTS: dict[int, str] = {
     errno.EPERM: "sPAPR: the container is not enabled (v1: call enable(); v2: register memory "
                  "first)",
     errno.ENXIO: "sPAPR: the IOVA lies in no DMA window (see TCE_GET_INFO and created windows)",
@@ -248,7 +248,7 @@ class _SpaprBase(IommuBase):
         try:
             return self.ioctl(ioctls.VFIO_IOMMU_MAP_DMA, m, op="VFIO_IOMMU_MAP_DMA")
         except PyvfioError as e:
-            e.hint = _MAP_HINTS.get(e.errno, e.hint)
+            e.hint = _MAP_HINTS.get(e.errno or 0) or e.hint
             raise
 
     def unmap_dma(self, iova: int, size: int) -> None:
@@ -263,7 +263,7 @@ class _SpaprBase(IommuBase):
         try:
             self.ioctl(ioctls.VFIO_IOMMU_UNMAP_DMA, u, op="VFIO_IOMMU_UNMAP_DMA")
         except PyvfioError as e:
-            e.hint = _MAP_HINTS.get(e.errno, e.hint)
+            e.hint = _MAP_HINTS.get(e.errno or 0) or e.hint
             raise
 
     # -- checked API ----------------------------------------------------------------------------
@@ -617,11 +617,18 @@ class SpaprTceV2Iommu(_SpaprBase):
         (idempotent; the container closing releases the rest)."""
         errors: list[BaseException] = []
         if not self.container.closed:
-            for step in (self.unmap_all,
-                         lambda: [self.remove_window(w) for w in list(self._created)],
-                         lambda: [self.unregister(r) for r in list(self.regions.values())]):
+            try:
+                self.unmap_all()
+            except PyvfioError as e:
+                errors.append(e)
+            for w in list(self._created):
                 try:
-                    step()
+                    self.remove_window(w)
+                except PyvfioError as e:
+                    errors.append(e)
+            for r in list(self.regions.values()):
+                try:
+                    self.unregister(r)
                 except PyvfioError as e:
                     errors.append(e)
         for m in list(self.mappings.values()):
