@@ -271,3 +271,23 @@ def test_doctor_and_ls_without_a_viommu(guest_variant):
     assert all(d["iommu_group"] is None and d["vfio_usable"] is False for d in doc["devices"])
     code, doc = run_cli("group")
     assert code == 0 and doc["groups"] == []
+
+
+@pytest.mark.guest
+def test_info_opens_edu_through_vfio(guest_variant, guest_info):
+    edu = by_name(guest_info, "edu")
+    code, doc = run_cli("info", edu["bdf"])
+    assert code == 0, doc
+    v = doc["vfio"]
+    regions = {r["name"]: r for r in v["regions"]}
+    # edu: a 1 MiB memory BAR0 (QEMU docs/specs/edu.rst), config space through region 7
+    assert regions["BAR0"]["size"] == 1 << 20 and regions["BAR0"]["mappable"]
+    assert regions["CONFIG"]["size"] >= 256
+    irqs = {q["name"]: q for q in v["irqs"]}
+    assert irqs["INTX"]["count"] == 1 and irqs["MSI"]["count"] >= 1
+    assert "MSI" in [c["name"] for c in v["pci_capabilities"]]
+    assert v["container"]["api_version"] == 0 and v["container"]["extensions"]["TYPE1v2"] == 1
+    assert int(v["iommu"]["iova_pgsizes"], 16) & 0x1000 and v["iommu"]["iova_ranges"]
+    assert v["iommu"]["dma_avail"] == int(open("/sys/module/vfio_iommu_type1/parameters/dma_entry_limit").read())
+    # the fds were closed again: the group can be opened by the next user
+    assert group_viable(edu["iommu_group"])

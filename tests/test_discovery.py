@@ -109,7 +109,7 @@ def test_mock_kernel_tree_is_readable_and_follows_rebinds(mock_backend):
     assert src.device("0000:00:02.0").driver == "vfio-pci" and src.group(2).viability.viable
     decorate(mock_backend.sysfs_root)
     d = src.device("0000:00:03.0")
-    assert d.numa_node is None and d.reset_methods is not None and d.revision == 0x10
+    assert d.numa_node is None and d.driver_override is None and d.revision == 0x10 and not d.resettable
 
 
 @pytest.mark.skipif(not os.path.isdir("/sys/bus/pci/devices") or not os.listdir("/sys/bus/pci/devices"),

@@ -540,7 +540,7 @@ def doctor_cmd(env: Env, guest_memory: str, mappings: int | None, pid: int | Non
     if kernel_log is not None:  # the mock kernel: IR is a property of its IOMMU groups
         from ..mockkernel import vfio as _mvfio
 
-        groups = _mvfio.state(kernel).groups
+        groups = _mvfio.state(kernel).groups  # type: ignore[arg-type]
         ir = lambda: all(g.interrupt_remapping for g in groups.values())  # noqa: E731
     doc_ = Doctor(env.source, env.paths, opts, node_exists=env.core.node_exists, kernel_log=kernel_log,
                   interrupt_remapping=ir)

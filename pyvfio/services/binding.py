@@ -492,7 +492,7 @@ def bind(
         if blockers and not partial and not dry_run:
             raise GroupNotViableError(dev.bdf, group, Viability(False, blockers, ""))
         if blockers:
-            res.warnings.append(GroupNotViableError(dev.bdf, group, Viability(False, blockers, "")).strerror)
+            res.warnings.append(GroupNotViableError(dev.bdf, group, Viability(False, blockers, "")).strerror or "")
     else:
         res.warnings.append(f"{dev.bdf} has no IOMMU group: vfio-pci will refuse it (is the IOMMU on?)")
     if res.uses and not force and not dry_run:

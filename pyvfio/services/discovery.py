@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 from ..errors import ArgumentError, NotFoundError
 
@@ -419,12 +419,12 @@ class SysfsTreeSource(_GroupsMixin):
 class PyudevSource(_GroupsMixin):
     """The running kernel's PCI devices, enumerated with pyudev."""
 
-    def __init__(self, context: object | None = None) -> None:
+    def __init__(self, context: Any = None) -> None:
         import pyudev
 
         self._pyudev = pyudev
-        self.context = context if context is not None else pyudev.Context()
-        self.sysfs_root = self.context.sys_path  # type: ignore[attr-defined]
+        self.context: Any = context if context is not None else pyudev.Context()
+        self.sysfs_root = str(self.context.sys_path)
 
     def _convert(self, dev: object) -> PciDevice:
         attrs = dev.attributes  # type: ignore[attr-defined]
@@ -439,7 +439,7 @@ class PyudevSource(_GroupsMixin):
         return _build(dev.sys_name, dev.sys_path, attr, dev.driver)  # type: ignore[attr-defined]
 
     def devices(self) -> list[PciDevice]:
-        found = [self._convert(d) for d in self.context.list_devices(subsystem="pci")]  # type: ignore[attr-defined]
+        found = [self._convert(d) for d in self.context.list_devices(subsystem="pci")]
         return sorted(found, key=lambda d: d.bdf)
 
     def device(self, bdf: str) -> PciDevice:

@@ -530,7 +530,8 @@ class Doctor:
         name = "vfio-nodes"
         ev = []
         ctl = os.path.join(self.paths.dev, "vfio", "vfio")
-        bad, warn = [], []
+        bad: list[str] = []
+        warn: list[str] = []
         want = self.wanted()
         if not os.path.exists(ctl):
             (bad if want else warn).append("/dev/vfio/vfio is missing (vfio not loaded?)")
