@@ -86,6 +86,45 @@ def _bit_positions(words: np.ndarray, word_index: np.ndarray) -> np.ndarray:
     return (word_index[pos >> 6].astype(np.int64) << 6) | (pos & 63)
 
 
+_CHUNK = 1 << 18  # words classified at a time (2 MiB of bitmap; the masks stay in cache)
+
+
+def _edge_words(w: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(chunk start, indices in the chunk) of the words where a run of set bits may begin or
+    end: not empty and not full, or full at the edge of a block of full words (chunk edges
+    count as block edges: a few extra candidates, never a missing one)."""
+    n = min(w.size, _CHUNK)
+    cls = np.empty(n, dtype=np.uint8)
+    cand = np.empty(n, dtype=np.bool_)
+    full = np.empty(n, dtype=np.bool_)
+    tmp = np.empty(n, dtype=np.bool_)
+    popcount = getattr(np, "bitwise_count", None)
+    for i in range(0, w.size, _CHUNK):
+        c = w[i:i + _CHUNK]
+        k = c.size
+        cd, fu, tm = cand[:k], full[:k], tmp[:k]
+        if popcount is not None:  # one pass: 0 bits (empty), 64 (full) or mixed
+            popcount(c, out=cls[:k])
+            np.not_equal(cls[:k], 0, out=cd)
+            if not cd.any():
+                continue
+            np.equal(cls[:k], 64, out=fu)
+        else:  # pragma: no cover - numpy 1.x
+            np.not_equal(c, 0, out=cd)
+            if not cd.any():
+                continue
+            np.equal(c, _FULL, out=fu)
+        cd ^= fu                                   # non-zero and not full
+        if k > 1:
+            np.greater(fu[1:], fu[:-1], out=tm[1:])  # first word of a block of full words
+            cd[1:] |= tm[1:]
+            np.greater(fu[:-1], fu[1:], out=tm[:-1])  # last word of a block
+            cd[:-1] |= tm[:-1]
+        cd[0] |= fu[0]
+        cd[k - 1] |= fu[k - 1]
+        yield i, np.flatnonzero(cd)
+
+
 def _runs_at(w: np.ndarray, nz: np.ndarray) -> np.ndarray:
     """Runs of set bits of ``w``, looking only at words ``nz`` (every word where a run starts or
     ends must be among them): ``(first_bit, n_bits)`` rows."""
@@ -232,28 +271,19 @@ class DirtyBitmap:
     def ranges(self) -> np.ndarray:
         """Maximal runs of dirty pages: an ``(n, 2)`` int64 array of ``(first_page, n_pages)``.
 
-        Only words where a run can begin or end have their bits expanded: the non-zero words of
-        a sparse bitmap; in a dense one the words that are neither empty nor full, plus the full
-        words at the edges of blocks of full words (an all-dirty 32 MiB bitmap is one compare
-        pass, not 2**28 expanded bits).
+        Only words where a run can begin or end have their bits expanded: words that are
+        neither empty nor full, and full words at the edges of blocks of full words (an
+        all-dirty 32 MiB bitmap is one popcount pass, not 2**28 expanded bits). The words are
+        classified in cache-sized chunks with reused buffers, so the scan reads the bitmap once.
         """
         w = self._clean_words()
-        # one pass classifies every word: 0 bits set (clean), 64 (full) or anything else
-        pc = np.bitwise_count(w) if hasattr(np, "bitwise_count") else None
-        nzm = pc != 0 if pc is not None else w != 0
-        nnz = int(np.count_nonzero(nzm))
-        if nnz == 0:
+        if w.size == 0:
             return np.empty((0, 2), dtype=np.int64)
-        if nnz * 8 <= w.size:
-            return _runs_at(w, np.flatnonzero(nzm))
-        full = pc == 64 if pc is not None else w == _FULL
-        cand = nzm
-        cand ^= full                        # non-zero and not full (full implies non-zero)
-        cand[1:] |= full[1:] > full[:-1]    # first word of a block of full words
-        cand[:-1] |= full[:-1] > full[1:]   # last word of a block
-        cand[0] |= full[0]
-        cand[-1] |= full[-1]
-        return _runs_at(w, np.flatnonzero(cand))
+        parts = [idx + i for i, idx in _edge_words(w)]
+        nz = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        if nz.size == 0:
+            return np.empty((0, 2), dtype=np.int64)
+        return _runs_at(w, nz)
 
     def byte_ranges(self) -> np.ndarray:
         """Runs of dirty pages as ``(address, n_bytes)`` (uint64): gpa/IOVA ranges to copy."""
