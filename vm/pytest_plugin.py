@@ -126,9 +126,24 @@ def guest_available() -> None:
 
     reason = unavailable_reason()
     if reason:
-        msg = f"no QEMU guest here: {reason} (run tools/dev setup)"
+        msg = _no_guest_message(reason)
         if _require_guest():
             pytest.fail(f"PYVFIO_REQUIRE_GUEST=1 but {msg}", pytrace=False)
+        pytest.skip(msg)
+
+
+def _no_guest_message(reason: str) -> str:
+    msg = f"no QEMU guest here: {reason}"
+    return msg if "tools/dev setup" in msg else msg + " (run tools/dev setup)"
+
+
+def _skip_at_item(msg: str) -> None:
+    """pytest.skip, reported at the test's location instead of this file's."""
+    try:
+        from _pytest.outcomes import Skipped
+
+        raise Skipped(msg, _use_item_location=True)
+    except TypeError:  # older pytest without _use_item_location
         pytest.skip(msg)
 
 
@@ -275,10 +290,10 @@ class _HostController:
     def report(self, twin: GuestTwin) -> None:
         why = self.unavailable()
         if why is not None:
-            msg = f"no QEMU guest here: {why} (run tools/dev setup)"
+            msg = _no_guest_message(why)
             if _require_guest():
                 raise GuestTestFailure(f"PYVFIO_REQUIRE_GUEST=1 but {msg}")
-            pytest.skip(msg)
+            _skip_at_item(msg)
         key = (twin.variant, twin.bind)
         if key not in self.sessions:
             self.sessions[key] = self._run(twin.session, key)
@@ -295,9 +310,10 @@ class _HostController:
         if outcome == "passed":
             return
         if outcome in ("skipped", "xfailed"):
+            text = text.removeprefix("Skipped: ")
             if outcome == "xfailed":
                 pytest.xfail(f"in the {twin.variant} guest: {text}")
-            pytest.skip(f"in the {twin.variant} guest: {text}")
+            _skip_at_item(f"in the {twin.variant} guest: {text}")
         raise GuestTestFailure(f"in the {twin.variant} guest, {outcome}:\n{text}")
 
     def _say(self, text: str) -> None:
@@ -322,7 +338,7 @@ class _HostController:
         results = Path(tempfile.mkdtemp(prefix=f"pyvfio-guest-{variant}-"))
         rootdir = str(self.config.rootpath)
         argv = [sys.executable, "-m", "pytest", "-p", "vm.pytest_plugin", "-p", "no:cacheprovider",
-                "-q", "-rfEs", "--rootdir", rootdir, f"--junitxml={results / 'junit.xml'}"]
+                "-q", "-rfEs", "--color=no", "--rootdir", rootdir, f"--junitxml={results / 'junit.xml'}"]
         if self.config.inipath:
             argv += ["-c", str(self.config.inipath)]
         argv += nodeids
