@@ -148,16 +148,21 @@ def _eventfd_id(fd: int) -> int:
 
 
 def _is_vfio_file(f: Any) -> bool:
-    """A VFIO group or device file of the mock VFIO (looked up lazily: it may not be loaded)."""
+    """A VFIO group or device file of the mock VFIO (kvm_vfio_file_is_valid). The classes are
+    looked up lazily (the VFIO subsystems may not be loaded); a MockFile with a true
+    ``vfio_file`` attribute also counts."""
     if getattr(f, "vfio_file", False):
         return True
-    try:
-        from . import vfio as mvfio
-    except ImportError:  # pragma: no cover
-        return False
-    kinds = tuple(getattr(mvfio, n) for n in ("MockGroup", "MockDevice", "MockDeviceFile", "DeviceFile",
-                                               "VfioDeviceFile") if isinstance(getattr(mvfio, n, None), type))
-    return bool(kinds) and isinstance(f, kinds)
+    import importlib
+
+    kinds: list[type] = []
+    for mod_name, names in (("vfio", ("MockGroup",)), ("pci", ("VfioPciDeviceFile",))):
+        try:
+            mod = importlib.import_module(f"{__package__}.{mod_name}")
+        except ImportError:  # pragma: no cover
+            continue
+        kinds += [getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type)]
+    return bool(kinds) and isinstance(f, tuple(kinds))
 
 
 class _SharedPages:
