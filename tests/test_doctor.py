@@ -43,6 +43,9 @@ def test_no_iommu_at_all(host):
     r = run(host, "iommu")
     assert r.status is Status.FAIL and "no IOMMU" in r.summary and "intel-iommu" in r.hint
     assert run(host, "interrupt-remapping").status is Status.SKIP
+    host.write("proc/cmdline", "root=/dev/vda1 intel_iommu=off\n")  # off, but nothing to turn on
+    r = run(host, "iommu")
+    assert r.summary.startswith("no IOMMU") and "intel-iommu" in r.hint and "intel_iommu=off" in r.hint
 
 
 def test_dmar_present_but_not_enabled(host):

@@ -256,7 +256,7 @@ class Doctor:
         if groups:
             return CheckResult("iommu", Status.OK, f"{len(groups)} IOMMU groups present", tuple(ev))
         off = [a for a in iommu_args if a.endswith("=off")]
-        if off:
+        if off and acpi:
             return CheckResult("iommu", Status.FAIL, f"IOMMU disabled on the kernel command line ({' '.join(off)})",
                                tuple(ev), f"remove {' '.join(off)} from the kernel command line and reboot")
         if "DMAR" in acpi:
@@ -265,9 +265,11 @@ class Doctor:
         if "IVRS" in acpi:
             return CheckResult("iommu", Status.FAIL, "firmware has an AMD-Vi unit (ACPI IVRS) but the kernel did not enable it",
                                tuple(ev), "add amd_iommu=on iommu=pt to the kernel command line; check the module/firmware IOMMU option")
+        also = f"; then remove {' '.join(off)} from the kernel command line" if off else ""
         return CheckResult("iommu", Status.FAIL, "no IOMMU: the firmware describes none and the kernel found none",
                            tuple(ev), "enable VT-d / AMD-Vi (\"IOMMU\") in the firmware setup; in a QEMU guest add "
-                                      "-device intel-iommu,intremap=on (q35, kernel-irqchip=split), amd-iommu or virtio-iommu-pci")
+                                      "-device intel-iommu,intremap=on (q35, kernel-irqchip=split), amd-iommu or "
+                                      "virtio-iommu-pci" + also)
 
     # 2. interrupt remapping
     def check_interrupt_remapping(self) -> CheckResult:
