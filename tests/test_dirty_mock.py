@@ -268,3 +268,25 @@ def test_ranges_chunked_scan_matches_naive(npages, chunk, data):
     finally:
         B._CHUNK = saved
     assert got.tolist() == [[int(a), int(b - a)] for a, b in edges]
+
+
+def test_cli_dirty_watch_json_counts_edu_writes():
+    """``pyvfio --json --backend mock dirty watch``: one JSON document; with --edu-writes the
+    mock reports at most K pages per interval (exact semantics), in total what was written."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pyvfio.cli import cli
+
+    res = CliRunner().invoke(cli, ["--json", "--backend", "mock", "dirty", "watch", "0000:00:03.0",
+                                   "--seconds", "0.4", "--interval", "0.1", "--size", "256K",
+                                   "--edu-writes", "2"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["mapped_pages"] == 64 and doc["page_size"] == PAGE and doc["samples"]
+    assert all(1 <= s["dirty_pages"] <= 2 for s in doc["samples"])
+    assert doc["dirty_pages_total"] == sum(s["dirty_pages"] for s in doc["samples"])
+    bad = CliRunner().invoke(cli, ["--json", "--backend", "mock", "dirty", "watch", "0000:00:03.0",
+                                   "--size", "12Q"], catch_exceptions=False)
+    assert bad.exit_code == 2 and "size" in json.loads(bad.output)["error"]

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -291,9 +291,10 @@ class DirtyTracker:
         return bm
 
     def watch(self, seconds: float, interval: float = 1.0, *, iova: int | None = None,
-              size: int | None = None) -> Iterator[WatchSample]:
+              size: int | None = None, during: Callable[[], None] | None = None) -> Iterator[WatchSample]:
         """Report every ``interval`` seconds for ``seconds``; yields a WatchSample per report
-        (the bitmap buffer is reused)."""
+        (the bitmap buffer is reused). ``during`` runs at the start of each interval (a
+        workload: e.g. device DMA to watch)."""
         if seconds <= 0 or interval <= 0:
             raise ArgumentError("seconds and interval must be positive")
         if not self.tracking:
@@ -306,7 +307,10 @@ class DirtyTracker:
             now = time.monotonic()
             if now - t0 >= seconds:
                 return
-            time.sleep(min(interval, seconds - (now - t0)))
+            if during is not None:
+                during()
+                now = time.monotonic()
+            time.sleep(max(0.0, min(interval - (now - last), seconds - (now - t0))))
             bm = self.report(iova, size, out=out)
             out = bm
             now = time.monotonic()
