@@ -573,3 +573,6 @@ def main(argv: list[str] | None = None) -> None:
 
 __all__ = ["cli", "main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NOT_FOUND", "EXIT_PERMISSION",
            "EXIT_UNSUPPORTED"]
+
+
+from . import dirty as _dirty  # noqa: E402,F401  (registers "pyvfio dirty watch")
