@@ -53,7 +53,7 @@ def test_swap_ipv6_and_link_local(tmp_path):
     assert b.find_uses(paths, src.device("0000:00:06.0")) == []
     h.add_ipv6_address("enp0s6", "20010db8000000000000000000000001", 64)
     uses = b.find_uses(paths, src.device("0000:00:06.0"))
-    assert [u.kind for u in uses] == ["net-address"] and "2001:0db8" in uses[0].what
+    assert [u.kind for u in uses] == ["net-address"] and "2001:db8::1/64" in uses[0].what
 
 
 def test_holder_of_vfio_group_is_found(host, env):
@@ -178,3 +178,41 @@ def test_sysfs_write_errors_are_typed(host, env, monkeypatch):
     monkeypatch.setattr(b.DriverCore, "_write", denied)
     with pytest.raises(PermissionError):
         b.bind(src, "0000:02:10.0", paths=host.paths, core=core, timeout=0.1)
+
+
+def _pci_ancestor(sys_path: str) -> str | None:
+    import re
+
+    found = re.findall(r"/([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])(?=/)", os.path.realpath(sys_path) + "/")
+    return found[-1] if found else None
+
+
+def test_real_host_root_filesystem_device_is_in_use():
+    """On this machine: the PCI device under the block device of / is reported as in use."""
+    from pyvfio.services.discovery import HostPaths, open_source
+
+    st = os.stat("/")
+    bdf = _pci_ancestor(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if bdf is None:
+        pytest.skip("/ is not on a PCI block device here (overlay, 9p, nfs...)")
+    uses = b.find_uses(HostPaths.real(), open_source("/sys").device(bdf))
+    assert any(u.kind == "mount" and u.what.endswith("mounted on /") for u in uses), uses
+
+
+def test_real_host_default_route_device_is_in_use():
+    """On this machine: the PCI NIC carrying the default route is reported as in use."""
+    from pyvfio.services.discovery import HostPaths, open_source
+
+    ifname = None
+    with open("/proc/net/route") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == "00000000" and fields[7] == "00000000":
+                ifname = fields[0]
+    if ifname is None or not os.path.exists(f"/sys/class/net/{ifname}/device"):
+        pytest.skip("no default route through a PCI device here")
+    bdf = _pci_ancestor(f"/sys/class/net/{ifname}/device")
+    if bdf is None:
+        pytest.skip(f"{ifname} is not a PCI device")
+    uses = b.find_uses(HostPaths.real(), open_source("/sys").device(bdf))
+    assert any(u.kind == "net-route" and u.what == f"{ifname} carries route 0.0.0.0/0" for u in uses), uses

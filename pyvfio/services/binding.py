@@ -21,6 +21,7 @@ All writes go through a :class:`DriverCore`, so tests can substitute the kernel'
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 import socket
@@ -197,7 +198,7 @@ def _net_uses(paths: HostPaths, dev: PciDevice) -> list[Use]:
     for line in (_read(os.path.join(paths.proc, "net", "if_inet6")) or "").splitlines():
         f = line.split()
         if len(f) >= 6 and f[5] in ifaces and int(f[3], 16) != 0x20:  # 0x20: link-local scope
-            addr = ":".join(f[0][i:i + 4] for i in range(0, 32, 4))
+            addr = str(ipaddress.IPv6Address(bytes.fromhex(f[0])))
             uses.append(Use("net-address", dev.bdf, f"{f[5]} has address {addr}/{int(f[2], 16)}"))
     for line in (_read(os.path.join(paths.proc, "net", "route")) or "").splitlines()[1:]:
         f = line.split()
@@ -213,7 +214,7 @@ def _net_uses(paths: HostPaths, dev: PciDevice) -> list[Use]:
                 continue  # link-local and multicast routes exist on every interface that is up
             if int(f[8], 16) & 0x80000000:  # RTF_LOCAL: route for one of its own addresses
                 continue
-            addr = ":".join(dst[i:i + 4] for i in range(0, 32, 4))
+            addr = str(ipaddress.IPv6Address(bytes.fromhex(dst)))
             uses.append(Use("net-route", dev.bdf, f"{f[9]} carries route {addr}/{plen}"))
     if paths.is_live:
         for name in ifaces:
