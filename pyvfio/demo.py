@@ -69,7 +69,10 @@ def run(backend: Backend, bdf: str, size: int = EDU_DMA) -> bool:
     _say(f"pyvfio demo on the {backend.name} kernel: edu at {bdf}, IOMMU group "
          f"{Group.number_of(bdf, backend=backend)}")
     with open_device(bdf, backend=backend) as opened:
+        from .vfio import Type1Iommu
+
         c, iommu, dev = opened.container, opened.iommu, opened.device
+        assert isinstance(iommu, Type1Iommu)
         ext = {k: v for k, v in c.extensions().items() if v}
         _say(f"  VFIO API {c.api_version()}, extensions: {', '.join(ext)}")
         info = iommu.info()
