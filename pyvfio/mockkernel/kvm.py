@@ -509,7 +509,8 @@ class VmFile(MockFile):
             return 0
         if self.vfio_device is not None:
             raise KernelError(errno.EBUSY, "kvm: only one VFIO device per VM")
-        dev = KvmVfioDeviceFile(self.kernel, "anon_inode:kvm-vfio", self.get())
+        self.get()  # the device holds the VM (kvm_get_kvm)
+        dev = KvmVfioDeviceFile(self.kernel, "anon_inode:kvm-vfio", self)
         self.vfio_device = dev
         c.fd = self.kernel.install(dev)
         return 0
@@ -592,7 +593,8 @@ class VmFile(MockFile):
         size, flags = int(g.size), int(g.flags)
         if flags & ~0x3 or not size or size & (PAGE - 1) or any(int(x) for x in g.reserved):
             raise KernelError(errno.EINVAL, "kvm: guest_memfd arguments")
-        return self.kernel.install(GuestMemfdFile(self.kernel, "anon_inode:[kvm-gmem]", self.get(), size))
+        self.get()
+        return self.kernel.install(GuestMemfdFile(self.kernel, "anon_inode:[kvm-gmem]", self, size))
 
     def release(self) -> None:
         for e in self.ioeventfds:
@@ -642,7 +644,8 @@ class VcpuFile(MockFile):
 
     def __init__(self, kernel: MockKernel, path: str, vm: VmFile, vid: int) -> None:
         super().__init__(kernel, path)
-        self.vm = vm.get()
+        vm.get()
+        self.vm = vm
         self.id = vid
         self.run_pages = _SharedPages(self.RUN_SIZE, "kvm-run")
         self.run = ffi.cast("struct kvm_run *", self.run_pages.addr)
