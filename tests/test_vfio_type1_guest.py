@@ -28,3 +28,29 @@ def env(guest_info, guest_variant) -> Env:
 @pytest.mark.parametrize("scenario", sc.ALL, ids=lambda f: f.__name__.removeprefix("scenario_"))
 def test_scenario(scenario, env, no_fd_leak):
     scenario(env)
+
+
+def test_group_busy_names_the_holding_process(env, no_fd_leak):
+    """EBUSY on a group another process holds: the hint names that process (from /proc)."""
+    import subprocess
+    import sys
+
+    from pyvfio.errors import BusyError
+    from pyvfio.seam import get_backend
+    from pyvfio.vfio import Group
+
+    number = Group.number_of(env.bdf, backend=get_backend("real"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import os,sys; fd=os.open('/dev/vfio/{number}', os.O_RDWR); "
+                               "print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BusyError) as ei:
+            Group(number, backend=get_backend("real"))
+        assert f"pid {holder.pid}" in ei.value.hint, ei.value.hint
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    Group(number, backend=get_backend("real")).close()  # free again once the holder is gone

@@ -248,3 +248,44 @@ def test_dmabuffer_alignment_and_access():
     with DmaBuffer(5000, hugepages=None) as b:
         assert b.addr % 4096 == 0 and b.size == 8192
     assert b.closed
+
+
+class _OldApiBackend(CountingBackend):
+    def ioctl(self, fd, request, arg=0, *, op, hint=None):
+        if op == "VFIO_GET_API_VERSION":
+            return 1
+        return super().ioctl(fd, request, arg, op=op, hint=hint)
+
+
+def test_container_refuses_unknown_api_version_and_closes(be, no_fd_leak):
+    from pyvfio.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError):
+        Container(backend=_OldApiBackend(be))
+    assert be.kernel.files == {}
+
+
+def test_set_iommu_needs_a_group_before_the_syscall(be, no_fd_leak):
+    counting = CountingBackend(be)
+    with Container(backend=counting) as c:
+        with pytest.raises(StateError):
+            c.set_iommu()
+        assert "VFIO_SET_IOMMU" not in counting.ops
+
+
+def test_map_checks_before_syscall(be, no_fd_leak):
+    from pyvfio.errors import AlignmentError, RangeError
+
+    counting = CountingBackend(be)
+    with sc.type1(counting, "0000:00:03.0") as (_c, _g, iommu), DmaBuffer(8192) as buf:
+        iommu.info()
+        n = len(counting.ops)
+        with pytest.raises(AlignmentError):
+            iommu.map(buf, 0x100800)
+        with pytest.raises(AlignmentError):
+            iommu.map(buf, 0x100000, size=100)
+        with pytest.raises(RangeError):
+            iommu.map(buf, 0x100000, size=3 * 4096)  # past the buffer
+        with pytest.raises(RangeError):
+            iommu.map(buf, (1 << 40))  # beyond the aperture
+        assert len(counting.ops) == n

@@ -410,6 +410,36 @@ def scenario_unmapped_write_does_not_land(env: Env) -> None:
         dst.close()
 
 
+def scenario_hugetlbfs_buffer(env: Env) -> None:
+    """A hugetlbfs DmaBuffer (MAP_HUGETLB, 2 MiB pages) maps as one 2 MiB-aligned mapping when
+    huge pages are reserved; without free huge pages the allocation fails with ENOMEM and a hint
+    naming nr_hugepages. (The guest reserves two pages for the test and restores the count.)"""
+    be = env.backend()
+    nr = "/proc/sys/vm/nr_hugepages"
+    saved = open(nr).read().strip()
+    try:
+        if not env.is_mock:
+            with open(nr, "w") as f:
+                f.write(f"{int(saved) + 2}\n")
+        free = int(next(l for l in open("/proc/meminfo") if l.startswith("HugePages_Free:")).split()[1])
+        if free == 0:
+            with pytest.raises(OutOfMemoryError) as ei:
+                DmaBuffer(2 << 20, hugepages="hugetlbfs")
+            assert "nr_hugepages" in (ei.value.hint or "")
+            return
+        with type1(be, env.bdf) as (_c, _g, iommu), DmaBuffer(4096, hugepages="hugetlbfs") as buf:
+            assert buf.size == 2 << 20 and buf.addr % (2 << 20) == 0
+            m = iommu.map(buf, 0x40000000)
+            assert m.size == 2 << 20
+            buf.write((2 << 20) - 3, b"end")
+            assert buf.read((2 << 20) - 3, 3) == b"end"
+            m.unmap()
+    finally:
+        if not env.is_mock:
+            with open(nr, "w") as f:
+                f.write(f"{saved}\n")
+
+
 ALL = [
     scenario_extensions_and_status,
     scenario_state_machine,
@@ -421,6 +451,7 @@ ALL = [
     scenario_update_vaddr,
     scenario_dma_entry_limit_enospc,
     scenario_memlock_enomem,
+    scenario_hugetlbfs_buffer,
     scenario_dma_round_trip,
     scenario_unmapped_write_does_not_land,
 ]
