@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import errno
 import mmap as _mmap
+import sys
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
@@ -307,11 +308,8 @@ def walk_info_caps(buf: bytes, first: int, header_size: int) -> tuple[InfoCapabi
     return tuple(caps)
 
 
-_LE = ffi.cast("uint16_t *", ffi.new("uint8_t[2]", [1, 0]))[0] == 1
-
-
-def _native(data: bytes, fmt_size: int) -> int:
-    return int.from_bytes(data[:fmt_size], "little" if _LE else "big")
+#: Kernel structs are in CPU byte order.
+_LE = sys.byteorder == "little"
 
 
 # ---------------------------------------------------------------------------------------------
