@@ -54,3 +54,36 @@ def test_group_busy_names_the_holding_process(env, no_fd_leak):
         holder.wait(timeout=30)
         holder.stdout.close()
     Group(number, backend=get_backend("real")).close()  # free again once the holder is gone
+
+
+@pytest.mark.guest(variants=["virtio"])
+def test_set_iommu_eperm_without_interrupt_remapping(guest_info, no_fd_leak):
+    """virtio-iommu has no interrupt remapping: with allow_unsafe_interrupts=N, VFIO_SET_IOMMU
+    fails with EPERM and a hint naming interrupt remapping and allow_unsafe_interrupts; with Y
+    it works. (The mock reproduces this in test_no_interrupt_remapping_eperm_then_allow_unsafe.)"""
+    from pyvfio.errors import PermissionDeniedError
+    from pyvfio.seam import get_backend
+    from pyvfio.vfio import Container, Group
+
+    edu = [d for d in guest_info["devices"] if d.get("name") == "edu" and d.get("bound")]
+    assert edu, guest_info["devices"]
+    be = get_backend("real")
+    param = "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"
+    saved = open(param).read().strip()
+    try:
+        with open(param, "w") as f:
+            f.write("N\n")
+        with Container(backend=be) as c:
+            c.attach(Group.from_bdf(edu[0]["bdf"], backend=be))
+            with pytest.raises(PermissionDeniedError) as ei:
+                c.set_iommu()
+            hint = ei.value.hint or ""
+            assert "interrupt remapping" in hint and "allow_unsafe_interrupts" in hint, hint
+            assert c.iommu is None
+            with open(param, "w") as f:
+                f.write("Y\n")
+            iommu = c.set_iommu()
+            assert iommu.info().iova_pgsizes
+    finally:
+        with open(param, "w") as f:
+            f.write(f"{saved}\n")
