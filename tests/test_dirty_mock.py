@@ -290,3 +290,38 @@ def test_cli_dirty_watch_json_counts_edu_writes():
     bad = CliRunner().invoke(cli, ["--json", "--backend", "mock", "dirty", "watch", "0000:00:03.0",
                                    "--size", "12Q"], catch_exceptions=False)
     assert bad.exit_code == 2 and "size" in json.loads(bad.output)["error"]
+
+
+def test_type1_and_device_logs_merge(be, no_fd_leak):
+    """The IOMMU's report and the device's DMA log of the same range are DirtyBitmaps of the same
+    shape: merge() ORs them (the migration loop's union of sources); report() without a range
+    covers every pyvfio mapping, and ``out`` is reused."""
+    from pyvfio.services.bitmap import merge
+
+    be, opened, edu, _logger = _edu_with_logger(be)
+    with opened:
+        src = DmaBuffer(PAGE, hugepages=None)
+        src.write(0, b"\x5a" * PAGE)
+        opened.iommu.map(src, 0x800000, write=False)
+        edu.to_device(0x800000, 4095)
+        buf = DmaBuffer(64 * PAGE, hugepages=None)
+        opened.iommu.map(buf, BASE)
+        log = DeviceDirtyLog(opened.device)
+        log.start([(BASE, 32 * PAGE)])
+        with DirtyTracker(opened.iommu) as t:
+            sc.write_pages(edu, BASE, [1, 40])
+            iommu_bm = t.report(BASE, 64 * PAGE)
+            dev_bm = log.report(BASE, 64 * PAGE)
+            assert iommu_bm.pages().tolist() == [1, 40] and dev_bm.pages().tolist() == [1]
+            assert merge(iommu_bm, dev_bm).pages().tolist() == [1, 40]
+            sc.write_pages(edu, BASE, [63])
+            whole = t.report()  # 0x800000 .. BASE + 64 pages: both mappings
+            assert whole.base == 0x800000 and whole.npages == (BASE + 64 * PAGE - 0x800000) // PAGE
+            assert whole.pages().tolist() == [(BASE - 0x800000) // PAGE + 63]
+            again = t.report(out=whole)
+            assert again is whole and whole.count() == 0
+            with pytest.raises(ArgumentError):
+                t.report(BASE, 64 * PAGE, out=whole)
+        log.close()
+        src.close()
+        buf.close()
