@@ -9,7 +9,10 @@ Two trackers, each marked for real by the simulated devices' DMA writes:
 
   - DIRTY_PAGES on a v1 container → EACCES; argsz below the header, unknown flags, no flag or
     more than one flag → EINVAL; START/STOP are idempotent (0).
-  - START fails with EINVAL when a mapping has more than INT_MAX pages (vfio_dma_bitmap_alloc).
+  - START fails with EINVAL when a mapping has more than INT_MAX pages (vfio_dma_bitmap_alloc;
+    the same check at MAP_DMA time while tracking is not reproduced). Bitmaps are allocated
+    lazily, the first time a write or a report needs them: same answers as allocating at
+    START/MAP (a mapping made while tracking starts clean).
   - GET_BITMAP: argsz without room for ``vfio_iommu_type1_dirty_bitmap_get`` → EINVAL;
     iova+size wraps → EINVAL; ``verify_bitmap_size`` (no page, bitmap size 0, above
     DIRTY_BITMAP_SIZE_MAX or smaller than ALIGN(npages, 64)/8) → EINVAL; pgsize other than the
