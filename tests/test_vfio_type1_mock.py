@@ -94,6 +94,19 @@ def test_open_device_undoes_steps_on_failure(be, no_fd_leak):
     with pytest.raises(BusyError):
         open_device("0000:00:03.0", backend=faulty)
     assert len(be.kernel.files) == 0
+    faulty = FaultyBackend(be, {"VFIO_GROUP_GET_DEVICE_FD": errno.ENODEV})
+    with pytest.raises(NotFoundError):
+        open_device("0000:00:03.0", backend=faulty)
+    assert faulty.ops[-1] == "VFIO_GROUP_GET_DEVICE_FD!"
+    assert "VFIO_GROUP_UNSET_CONTAINER" in faulty.ops  # unwound in order
+    assert len(be.kernel.files) == 0
+    faulty = FaultyBackend(be, {"VFIO_GET_API_VERSION": errno.ENOTTY})
+    with pytest.raises(OSError):
+        open_device("0000:00:03.0", backend=faulty)
+    assert len(be.kernel.files) == 0
+    with open_device("0000:00:03.0", backend=be) as d:  # and everything still works
+        assert d.device.name == "0000:00:03.0"
+    assert len(be.kernel.files) == 0
 
 
 def test_close_order_and_idempotence(be, no_fd_leak):

@@ -63,6 +63,33 @@ class DmaEntry:
         return self.iova + self.size
 
 
+_libc: Any = None
+
+
+def _user_mapped(addr: int, size: int) -> bool:
+    """pin_user_pages' view: is [addr, addr+size) mapped in this process? mincore(2) answers
+    ENOMEM for a range with unmapped pages, in microseconds (parsing /proc/self/maps is the
+    fallback)."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+            _libc.mincore.restype = ctypes.c_int
+        import ctypes
+
+        vec = ctypes.create_string_buffer((size + PAGE_SIZE - 1) // PAGE_SIZE + 1)
+        if _libc.mincore(addr & ~(PAGE_SIZE - 1), size + (addr & (PAGE_SIZE - 1)), vec) == 0:
+            return True
+        if ctypes.get_errno() == errno.ENOMEM:
+            return False
+    except (OSError, AttributeError):
+        pass
+    return MockKernel.user_mapped(addr, size)
+
+
 class Type1Iommu(IommuDriver):
     """The iommu_data of a container whose IOMMU is type1 (v1, v2 or nesting)."""
 
@@ -279,7 +306,7 @@ class Type1Iommu(IommuDriver):
         if not any(a <= iova and end <= b for a, b in self.iova_ranges()):
             raise KernelError(errno.EINVAL, f"type1: MAP_DMA {iova:#x}+{size:#x} outside the IOVA ranges")
         task = self.vfio.task
-        if not MockKernel.user_mapped(vaddr, size):
+        if not _user_mapped(vaddr, size):
             raise KernelError(errno.EFAULT, "type1: MAP_DMA vaddr not mapped")
         lock_cap = task.cap_ipc_lock()
         if not lock_cap:
