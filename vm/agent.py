@@ -48,6 +48,11 @@ def write(path: str, value: str) -> None:
 
 
 def modprobe(*args: str) -> bool:
+    """modprobe -q; a module already loaded or built in, or a kernel without modules, is a no-op."""
+    if os.path.isdir("/sys/module/" + args[0].replace("-", "_")):
+        return True
+    if not os.path.isdir("/lib/modules/" + os.uname().release):
+        return False
     r = subprocess.run(["modprobe", "-q", *args], stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
     if r.returncode != 0:

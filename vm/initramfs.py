@@ -56,7 +56,12 @@ def _module_index(kernel: Kernel) -> tuple[dict[str, str], dict[str, list[str]]]
 
 
 def module_load_order(kernel: Kernel, wanted: tuple[str, ...] = INITRAMFS_MODULES) -> list[str]:
-    """Relative module paths for `wanted` (built-in ones skipped), dependencies first."""
+    """Relative module paths for `wanted` (built-in ones skipped), dependencies first.
+
+    A kernel without a module tree (the iommufd build: CONFIG_MODULES=n) needs none.
+    """
+    if not (kernel.modules_dir / "modules.dep").exists():
+        return []
     names, deps = _module_index(kernel)
     order: list[str] = []
 

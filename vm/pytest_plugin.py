@@ -5,6 +5,7 @@ Marking::
     @pytest.mark.guest                              # variants intel, amd, virtio (the default)
     @pytest.mark.guest(variants=["none"])           # only the no-vIOMMU guest
     @pytest.mark.guest(bind=["edu", "e1000e"])      # bind more than edu to vfio-pci
+    @pytest.mark.guest(iommufd=True)                # boot the iommufd kernel (vm/build_kernel.py)
 
 Each guest test is parametrized by IOMMU variant (ids ``test_x[intel]``, ``[amd]``, ...; the value
 is the ``guest_variant`` fixture).  Then:
@@ -83,7 +84,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "guest(variants=None, bind=None): real-kernel VFIO test run inside a QEMU guest "
+        "markers", "guest(variants=None, bind=None, iommufd=False): real-kernel VFIO test run inside a QEMU guest "
         "per IOMMU variant (vm/pytest_plugin.py)")
     if in_guest():
         report = os.environ.get("PYVFIO_GUEST_REPORT")
@@ -226,11 +227,12 @@ class GuestTwin(pytest.Item):
     """Host stand-in for a guest test: reports the outcome of the same node id in the guest."""
 
     def __init__(self, *, original: pytest.Item, variant: str, bind: tuple[str, ...],
-                 controller: "_HostController", **kw: Any) -> None:
+                 iommufd: bool, controller: "_HostController", **kw: Any) -> None:
         super().__init__(**kw)
         self.original = original
         self.variant = variant
         self.bind = bind
+        self.iommufd = iommufd
         self.controller = controller
         self.own_markers.extend(m for m in original.own_markers if m.name not in _DROP_MARKERS)
         self.keywords.update({k: v for k, v in original.keywords.items()
@@ -258,7 +260,7 @@ class _GuestSession:
 class _HostController:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.sessions: dict[tuple[str, tuple[str, ...]], _GuestSession] = {}
+        self.sessions: dict[tuple[str, tuple[str, ...], bool], _GuestSession] = {}
         self.timings: list[str] = []
         self._unavailable: str | None | bool = False  # False = not checked yet
 
@@ -274,7 +276,9 @@ class _HostController:
         assert marker is not None
         return GuestTwin.from_parent(item.parent, name=item.name, original=item,
                                      variant=_variant_of(item) or "intel",
-                                     bind=_marker_bind(marker), controller=self)
+                                     bind=_marker_bind(marker),
+                                     iommufd=bool(marker.kwargs.get("iommufd", False)),
+                                     controller=self)
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         why = self.unavailable()
@@ -289,12 +293,18 @@ class _HostController:
     # -- running -------------------------------------------------------------------------------
     def report(self, twin: GuestTwin) -> None:
         why = self.unavailable()
+        if why is None and twin.iommufd:
+            from vm.build_kernel import cached_iommufd_kernel
+
+            if cached_iommufd_kernel() is None:
+                why = ("the iommufd guest kernel is not built: run python -m vm build-kernel "
+                       "(about 12 min; tools/dev setup builds it under CI=true)")
         if why is not None:
             msg = _no_guest_message(why)
             if _require_guest():
                 raise GuestTestFailure(f"PYVFIO_REQUIRE_GUEST=1 but {msg}")
             _skip_at_item(msg)
-        key = (twin.variant, twin.bind)
+        key = (twin.variant, twin.bind, twin.iommufd)
         if key not in self.sessions:
             self.sessions[key] = self._run(twin.session, key)
         sess = self.sessions[key]
@@ -327,12 +337,12 @@ class _HostController:
         else:
             tr.write_line(text)
 
-    def _run(self, session: pytest.Session, key: tuple[str, tuple[str, ...]]) -> _GuestSession:
+    def _run(self, session: pytest.Session, key: tuple[str, tuple[str, ...], bool]) -> _GuestSession:
         from vm.guest import GuestRun, GuestUnavailable
 
-        variant, bind = key
+        variant, bind, iommufd = key
         nodeids = [i.nodeid for i in session.items
-                   if isinstance(i, GuestTwin) and (i.variant, i.bind) == key]
+                   if isinstance(i, GuestTwin) and (i.variant, i.bind, i.iommufd) == key]
         import tempfile
 
         results = Path(tempfile.mkdtemp(prefix=f"pyvfio-guest-{variant}-"))
@@ -349,18 +359,19 @@ class _HostController:
                    PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
         env.pop("PYTEST_ADDOPTS", None)
         stream = sys.stdout if self.config.getoption("capture") == "no" else False
-        self._say(f"\npyvfio guest [{variant}]: booting for {len(nodeids)} test(s), "
+        label = f"{variant}{'+iommufd' if iommufd else ''}"
+        self._say(f"\npyvfio guest [{label}]: booting for {len(nodeids)} test(s), "
                   f"bind {','.join(bind)}; console in {results / 'console.log'}")
         t0 = time.monotonic()
         try:
             res = GuestRun(argv, iommu=variant, timeout=self.config.getoption("--guest-timeout"),
                            devices=SESSION_DEVICES, bind=bind, cwd=rootdir, env=env,
-                           results_dir=results, stream=stream).run()
+                           results_dir=results, stream=stream, iommufd=iommufd).run()
         except GuestUnavailable as e:
             return _GuestSession(error=f"guest could not start: {e}")
         report_path = results / "report.json"
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
-        line = (f"[{variant}] {res.status}, pytest exit {res.exit_code}: boot {res.boot_seconds or 0:.1f} s, "
+        line = (f"[{label}] {res.status}, pytest exit {res.exit_code}: boot {res.boot_seconds or 0:.1f} s, "
                 f"total {res.duration:.1f} s (host wall {time.monotonic() - t0:.1f} s) for "
                 f"{len(nodeids)} test(s); results {results}")
         self.timings.append(line)
