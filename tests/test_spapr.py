@@ -308,9 +308,10 @@ def test_register_rules(env):
     with c, DmaBuffer(2 * MiB, hugepages=None) as buf:
         with pytest.raises(RangeError):
             iommu.register(buf.addr, size=0)
-        with pytest.raises(PyvfioError) as e:
-            iommu.register_memory(buf.addr, 0)
-        assert _errno(e) == errno.ENOMEM
+        if not env.real:  # 6.12 answers ENOMEM too (measured), after a vmalloc WARNING: not sent
+            with pytest.raises(PyvfioError) as e:
+                iommu.register_memory(buf.addr, 0)
+            assert _errno(e) == errno.ENOMEM
         with pytest.raises(AlignmentError):
             iommu.register(buf.addr + 100, size=4096)
         with pytest.raises(PyvfioError) as e:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="boot the POWER guest and run CMD in it")
     r.add_argument("--timeout", type=float, default=180.0, help="seconds (default 180)")
     r.add_argument("--results-dir", default=None)
-    r.add_argument("--memory", default="2G")
+    r.add_argument("--memory", default="1G")
     r.add_argument("--quiet", action="store_true", help="do not stream the console")
     r.add_argument("--shell", action="store_true", help="CMD is one shell command line")
     r.add_argument("command", nargs=argparse.REMAINDER)

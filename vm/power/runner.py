@@ -61,7 +61,7 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def qemu_command(vmlinux: Path, initrd: Path, *, memory: str = "2G", edu: bool = True,
+def qemu_command(vmlinux: Path, initrd: Path, *, memory: str = "1G", edu: bool = True,
                  extra_append: Sequence[str] = ()) -> list[str]:
     """The QEMU argv of one POWER guest run (machine line from shared/guest-recipes.md)."""
     append = ["console=hvc0", "quiet", "panic=-1", "oops=panic", "rdinit=/init", *extra_append]
@@ -80,7 +80,7 @@ class PowerRun:
     def __init__(self, argv: Sequence[str], *, timeout: float = 180.0,
                  results_dir: str | os.PathLike | None = None, env: dict[str, str] | None = None,
                  stream: IO[str] | None | bool = True, tail_lines: int = 60,
-                 repo: str | os.PathLike | None = None, memory: str = "2G", edu: bool = True,
+                 repo: str | os.PathLike | None = None, memory: str = "1G", edu: bool = True,
                  shell: bool = False, bind: Sequence[str] = ("edu",)) -> None:
         """``argv`` runs in the guest's /src (``shell=True``: argv is one shell command line).
 
