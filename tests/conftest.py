@@ -12,6 +12,9 @@ import os
 
 import pytest
 
+# The QEMU guest test bed: @pytest.mark.guest tests are proxied into guests (vm/pytest_plugin.py).
+pytest_plugins = ["vm.pytest_plugin"]
+
 
 def _kvm_unavailable() -> str | None:
     if not os.path.exists("/dev/kvm"):
