@@ -7,7 +7,10 @@ A 32 MiB kernel-format bitmap (2^28 pages = 1 TiB of 4 KiB pages) in several dir
 For each: DirtyBitmap.ranges() (pyvfio, numpy) against, in the same run, memcpy of the same
 bitmap (C, tools/c/bitmap_ranges.c; and numpy.copyto), a C ranges scan, and a pure-Python
 per-word loop (zero words skipped, bits of non-zero words walked in Python). Goal: ranges at
->= 50% of memcpy bandwidth (time <= 2 x memcpy) and far ahead of the Python loop.
+>= 50% of memcpy bandwidth (time <= 2 x memcpy; the faster of C memcpy and numpy.copyto is
+the reference) and far ahead of the Python loop. The goal is checked on the patterns of a
+migration (empty, sparse, clustered, full); "random" (hundreds of thousands of tiny runs) is
+reported for scale: its cost is producing the output.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def best(fn, repeats: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--mib", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--python-limit", type=float, default=20.0, help="seconds before the Python loop gives up")
     args = ap.parse_args()
     exe = cbuild.build("bitmap_ranges")
@@ -106,16 +109,18 @@ def main() -> int:
         r = bm.ranges()
         assert r.shape[0] == int(c["nranges"]), (name, r.shape, c)
         assert (int(r.sum()) & ((1 << 50) - 1)) == int(c["checksum"]), name
-        t_py = best(bm.ranges, args.repeats)
         dst = np.empty_like(words)
-        t_np = best(lambda: np.copyto(dst, words), args.repeats)
+        t_py = t_np = float("inf")
+        for _ in range(args.repeats):  # interleaved: both see the same machine load
+            t_py = min(t_py, best(bm.ranges, 1))
+            t_np = min(t_np, best(lambda: np.copyto(dst, words), 1))
         loop = py_loop(words, args.python_limit) if name != "full: every page dirty" or args.python_limit > 60 else None
-        memcpy = c["memcpy_ns"]
+        memcpy = min(c["memcpy_ns"], t_np)  # the faster copy is the stricter reference
         share = memcpy / t_py
         good = share >= 0.5
         if name.startswith(("empty", "sparse", "clustered", "full")):
             ok &= good
-        rows.append((name, f"{r.shape[0]}", f"{memcpy / 1e6:.2f}", f"{t_np / 1e6:.2f}", f"{t_py / 1e6:.2f}",
+        rows.append((name, f"{r.shape[0]}", f"{c['memcpy_ns'] / 1e6:.2f}", f"{t_np / 1e6:.2f}", f"{t_py / 1e6:.2f}",
                      f"{c['ranges_ns'] / 1e6:.2f}",
                      f"{loop[0] * 1e3:.0f}" if loop else f"> {args.python_limit * 1e3:.0f}",
                      f"{share * 100:.0f}%" + (" ok" if good else " MISSED"),
@@ -123,7 +128,7 @@ def main() -> int:
     print(f"Bitmap -> dirty ranges, {args.mib} MiB bitmap ({nwords * 64} pages), best of {args.repeats}; "
           "times in ms")
     print(cbuild.table(rows, ("pattern", "ranges", "C memcpy", "numpy copy", "pyvfio ranges()", "C ranges",
-                              "Python loop", "memcpy bw share (goal >= 50%)", "vs Python")))
+                              "Python loop", "share of memcpy bw (goal >= 50%)", "vs Python")))
     return 0 if ok else 1
 
 

@@ -89,39 +89,67 @@ def _bit_positions(words: np.ndarray, word_index: np.ndarray) -> np.ndarray:
 _CHUNK = 1 << 18  # words classified at a time (2 MiB of bitmap; the masks stay in cache)
 
 
+_U8_ONE = np.uint8(1)
+
+
 def _edge_words(w: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """(chunk start, indices in the chunk) of the words where a run of set bits may begin or
-    end: not empty and not full, or full at the edge of a block of full words (chunk edges
-    count as block edges: a few extra candidates, never a missing one)."""
+    """(chunk start, sorted indices in the chunk) of the words where a run of set bits may
+    begin or end: words neither empty nor full, words next to a change of class (empty / full
+    / mixed), and the chunk's first and last words. Extra candidates are harmless (their runs
+    are computed from the real neighbours), a missing one never happens.
+
+    Adaptive per chunk (for 4 Mi words on the development host: one compare pass 1.25 ms,
+    one popcount pass 1.66 ms, memcpy 1.9 ms). After a sparse chunk the next is read with one
+    compare (non-zero), and a sparse chunk (< 1/16 non-zero) hands over its non-zero words as
+    they are. A dense chunk is classified by one popcount pass (0 = empty, 64 = full); then
+    only uint8 passes: a wrapping subtract and a compare for the mixed words and one compare with the neighbour
+    for the class changes."""
     n = min(w.size, _CHUNK)
     cls = np.empty(n, dtype=np.uint8)
+    cls2 = np.empty(n, dtype=np.uint8)
     cand = np.empty(n, dtype=np.bool_)
-    full = np.empty(n, dtype=np.bool_)
     tmp = np.empty(n, dtype=np.bool_)
     popcount = getattr(np, "bitwise_count", None)
+    dense = False
     for i in range(0, w.size, _CHUNK):
         c = w[i:i + _CHUNK]
         k = c.size
-        cd, fu, tm = cand[:k], full[:k], tmp[:k]
-        if popcount is not None:  # one pass: 0 bits (empty), 64 (full) or mixed
-            popcount(c, out=cls[:k])
-            np.not_equal(cls[:k], 0, out=cd)
-            if not cd.any():
-                continue
-            np.equal(cls[:k], 64, out=fu)
-        else:  # pragma: no cover - numpy 1.x
+        cd, tm, cl, c8 = cand[:k], tmp[:k], cls[:k], cls2[:k]
+        if popcount is None:  # pragma: no cover - numpy 1.x: compares only
             np.not_equal(c, 0, out=cd)
-            if not cd.any():
+            cnt = np.count_nonzero(cd)
+            if cnt * 16 <= k:
+                if cnt:
+                    yield i, np.flatnonzero(cd)
                 continue
-            np.equal(c, _FULL, out=fu)
-        cd ^= fu                                   # non-zero and not full
+            np.equal(c, _FULL, out=tm)
+            cl[:] = 0
+            cl[cd] = 1
+            cl[tm] = 64
+        else:
+            if not dense:
+                np.not_equal(c, 0, out=cd)
+                cnt = np.count_nonzero(cd)
+                if cnt * 16 <= k:                  # sparse: the non-zero words are few
+                    if cnt:
+                        yield i, np.flatnonzero(cd)
+                    continue
+            popcount(c, out=cl)
+            if dense:
+                cnt = np.count_nonzero(cl)
+                if cnt * 16 <= k:
+                    dense = False
+                    if cnt:
+                        yield i, np.flatnonzero(cl)
+                    continue
+        dense = True
+        np.subtract(cl, _U8_ONE, out=c8)           # 0 wraps to 255, 64 -> 63
+        np.less(c8, 63, out=cd)                    # 1..63 bits: neither empty nor full
         if k > 1:
-            np.greater(fu[1:], fu[:-1], out=tm[1:])  # first word of a block of full words
-            cd[1:] |= tm[1:]
-            np.greater(fu[:-1], fu[1:], out=tm[:-1])  # last word of a block
-            cd[:-1] |= tm[:-1]
-        cd[0] |= fu[0]
-        cd[k - 1] |= fu[k - 1]
+            np.not_equal(cl[1:], cl[:-1], out=tm[1:])  # the class changes between j-1 and j:
+            cd[1:] |= tm[1:]                           # j and j-1 are candidates
+            cd[:-1] |= tm[1:]
+        cd[0] = cd[k - 1] = True                       # chunk edges
         yield i, np.flatnonzero(cd)
 
 
