@@ -497,3 +497,27 @@ def test_close_unmaps_removes_windows_and_unregisters(env):
         assert buf.mappings == ()
     c2, _g2, iommu2 = env.open()  # the group is free again
     c2.close()
+
+
+def test_dma_mapper_allocates_in_the_windows(env):
+    """The type1 service layer works unchanged: DmaMapper over the default window, and an
+    IovaAllocator over a created 64-bit window."""
+    from pyvfio.services.dma import DmaMapper
+    from pyvfio.services.iova import IovaAllocator
+
+    c, g, iommu = env.open()
+    with c, DmaBuffer(MiB, hugepages=None) as buf, iommu.register(buf):
+        mapper = DmaMapper(iommu)
+        m = mapper.map(buf)
+        assert iommu.window_of(m.iova, m.size) == iommu.windows[0]
+        assert mapper.map(buf) is m
+        w = iommu.create_window(4096, GiB)
+        high = DmaMapper(iommu, allocator=IovaAllocator([iommu.iova_ranges()[1]], pgsize=4096))
+        m64 = high.map(buf)
+        assert w.contains(m64.iova, m64.size)
+        edu = env.edu(g)
+        _round_trip(edu, buf, m.iova, m64.iova + 0x1000, 0, 0x1000)
+        high.unmap_all()
+        mapper.unmap_all()
+        assert not iommu.mappings
+        iommu.remove_window(w)

@@ -56,7 +56,7 @@ from ..errors import (AlignmentError, ArgumentError, BusyError, OverlapError, Py
                       RangeError, StateError, register_hint)
 from ..uapi import ffi
 from .container import Container, IommuBase, register_iommu
-from .type1 import DmaFlags, DmaMapping, _buffer_span
+from .type1 import DmaFlags, DmaMapping, IovaRange, _buffer_span
 
 PAGE_SIZE = 4096  # the registration granularity (the kernel's PAGE_SIZE on ppc64le 4K kernels)
 U64_MAX = (1 << 64) - 1
@@ -106,6 +106,17 @@ class SpaprTceInfo:
     @property
     def has_ddw(self) -> bool:
         return bool(self.flags & ioctls.VFIO_IOMMU_SPAPR_INFO_DDW)
+
+    @property
+    def iova_ranges(self) -> tuple[IovaRange, ...]:
+        """The default 32-bit window as an IOVA range (what DmaMapper allocates from)."""
+        return (IovaRange(self.dma32_window_start,
+                          self.dma32_window_start + self.dma32_window_size - 1),)
+
+    @property
+    def min_pgsize(self) -> int:
+        """The default window's IOMMU page size (4 KiB)."""
+        return 4096
 
 
 @dataclass(frozen=True)
@@ -222,6 +233,10 @@ class _SpaprBase(IommuBase):
             i = self.info()
             self._windows = [DmaWindow(i.dma32_window_start, i.dma32_window_size, 12, 1, True)]
         return tuple(self._windows)
+
+    def iova_ranges(self) -> tuple[IovaRange, ...]:
+        """Every current window as an IovaRange (inclusive end), e.g. for an IovaAllocator."""
+        return tuple(IovaRange(w.start, w.end - 1) for w in self.windows)
 
     def window_of(self, iova: int, size: int = 1) -> DmaWindow | None:
         """The window holding all of ``[iova, iova+size)``, or None."""
@@ -658,6 +673,9 @@ register_hint("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", errno.EINVAL,
 register_hint("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", errno.ENOENT,
               "no region with exactly this vaddr and size is registered in this container "
               "(unregister exactly what was registered)")
+register_hint("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", errno.EBUSY,
+              "pages of the region are still mapped (kernels before 5.1 answer EBUSY; 6.x accept "
+              "and leak the pin): unmap them first")
 register_hint("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", errno.EPERM,
               "nothing was ever registered in this container")
 register_hint("VFIO_IOMMU_SPAPR_TCE_CREATE", errno.ENOSPC,
