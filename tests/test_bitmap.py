@@ -181,3 +181,37 @@ def test_large_sparse_bitmap_scan():
     assert bm.count() == pages.size
     assert bm.pages().tolist() == pages.tolist()
     assert bm.ranges().tolist() == [[0, 2], [63, 3], [1 << 20, 2], [npages - 2, 2]]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["empty", "sparse", "dense", "full", "runs"]), st.integers(1, 6)),
+                min_size=1, max_size=8),
+       st.sampled_from([16, 32, 48]), st.data())
+def test_ranges_adaptive_chunks(segments, chunk, data):
+    """ranges() switches between its sparse (compare) and dense (popcount) chunk paths as the
+    bitmap changes character: sequences of sparse/dense/full/empty stretches of whole chunks,
+    against the naive reference."""
+    from pyvfio.services import bitmap as B
+
+    words: list[int] = []
+    for kind, n in segments:
+        for _ in range(n * chunk):
+            if kind == "empty":
+                words.append(0)
+            elif kind == "full":
+                words.append((1 << 64) - 1)
+            elif kind == "sparse":
+                words.append(1 << data.draw(st.integers(0, 63)) if data.draw(st.integers(0, 40)) == 0 else 0)
+            elif kind == "dense":
+                words.append(data.draw(st.integers(0, (1 << 64) - 1)))
+            else:
+                words.append(data.draw(st.sampled_from([0, (1 << 64) - 1, 0xFFFF0000, 0x1])))
+    raw = np.array(words, dtype="<u8").tobytes()
+    npages = len(words) * 64 - data.draw(st.integers(0, 63))
+    saved = B._CHUNK
+    B._CHUNK = chunk
+    try:
+        got = DirtyBitmap.from_buffer(raw, npages).ranges().tolist()
+    finally:
+        B._CHUNK = saved
+    assert got == ref_ranges(raw, npages)
