@@ -159,7 +159,7 @@ def test_dirty_pages_never_sent_to_a_non_type1_iommu(be, no_fd_leak):
             dirty_pages(fake)
         assert "SPAPR_REGISTER_MEMORY" in ei.value.hint
         with pytest.raises(UnsupportedError):
-            DirtyTracker(fake)  # type: ignore[arg-type]
+            DirtyTracker(fake)
         assert len(be.ops) == n
 
 

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import AlignmentError, ArgumentError, RangeError, StateError, UnsupportedError
+from ..vfio.container import IommuBase
 from ..vfio.dirty import DmaLogging, LoggingSupport, Type1DirtyPages, dirty_pages
 from ..vfio.type1 import DmaMapping, ShortUnmapError, Type1Iommu
 from .bitmap import DirtyBitmap, words_for
@@ -107,17 +108,17 @@ def or_shifted(dst: DirtyBitmap, first_page: int, src: DirtyBitmap) -> None:
 
 
 class DirtyTracker:
-    """Type1 dirty-page tracking of ``iommu`` (a Type1Iommu), reports windowed by the kernel's
-    bitmap limit.
+    """Type1 dirty-page tracking of ``iommu`` (what ``Container.set_iommu()`` returned: a
+    Type1Iommu), reports windowed by the kernel's bitmap limit.
 
     ``max_bitmap_bytes`` lowers the per-call bitmap size below the MIGRATION capability's
     ``max_dirty_bitmap_size`` (tests and benchmarks use it to force several windows).
     Raises UnsupportedError when the IOMMU is not type1 or reports no MIGRATION capability.
     """
 
-    def __init__(self, iommu: Type1Iommu, *, max_bitmap_bytes: int | None = None) -> None:
+    def __init__(self, iommu: IommuBase, *, max_bitmap_bytes: int | None = None) -> None:
         self.ops: Type1DirtyPages = dirty_pages(iommu)  # dispatch by IOMMU type
-        self.iommu = iommu
+        self.iommu: Type1Iommu = self.ops.iommu
         mig = iommu.info().migration
         if mig is None:
             raise UnsupportedError(95, "the type1 IOMMU reports no MIGRATION capability",
