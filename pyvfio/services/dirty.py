@@ -119,10 +119,10 @@ class DirtyTracker:
     def __init__(self, iommu: IommuBase, *, max_bitmap_bytes: int | None = None) -> None:
         self.ops: Type1DirtyPages = dirty_pages(iommu)  # dispatch by IOMMU type
         self.iommu: Type1Iommu = self.ops.iommu
-        mig = iommu.info().migration
+        mig = self.iommu.info().migration
         if mig is None:
             raise UnsupportedError(95, "the type1 IOMMU reports no MIGRATION capability",
-                                   op="VFIO_IOMMU_GET_INFO", path=iommu.container.path,
+                                   op="VFIO_IOMMU_GET_INFO", path=self.iommu.container.path,
                                    hint="dirty page tracking needs Linux >= 5.8 (vfio_iommu_type1)")
         pgs = mig.pgsize_bitmap
         self.page_size = (pgs & -pgs) if pgs else 4096
