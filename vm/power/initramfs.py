@@ -16,6 +16,7 @@ import os
 import py_compile
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -203,7 +204,7 @@ def payload_archive(repo: Path, command: str, job: dict,
             src = repo / rel
             mode = 0o755 if os.access(src, os.X_OK) else 0o644
             w.file(f"{GUEST_SRC}/{rel}", src.read_bytes(), mode)
-            if rel.endswith(".py"):
+            if rel.endswith(".py") and sys.implementation.cache_tag == "cpython-311":
                 gpath = f"{GUEST_SRC}/{rel}"
                 pyc = compile_pyc(src, gpath, tmp)
                 if pyc is not None:
