@@ -147,6 +147,12 @@ class PowerRun:
         cache = fetch.prepare()
         base = initramfs.base_archive(cache)
         payload = initramfs.payload_archive(self.repo, self.command, self.job())
+        for stale in cache.glob("initrd-*.cpio"):  # left by a killed run (each ~100 MB)
+            try:
+                if time.time() - stale.stat().st_mtime > 3 * 3600:
+                    stale.unlink()
+            except OSError:
+                pass
         fd, name = tempfile.mkstemp(prefix="initrd-", suffix=".cpio", dir=cache)
         os.close(fd)
         self._initrd = Path(name)
