@@ -26,8 +26,6 @@ from pyvfio.vfio import Container, Group
 from pyvfio.vfio.edu import EduDevice
 from pyvfio.vfio.spapr import DmaWindow, SpaprTceIommu, SpaprTceV2Iommu
 
-pytestmark = pytest.mark.power
-
 MiB = 1 << 20
 GiB = 1 << 30
 DDW_START = 0x800000000000000
@@ -72,7 +70,7 @@ class Env:
         raise AssertionError("no VmLck in /proc/self/status")
 
 
-@pytest.fixture(params=["mock", "real"])
+@pytest.fixture(params=["mock", pytest.param("real", marks=pytest.mark.power)])
 def env(request):
     if request.param == "real":
         if os.environ.get("PYVFIO_GUEST") != "power":
