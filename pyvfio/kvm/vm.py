@@ -408,11 +408,17 @@ class Vm(FdOwner):
         if size >> PAGE_SHIFT > KVM_MEM_MAX_NR_PAGES:
             raise RangeError(f"memslot of {size >> PAGE_SHIFT} pages exceeds KVM_MEM_MAX_NR_PAGES "
                              f"({KVM_MEM_MAX_NR_PAGES})")
+        if gpa + size >= 1 << 64:
+            raise RangeError(f"guest range {gpa:#x}+{size:#x} overflows")
+        if hva + size > TASK_SIZE:
+            raise RangeError(f"host range {hva:#x}+{size:#x} is not in the user address space")
+
+    @staticmethod
+    def _check_gpa_limit(gpa: int, size: int) -> None:
+        # checked after the overlap test, as the kernel does (arch code, after EEXIST)
         if gpa + size > 1 << MAX_GPA_BITS:
             raise RangeError(f"guest range {gpa:#x}+{size:#x} goes beyond the {MAX_GPA_BITS}-bit "
                              "guest physical address space")
-        if hva + size > TASK_SIZE:
-            raise RangeError(f"host range {hva:#x}+{size:#x} is not in the user address space")
 
     def _overlap(self, as_id: int, gpa: int, end: int, exclude: "MemSlot | None" = None) -> "MemSlot | None":
         # slots never overlap each other, so among those starting below `end` the nearest
@@ -491,6 +497,12 @@ class Vm(FdOwner):
                 self._release_id(as_id, slot_id)
             raise OverlapError(f"guest range {gpa:#x}+{size:#x} overlaps slot {other.id} "
                                f"({other.gpa:#x}+{other.size:#x})")
+        try:
+            self._check_gpa_limit(gpa, size)
+        except RangeError:
+            if slot is None:
+                self._release_id(as_id, slot_id)
+            raise
         key = as_id << 16 | slot_id
         try:
             if flags & _GMEM:
@@ -728,6 +740,7 @@ class MemSlot:
         if other is not None:
             raise OverlapError(f"moving slot {self.id} to {gpa:#x}+{self.size:#x} overlaps slot "
                                f"{other.id} ({other.gpa:#x}+{other.size:#x})")
+        vm._check_gpa_limit(gpa, self.size)
         if gpa == self.gpa:
             return
         self._set(self.flags, gpa)

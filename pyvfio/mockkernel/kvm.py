@@ -731,16 +731,16 @@ class VcpuFile(MockFile):
             return I.KVM_EXIT_MMIO
         self._mapped(s)
         page = gpa // PAGE - s.base_gfn
+        self.kernel.write_user(s.hva + gpa - s.base_gfn * PAGE, bytes([value]))
         if s.flags & I.KVM_MEM_LOG_DIRTY_PAGES:
             if self.vm.dirty_ring_size:
                 if page not in s.ring_dirty:
-                    if self._ring_full():
-                        return I.KVM_EXIT_DIRTY_RING_FULL
                     s.ring_dirty.add(page)
                     self._ring_push(s.as_id << 16 | s.id, page)
+                    if self._ring_full():  # soft limit reached: exit before the next instruction
+                        return I.KVM_EXIT_DIRTY_RING_FULL
             elif s.dirty is not None:
                 s.mark(page)
-        self.kernel.write_user(s.hva + gpa - s.base_gfn * PAGE, bytes([value]))
         return None
 
     def _ring_full(self) -> bool:
