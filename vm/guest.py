@@ -147,7 +147,7 @@ def qemu_command(kernel: Kernel, initrd: Path, results_dir: Path, *, iommu: str,
         if d not in _DEVICE_QEMU:
             raise ValueError(f"unknown device {d!r}; known: {', '.join(_DEVICE_QEMU)}")
     modules = kernel.modules_dir if kernel.modules_dir.is_dir() else None
-    append = ["console=ttyS0", "quiet", "loglevel=4", "panic=-1", "oops=panic",
+    append = ["console=ttyS0", "quiet", "loglevel=4", "panic=-1", "oops=panic", "mitigations=off",
               "tsc=reliable", "no_timer_check", "rdinit=/init", "pyvfio.variant=" + iommu,
               f"pyvfio.results={results_dir}", f"pyvfio.agent={AGENT}", f"pyvfio.python={python}",
               *_IOMMU_CMDLINE[iommu], *extra_append]
