@@ -30,15 +30,19 @@ def test_exit_code_cwd_env_and_read_only_host_root(tmp_path):
         'test -s written-in-guest && echo "$?" >> "$1/seen"\n'
         "exit 7\n")
     env = dict(os.environ, PYVFIO_TEST_TOKEN="tok-123")
-    res = run(["sh", "job.sh", str(results)], iommu="none", timeout=180, cwd=work, env=env,
+    res = run(["sh", "job.sh", str(results)], iommu="intel", timeout=180, cwd=work, env=env,
               results_dir=results, stream=False)
     assert res.status == "ok", res.describe()
     assert res.exit_code == 7 and not res.ok and res.host_exit_code() == 7
     lines = (results / "seen").read_text().split("\n")
-    assert lines[0] == f"{work} 0 tok-123 none 1"
+    assert lines[0] == f"{work} 0 tok-123 intel 1"
     assert lines[1] == "0"  # the job could write in its directory (overlay) ...
     assert not (work / "written-in-guest").exists()  # ... but the host root stayed untouched
-    assert res.guest_info["variant"] == "none"
+    assert res.guest_info["variant"] == "intel"
+    # edu was bound to vfio-pci for the job and handed back (it has no host driver) afterwards
+    (edu,) = [d for d in res.guest_info["devices"] if d["name"] == "edu"]
+    assert edu["bound"] and edu["driver"] == "vfio-pci"
+    assert res.restore == [{"bdf": edu["bdf"], "name": "edu", "driver": None, "ok": True}]
     assert (results / "console.log").read_text().count("pyvfio-guest: job exited 7") == 1
 
 

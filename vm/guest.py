@@ -97,6 +97,12 @@ class GuestResult:
         p = self.results_dir / "guest-info.json"
         return json.loads(p.read_text()) if p.exists() else None
 
+    @property
+    def restore(self) -> list[dict] | None:
+        """What the agent did to unbind/restore the devices after the job (best effort)."""
+        p = self.results_dir / "restore.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
     def describe(self) -> str:
         if self.status == "ok":
             return f"guest ({self.variant}) job exited {self.exit_code} after {self.duration:.1f} s"
