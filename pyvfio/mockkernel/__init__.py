@@ -19,6 +19,7 @@ def default_subsystems() -> list[Any]:
         "pyvfio.mockkernel.vfio",
         "pyvfio.mockkernel.type1",
         "pyvfio.mockkernel.kvm",
+        "pyvfio.mockkernel.iommufd",
     ]
     return [importlib.import_module(n) for n in names]
 

@@ -587,6 +587,10 @@ def _open_group(kernel: MockKernel, m: Any, flags: int) -> MockFile:
         raise KernelError(errno.ENOENT, f"/dev/vfio/{n}: no such VFIO group")
     if g.vfio is not None:
         raise KernelError(errno.EBUSY, f"/dev/vfio/{n}: group already open")
+    from .iommufd import group_blocked  # vfio_group_fops_open: cdev_device_open_cnt
+
+    if group_blocked(kernel, n):
+        raise KernelError(errno.EBUSY, f"/dev/vfio/{n}: a device of the group is bound through its cdev")
     g.vfio = MockGroup(kernel, f"/dev/vfio/{n}", g)
     return g.vfio
 

@@ -1,0 +1,226 @@
+"""VFIO devices through their cdev (/dev/vfio/devices/vfioN) bound to an iommufd.
+
+The cdev path replaces the container and the group: open the device's character device (found
+through sysfs ``/sys/bus/pci/devices/BDF/vfio-dev/vfioN``), VFIO_DEVICE_BIND_IOMMUFD it to an
+:class:`~pyvfio.iommufd.ioas.IommuFd`, VFIO_DEVICE_ATTACH_IOMMUFD_PT it to an IOAS (the kernel
+makes or reuses an automatic HWPT) or to a HWPT. The device fd is then the very same
+:class:`~pyvfio.vfio.device.Device` the group path gives (regions, interrupts, reset), built
+with no group.
+
+Close order: the Device (its mappings, its fd: the kernel detaches and unbinds) before the
+iommufd's HWPTs and IOASes; :meth:`IommuFd.close` does it in that order.
+
+Example (mock)::
+
+    >>> from pyvfio.seam.mock import MockBackend
+    >>> from pyvfio.services.dma import DmaBuffer
+    >>> from pyvfio.vfio.edu import EduDevice
+    >>> with open_device("0000:00:03.0", backend=MockBackend()) as d, DmaBuffer(4096) as buf:
+    ...     edu = EduDevice(d.device); edu.enable_bus_master()
+    ...     m = d.ioas.map(buf, 0x100000)
+    ...     buf.write(0, b"hello")
+    ...     _ = edu.to_device(m.iova, 5); _ = edu.from_device(m.iova + 8, 5)
+    ...     buf.read(8, 5)
+    b'hello'
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from .. import ioctls as I
+from ..errors import NotFoundError, PyvfioError, register_hint
+from ..seam import Backend, get_backend
+from ..uapi import ffi
+from ..vfio.device import Device
+from ..vfio.group import _check_bdf
+from .ioas import HwInfo, HwPagetable, Ioas, IommuFd
+
+CDEV_DIR = "/dev/vfio/devices"
+
+__all__ = ["IommufdDevice", "OpenedIommufdDevice", "cdev_path", "open_device", "CDEV_DIR"]
+
+
+def cdev_path(bdf: str, *, backend: Backend | str | None = None) -> str:
+    """/dev/vfio/devices/vfioN of PCI device ``bdf``, from sysfs ``vfio-dev/``.
+
+    NotFoundError (with a hint) when the device is not bound to vfio-pci or the kernel has no
+    VFIO_DEVICE_CDEV.
+    """
+    be = get_backend(backend)
+    bdf = _check_bdf(bdf)
+    ddir = os.path.join(be.sysfs_root, "bus", "pci", "devices", bdf)
+    vdir = os.path.join(ddir, "vfio-dev")
+    try:
+        names = sorted(n for n in os.listdir(vdir) if n.startswith("vfio"))
+    except OSError:
+        names = []
+    if not names:
+        if not os.path.isdir(ddir):
+            hint = f"no PCI device {bdf}"
+        else:
+            drv = os.path.join(ddir, "driver")
+            bound = os.path.basename(os.readlink(drv)) if os.path.islink(drv) else None
+            hint = (f"{bdf} is bound to {bound or 'no driver'}, not vfio-pci" if bound != "vfio-pci"
+                    else "the kernel has no VFIO_DEVICE_CDEV (no vfio-dev/ in sysfs)")
+        raise NotFoundError(errno.ENOENT, f"no VFIO cdev for {bdf}", op="cdev lookup", path=vdir,
+                            hint=hint)
+    return os.path.join(CDEV_DIR, names[0])
+
+
+class IommufdDevice:
+    """A device bound to an iommufd through its cdev: ``device`` (the Device), ``dev_id`` (its
+    iommufd object id), ``pt_id`` (the HWPT it is attached to, or None).
+
+    Built by :meth:`IommuFd.bind`. Errors of the bind: BusyError when the device's VFIO group is
+    open (the legacy path owns it), PermissionDeniedError without interrupt remapping (hint:
+    iommufd's allow_unsafe_interrupts).
+    """
+
+    def __init__(self, iommufd: IommuFd, bdf: str) -> None:
+        self.iommufd = iommufd
+        self.backend = iommufd.backend
+        self.bdf = _check_bdf(bdf)
+        self.path = cdev_path(self.bdf, backend=self.backend)
+        self.pt_id: int | None = None
+        self.attached_to: Ioas | HwPagetable | None = None
+        fd = self.backend.open(self.path)
+        self.device = Device(fd, group=self, name=self.bdf, backend=self.backend)
+        try:
+            b = ffi.new("struct vfio_device_bind_iommufd *")
+            b.argsz = ffi.sizeof(b[0])
+            b.iommufd = iommufd.fileno()
+            self.backend.ioctl(fd, I.VFIO_DEVICE_BIND_IOMMUFD, b, op="VFIO_DEVICE_BIND_IOMMUFD")
+            self.dev_id = int(b.out_devid)
+        except BaseException:
+            self.device.close()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self.device.closed
+
+    def _ioctl(self, name: str, arg: Any) -> int:
+        return self.backend.ioctl(self.device.fileno(), getattr(I, name), arg, op=name)
+
+    def attach(self, target: "Ioas | HwPagetable | int") -> int:
+        """VFIO_DEVICE_ATTACH_IOMMUFD_PT: to an IOAS (the kernel reuses or makes an automatic
+        HWPT), a HWPT, or a raw object id. Attaching again replaces. Returns the HWPT id.
+        The IOAS's cached IOVA ranges are refreshed (the attach narrows them)."""
+        pt = target if isinstance(target, int) else target.id
+        a = ffi.new("struct vfio_device_attach_iommufd_pt *")
+        a.argsz = ffi.sizeof(a[0])
+        a.pt_id = pt
+        self._ioctl("VFIO_DEVICE_ATTACH_IOMMUFD_PT", a)
+        self._invalidate()  # the previous attachment's IOAS widens again
+        self.pt_id = int(a.pt_id)
+        self.attached_to = None if isinstance(target, int) else target
+        self._invalidate()
+        return self.pt_id
+
+    def detach(self) -> None:
+        """VFIO_DEVICE_DETACH_IOMMUFD_PT (a no-op when not attached): DMA is blocked again; an
+        automatic HWPT goes away with its last device."""
+        d = ffi.new("struct vfio_device_detach_iommufd_pt *")
+        d.argsz = ffi.sizeof(d[0])
+        self._ioctl("VFIO_DEVICE_DETACH_IOMMUFD_PT", d)
+        self._invalidate()
+        self.pt_id = None
+        self.attached_to = None
+
+    def _invalidate(self) -> None:
+        t = self.attached_to
+        ioas = t if isinstance(t, Ioas) else (t.ioas if isinstance(t, HwPagetable) else None)
+        if ioas is not None:
+            ioas.invalidate()
+        for i in self.iommufd.ioases:
+            i.invalidate()
+
+    def hw_info(self) -> HwInfo:
+        """IOMMU_GET_HW_INFO for this device."""
+        return self.iommufd.get_hw_info(self.dev_id)
+
+    def _device_closed(self, device: Device) -> None:
+        """Device.close() calls this: the kernel detached and unbound with the fd."""
+        self._invalidate()
+        self.pt_id = None
+        self.attached_to = None
+        self.iommufd._device_closed(self)
+
+    def close(self) -> None:
+        """Close the device fd (unmapping its regions first); the kernel detaches and unbinds.
+        Idempotent."""
+        self.device.close()
+
+    def __enter__(self) -> "IommufdDevice":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<IommufdDevice {self.bdf} {self.path} dev_id={getattr(self, 'dev_id', '?')} pt={self.pt_id}>"
+
+
+class OpenedIommufdDevice:
+    """What :func:`open_device` returns: ``iommufd``, ``ioas`` (also as ``iommu``, what
+    DmaMapper and the scenarios take), ``bound`` (the IommufdDevice) and ``device``."""
+
+    def __init__(self, iommufd: IommuFd, ioas: Ioas, bound: IommufdDevice) -> None:
+        self.iommufd = iommufd
+        self.ioas = ioas
+        self.iommu = ioas
+        self.bound = bound
+        self.device = bound.device
+
+    @property
+    def closed(self) -> bool:
+        return self.iommufd.closed
+
+    def close(self) -> None:
+        self.iommufd.close()
+
+    def __enter__(self) -> "OpenedIommufdDevice":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<OpenedIommufdDevice {self.bound.bdf} ioas={self.ioas.id} pt={self.bound.pt_id}>"
+
+
+def open_device(bdf: str, *, backend: Backend | str | None = None) -> OpenedIommufdDevice:
+    """Open PCI device ``bdf`` the iommufd way in one call: /dev/iommu, IOAS_ALLOC, the cdev
+    bound (BIND_IOMMUFD) and attached to the IOAS. Every completed step is undone if a later
+    one fails."""
+    be = get_backend(backend)
+    fd = IommuFd(backend=be)
+    try:
+        ioas = fd.ioas_alloc()
+        bound = fd.bind(bdf)
+        bound.attach(ioas)
+    except BaseException:
+        try:
+            fd.close()
+        except PyvfioError:
+            pass
+        raise
+    return OpenedIommufdDevice(fd, ioas, bound)
+
+
+register_hint("VFIO_DEVICE_BIND_IOMMUFD", errno.EBUSY,
+              "the device's VFIO group is open through /dev/vfio/N (the legacy container path): "
+              "close it first; a device is used either through its group or through its cdev")
+register_hint("VFIO_DEVICE_BIND_IOMMUFD", errno.EPERM,
+              "the platform cannot isolate MSIs (no interrupt remapping): set "
+              "/sys/module/iommufd/parameters/allow_unsafe_interrupts to Y if you accept that")
+register_hint("VFIO_DEVICE_BIND_IOMMUFD", errno.EINVAL,
+              "the device fd is already bound, or it came from a VFIO group (only cdev fds bind)")
+register_hint("VFIO_DEVICE_ATTACH_IOMMUFD_PT", errno.EADDRINUSE,
+              "a mapping (or an allowed IOVA range) sits where the device needs a reserved range "
+              "(the MSI window) or outside the IOMMU aperture: unmap it before attaching")
+register_hint("VFIO_DEVICE_ATTACH_IOMMUFD_PT", errno.ENOMEM,
+              "pinning the IOAS's mappings would exceed RLIMIT_MEMLOCK")

@@ -1,0 +1,637 @@
+"""/dev/iommu: the iommufd context, IO address spaces (IOAS) and hardware page tables (HWPT).
+
+:class:`IommuFd` owns the /dev/iommu fd and every object made through it. Its children close
+first: bound devices (their cdev fds) → HWPTs → IOASes (their mappings) → the fd.
+
+:class:`Ioas` is what VFIO's type1 container is for the legacy path: ``map``/``unmap`` return
+the same :class:`~pyvfio.vfio.type1.DmaMapping` handles, and ``info()`` answers with the usable
+IOVA ranges and the smallest page, so :class:`~pyvfio.services.dma.DmaMapper` and the edu
+scenarios work over an IOAS unchanged. An IOAS only narrows to the device's limits (aperture,
+MSI window) once a device is attached: build a DmaMapper after the attach.
+
+Safety: while a mapping exists a device attached to the IOAS may read/write the memory at any
+time; :class:`DmaMapping` keeps its buffer alive until it is unmapped. Pages are pinned (and
+charged to VmPin, plus locked_vm without CAP_IPC_LOCK) while the IOAS has a domain.
+
+Example (mock)::
+
+    >>> from pyvfio.seam.mock import MockBackend
+    >>> from pyvfio.services.dma import DmaBuffer
+    >>> with IommuFd(backend=MockBackend()) as fd:
+    ...     ioas = fd.ioas_alloc()
+    ...     with DmaBuffer(8192) as buf:
+    ...         m = ioas.map(buf)             # the kernel picks the IOVA
+    ...         (hex(m.iova), m.size, ioas.unmap_all())
+    ('0x2000', 8192, 8192)
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import mmap as _mmap
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from .. import ioctls as I
+from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, StateError,
+                      UnsupportedError, register_hint)
+from ..seam import Backend, get_backend
+from ..uapi import ffi
+from ..vfio._fd import FdObject
+from ..vfio.type1 import DmaFlags, DmaMapping, IovaRange, ShortUnmapError, _buffer_span
+
+if TYPE_CHECKING:
+    from .device import IommufdDevice
+
+IOMMU_PATH = "/dev/iommu"
+PAGE_SIZE = _mmap.PAGESIZE
+U64_MAX = (1 << 64) - 1
+_MAX_RANGES_RETRIES = 4
+
+__all__ = ["IommuFd", "Ioas", "HwPagetable", "HwInfo", "HwCaps", "HwInfoType", "IoasInfo",
+           "IOMMU_PATH"]
+
+
+class HwInfoType(enum.IntEnum):
+    """``iommu_hw_info.out_data_type``."""
+
+    NONE = I.IOMMU_HW_INFO_TYPE_NONE
+    INTEL_VTD = I.IOMMU_HW_INFO_TYPE_INTEL_VTD
+
+
+class HwCaps(enum.IntFlag):
+    """``iommu_hw_info.out_capabilities``."""
+
+    DIRTY_TRACKING = I.IOMMU_HW_CAP_DIRTY_TRACKING
+    PCI_PASID_EXEC = I.IOMMU_HW_CAP_PCI_PASID_EXEC
+    PCI_PASID_PRIV = I.IOMMU_HW_CAP_PCI_PASID_PRIV
+
+
+@dataclass(frozen=True)
+class HwInfo:
+    """IOMMU_GET_HW_INFO's answer for one bound device."""
+
+    type: HwInfoType | int
+    capabilities: HwCaps
+    max_pasid_log2: int
+    #: The driver-specific data (``struct iommu_hw_info_vtd`` for INTEL_VTD), as much as the
+    #: kernel has.
+    data: bytes
+
+    @property
+    def dirty_tracking(self) -> bool:
+        return bool(self.capabilities & HwCaps.DIRTY_TRACKING)
+
+    def _vtd(self) -> Any:
+        if self.type != HwInfoType.INTEL_VTD or len(self.data) < ffi.sizeof("struct iommu_hw_info_vtd"):
+            return None
+        buf = ffi.new("char[]", self.data)
+        return ffi.cast("struct iommu_hw_info_vtd *", buf)[0]
+
+    @property
+    def vtd_cap_reg(self) -> int | None:
+        v = self._vtd()
+        return None if v is None else int(v.cap_reg)
+
+    @property
+    def vtd_ecap_reg(self) -> int | None:
+        v = self._vtd()
+        return None if v is None else int(v.ecap_reg)
+
+
+@dataclass(frozen=True)
+class IoasInfo:
+    """IOMMU_IOAS_IOVA_RANGES: the usable ranges (``end`` inclusive) and the alignment every
+    mapping needs. Shaped like :class:`~pyvfio.vfio.type1.Type1Info` for DmaMapper."""
+
+    iova_ranges: tuple[IovaRange, ...]
+    iova_alignment: int
+
+    @property
+    def min_pgsize(self) -> int:
+        """The granule pyvfio allocates in: the IOAS alignment, at least one CPU page."""
+        return max(self.iova_alignment, PAGE_SIZE)
+
+    def usable(self, iova: int, size: int) -> bool:
+        return any(r.contains(iova, size) for r in self.iova_ranges)
+
+
+def _cmd(ctype: str) -> Any:
+    c = ffi.new(ctype + " *")
+    c.size = ffi.sizeof(ctype)
+    return c
+
+
+class IommuFd(FdObject):
+    """An open /dev/iommu (an iommufd context).
+
+    Errors at open: NotFoundError when the kernel has no iommufd (CONFIG_IOMMUFD).
+    """
+
+    def __init__(self, *, backend: Backend | str | None = None, path: str = IOMMU_PATH) -> None:
+        be = get_backend(backend)
+        self._fd = -1
+        try:
+            fd = be.open(path)
+        except PyvfioError as e:
+            if e.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+                e.hint = (f"{path} does not exist: the kernel lacks CONFIG_IOMMUFD (Debian's kernels "
+                          "do; use python -m vm build-kernel for a guest kernel with it)")
+            raise
+        self._adopt_fd(be, fd, path)
+        self.ioases: list[Ioas] = []
+        self.hwpts: list[HwPagetable] = []
+        self.devices: list["IommufdDevice"] = []
+
+    def ioctl(self, name: str, arg: Any) -> int:
+        return self.backend.ioctl(self.fileno(), getattr(I, name), arg, op=name)
+
+    # -- objects ---------------------------------------------------------------------------
+    def ioas_alloc(self) -> "Ioas":
+        """IOMMU_IOAS_ALLOC: a new, empty IO address space (spans all IOVAs until a device
+        attaches). Returns an :class:`Ioas` owned by this context."""
+        c = _cmd("struct iommu_ioas_alloc")
+        self.ioctl("IOMMU_IOAS_ALLOC", c)
+        ioas = Ioas(self, int(c.out_ioas_id))
+        self.ioases.append(ioas)
+        return ioas
+
+    def destroy(self, object_id: int) -> None:
+        """IOMMU_DESTROY of any object id. ENOENT: no such object; EBUSY: still in use (an IOAS
+        under a HWPT, a HWPT with a device attached, a bound device)."""
+        c = _cmd("struct iommu_destroy")
+        c.id = object_id
+        self.ioctl("IOMMU_DESTROY", c)
+
+    def get_hw_info(self, dev_id: int) -> HwInfo:
+        """IOMMU_GET_HW_INFO for a bound device: the IOMMU's type, capabilities (DIRTY_TRACKING)
+        and driver data. Calls again when the kernel has more data than the first buffer."""
+        size = 64
+        for _ in range(_MAX_RANGES_RETRIES):
+            data = ffi.new("char[]", size)
+            c = _cmd("struct iommu_hw_info")
+            c.dev_id = dev_id
+            c.data_len = size
+            c.data_uptr = int(ffi.cast("uintptr_t", data))
+            self.ioctl("IOMMU_GET_HW_INFO", c)
+            if c.data_len <= size:
+                try:
+                    t: HwInfoType | int = HwInfoType(c.out_data_type)
+                except ValueError:
+                    t = int(c.out_data_type)
+                return HwInfo(t, HwCaps(int(c.out_capabilities)), int(c.out_max_pasid_log2),
+                              bytes(ffi.buffer(data, int(c.data_len))))
+            size = int(c.data_len)
+        raise PyvfioError(errno.EPROTO, "GET_HW_INFO data keeps growing", op="IOMMU_GET_HW_INFO",
+                          path=self.path)
+
+    def hwpt_alloc(self, dev_id: int, ioas: "Ioas", *, dirty_tracking: bool = False,
+                   nest_parent: bool = False, probe: bool = True) -> "HwPagetable":
+        """IOMMU_HWPT_ALLOC: a paging HWPT (an IOMMU domain) for device ``dev_id`` over ``ioas``.
+
+        ``dirty_tracking`` asks for IOMMU_HWPT_ALLOC_DIRTY_TRACKING; with ``probe`` (default)
+        GET_HW_INFO is asked first and UnsupportedError raised, before the allocation, when the
+        IOMMU lacks DIRTY_TRACKING (QEMU's vIOMMUs do). EOPNOTSUPP from the kernel is
+        UnsupportedError too. The HWPT holds the IOAS (IOMMU_DESTROY of it gives EBUSY) until
+        :meth:`HwPagetable.destroy`.
+        """
+        flags = 0
+        if dirty_tracking:
+            if probe and not self.get_hw_info(dev_id).dirty_tracking:
+                raise UnsupportedError(
+                    errno.EOPNOTSUPP, "the IOMMU has no dirty tracking", op="IOMMU_HWPT_ALLOC",
+                    path=self.path, hint="GET_HW_INFO reports no IOMMU_HW_CAP_DIRTY_TRACKING for this "
+                    "device (QEMU's vIOMMUs do not emulate it); track dirty pages with the type1 "
+                    "container or the device's DMA logging instead")
+            flags |= I.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+        if nest_parent:
+            flags |= I.IOMMU_HWPT_ALLOC_NEST_PARENT
+        c = _cmd("struct iommu_hwpt_alloc")
+        c.flags, c.dev_id, c.pt_id = flags, dev_id, ioas.id
+        c.data_type = I.IOMMU_HWPT_DATA_NONE
+        self.ioctl("IOMMU_HWPT_ALLOC", c)
+        hwpt = HwPagetable(self, int(c.out_hwpt_id), ioas, dirty_tracking=dirty_tracking)
+        self.hwpts.append(hwpt)
+        return hwpt
+
+    # -- options ---------------------------------------------------------------------------
+    def option(self, option_id: int, *, object_id: int = 0, value: int | None = None) -> int:
+        """IOMMU_OPTION: GET (``value`` None) or SET; returns the value."""
+        c = _cmd("struct iommu_option")
+        c.option_id, c.object_id = option_id, object_id
+        c.op = I.IOMMU_OPTION_OP_GET if value is None else I.IOMMU_OPTION_OP_SET
+        if value is not None:
+            c.val64 = value
+        self.ioctl("IOMMU_OPTION", c)
+        return int(c.val64)
+
+    @property
+    def rlimit_mode(self) -> int:
+        """IOMMU_OPTION_RLIMIT_MODE: 0 charges pins to the user's locked_vm, 1 to the process's
+        (VmLck, what VFIO type1 does). Setting needs CAP_SYS_RESOURCE (EPERM) and a context with
+        no object yet (EBUSY)."""
+        return self.option(I.IOMMU_OPTION_RLIMIT_MODE)
+
+    @rlimit_mode.setter
+    def rlimit_mode(self, value: int) -> None:
+        if value not in (0, 1):
+            raise ArgumentError(f"rlimit_mode is 0 (per user) or 1 (per process), not {value!r}")
+        self.option(I.IOMMU_OPTION_RLIMIT_MODE, value=value)
+
+    # -- devices ---------------------------------------------------------------------------
+    def bind(self, bdf: str) -> "IommufdDevice":
+        """Open the device's cdev (/dev/vfio/devices/vfioN, found through sysfs) and
+        VFIO_DEVICE_BIND_IOMMUFD it to this context. See :class:`IommufdDevice`."""
+        from .device import IommufdDevice
+
+        dev = IommufdDevice(self, bdf)
+        self.devices.append(dev)
+        return dev
+
+    def _device_closed(self, dev: "IommufdDevice") -> None:
+        if dev in self.devices:
+            self.devices.remove(dev)
+
+    # -- lifetime --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close bound devices, destroy HWPTs, unmap and destroy IOASes, close the fd
+        (idempotent); the first error is raised after everything was attempted."""
+        if self.closed:
+            return
+        errors: list[BaseException] = []
+        for group in (self.devices, self.hwpts, self.ioases):
+            while group:
+                obj = group.pop()
+                try:
+                    obj.close()
+                except Exception as e:  # keep unwinding
+                    errors.append(e)
+        self._close_fd()
+        if errors:
+            raise errors[0]
+
+    def __repr__(self) -> str:
+        return f"<IommuFd fd={getattr(self, '_fd', -1)} ioas={len(self.ioases)} devices={len(self.devices)}>"
+
+
+class HwPagetable:
+    """A HWPT made by :meth:`IommuFd.hwpt_alloc`; attach devices to it by its ``id``."""
+
+    def __init__(self, iommufd: IommuFd, hwpt_id: int, ioas: "Ioas", *, dirty_tracking: bool) -> None:
+        self.iommufd = iommufd
+        self.id = hwpt_id
+        self.ioas = ioas
+        self.dirty_tracking_capable = dirty_tracking
+        self.closed = False
+
+    def set_dirty_tracking(self, enable: bool) -> None:
+        """IOMMU_HWPT_SET_DIRTY_TRACKING; enabling clears the dirty bits first.
+        UnsupportedError (EOPNOTSUPP) for a HWPT allocated without DIRTY_TRACKING."""
+        c = _cmd("struct iommu_hwpt_set_dirty_tracking")
+        c.hwpt_id = self.id
+        c.flags = I.IOMMU_HWPT_DIRTY_TRACKING_ENABLE if enable else 0
+        self.iommufd.ioctl("IOMMU_HWPT_SET_DIRTY_TRACKING", c)
+
+    def get_dirty_bitmap(self, iova: int, length: int, *, page_size: int = PAGE_SIZE,
+                         clear: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+        """IOMMU_HWPT_GET_DIRTY_BITMAP over [iova, iova+length): one bit per ``page_size``
+        (bit i = page at iova + i*page_size) in uint64 words; the bits are cleared unless
+        ``clear=False`` (NO_CLEAR). Checked before the syscall: page_size a power of two,
+        iova and length multiples of it (AlignmentError/RangeError)."""
+        if page_size <= 0 or page_size & (page_size - 1):
+            raise ArgumentError(f"page_size must be a power of two, not {page_size:#x}")
+        if length <= 0 or iova < 0 or iova + length - 1 > U64_MAX:
+            raise RangeError(f"range {iova:#x}+{length:#x} is empty or wraps")
+        if (iova | length) & (page_size - 1):
+            raise AlignmentError(f"iova {iova:#x} and length {length:#x} must be multiples of "
+                                 f"page_size {page_size:#x}")
+        nwords = (length // page_size + 63) // 64
+        words = np.zeros(nwords, dtype=np.uint64) if out is None else out
+        if words.dtype != np.uint64 or words.size < nwords or not words.flags.c_contiguous:
+            raise ArgumentError(f"out must be a contiguous uint64 array of at least {nwords} words")
+        words[:nwords] = 0
+        c = _cmd("struct iommu_hwpt_get_dirty_bitmap")
+        c.hwpt_id, c.iova, c.length, c.page_size = self.id, iova, length, page_size
+        c.flags = 0 if clear else I.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR
+        c.data = int(ffi.cast("uintptr_t", ffi.from_buffer(words)))
+        self.iommufd.ioctl("IOMMU_HWPT_GET_DIRTY_BITMAP", c)
+        return words[:nwords]
+
+    def dirty_pages(self, iova: int, length: int, *, page_size: int = PAGE_SIZE,
+                    clear: bool = True) -> list[int]:
+        """Indexes of the dirty pages (relative to ``iova``) of :meth:`get_dirty_bitmap`."""
+        words = self.get_dirty_bitmap(iova, length, page_size=page_size, clear=clear)
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little" if sys.byteorder == "little" else "big")
+        return [int(i) for i in np.flatnonzero(bits[: length // page_size])]
+
+    def destroy(self) -> None:
+        """IOMMU_DESTROY of this HWPT (EBUSY while a device is attached). Idempotent."""
+        if self.closed:
+            return
+        if not self.iommufd.closed:
+            self.iommufd.destroy(self.id)
+        self.closed = True
+        if self in self.iommufd.hwpts:
+            self.iommufd.hwpts.remove(self)
+
+    close = destroy
+
+    def __repr__(self) -> str:
+        return f"<HwPagetable id={self.id} ioas={self.ioas.id}>"
+
+
+class Ioas:
+    """An IO address space of an :class:`IommuFd` (IOMMU_IOAS_ALLOC).
+
+    Two levels like :class:`~pyvfio.vfio.type1.Type1Iommu`: ``map_raw``/``unmap_raw`` are one
+    ioctl each with no checks; ``map``/``unmap``/``unmap_all``/``copy`` check arguments first and
+    return :class:`DmaMapping` handles that keep their buffer alive until unmapped.
+    """
+
+    def __init__(self, iommufd: IommuFd, ioas_id: int) -> None:
+        self.iommufd = iommufd
+        self.id = ioas_id
+        self.backend = iommufd.backend
+        self.mappings: dict[int, DmaMapping] = {}
+        self._info: IoasInfo | None = None
+        self.closed = False
+
+    def _ioctl(self, name: str, arg: Any) -> int:
+        if self.closed:
+            raise StateError(f"IOAS {self.id} is destroyed")
+        return self.iommufd.ioctl(name, arg)
+
+    def invalidate(self) -> None:
+        """Forget the cached IOVA ranges (a device attached or detached)."""
+        self._info = None
+
+    # -- ranges ----------------------------------------------------------------------------
+    def info(self, *, refresh: bool = False) -> IoasInfo:
+        """IOMMU_IOAS_IOVA_RANGES: called with room for 8 ranges, again with the number the
+        kernel reports when that was too few (EMSGSIZE). Cached until a pyvfio attach/detach
+        or ``refresh=True``."""
+        if self._info is not None and not refresh:
+            return self._info
+        room = 8
+        for _ in range(_MAX_RANGES_RETRIES):
+            arr = ffi.new("struct iommu_iova_range[]", room)
+            c = _cmd("struct iommu_ioas_iova_ranges")
+            c.ioas_id, c.num_iovas = self.id, room
+            c.allowed_iovas = int(ffi.cast("uintptr_t", arr))
+            try:
+                self._ioctl("IOMMU_IOAS_IOVA_RANGES", c)
+            except PyvfioError as e:
+                if e.errno == errno.EMSGSIZE and c.num_iovas > room:
+                    room = int(c.num_iovas)
+                    continue
+                raise
+            n = int(c.num_iovas)
+            ranges = tuple(IovaRange(int(arr[i].start), int(arr[i].last)) for i in range(n))
+            self._info = IoasInfo(ranges, int(c.out_iova_alignment))
+            return self._info
+        raise PyvfioError(errno.EPROTO, "IOVA_RANGES keeps growing", op="IOMMU_IOAS_IOVA_RANGES",
+                          path=self.iommufd.path)
+
+    @property
+    def iova_ranges(self) -> tuple[IovaRange, ...]:
+        return self.info().iova_ranges
+
+    def allow_iovas(self, ranges: Iterable[Any]) -> None:
+        """IOMMU_IOAS_ALLOW_IOVAS: replace the allowed list (kernel-chosen IOVAs stay inside it,
+        and an attach that would reserve part of it fails). ``ranges``: IovaRange or (start,
+        last) pairs, inclusive. ArgumentError for empty or overlapping ranges (before the
+        syscall); EADDRINUSE when one intersects a reserved range."""
+        pairs = [(r.start, r.end) if hasattr(r, "start") else (int(r[0]), int(r[1])) for r in ranges]
+        for s, e in pairs:
+            if not 0 <= s < e <= U64_MAX:
+                raise RangeError(f"allowed range {s:#x}-{e:#x}: need 0 <= start < last < 2**64")
+        srt = sorted(pairs)
+        for (_a, b), (c, _d) in zip(srt, srt[1:]):
+            if c <= b:
+                raise ArgumentError(f"allowed ranges overlap at {c:#x}")
+        arr = ffi.new("struct iommu_iova_range[]", max(len(pairs), 1))
+        for i, (s, e) in enumerate(pairs):
+            arr[i].start, arr[i].last = s, e
+        c = _cmd("struct iommu_ioas_allow_iovas")
+        c.ioas_id, c.num_iovas = self.id, len(pairs)
+        c.allowed_iovas = int(ffi.cast("uintptr_t", arr)) if pairs else 0
+        self._ioctl("IOMMU_IOAS_ALLOW_IOVAS", c)
+        self._info = None
+
+    # -- raw -------------------------------------------------------------------------------
+    def map_raw(self, vaddr: int, length: int, iova: int | None = None, *,
+                flags: int = I.IOMMU_IOAS_MAP_READABLE | I.IOMMU_IOAS_MAP_WRITEABLE) -> int:
+        """IOMMU_IOAS_MAP as is: at ``iova`` (FIXED_IOVA) or where the kernel chooses (None).
+        Returns the IOVA. Errors: EEXIST (overlap), EINVAL (reserved/unaligned/zero length),
+        ENOSPC (no free IOVA), ENOMEM (RLIMIT_MEMLOCK), EFAULT (memory not mapped)."""
+        c = _cmd("struct iommu_ioas_map")
+        c.ioas_id = self.id
+        c.flags = flags | (I.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0)
+        try:
+            c.user_va, c.length, c.iova = vaddr, length, iova or 0
+        except OverflowError:
+            raise RangeError(f"map arguments out of range: vaddr={vaddr!r} length={length!r} "
+                             f"iova={iova!r}") from None
+        self._ioctl("IOMMU_IOAS_MAP", c)
+        return int(c.iova)
+
+    def unmap_raw(self, iova: int, length: int) -> int:
+        """IOMMU_IOAS_UNMAP as is; returns the bytes the kernel unmapped. ``iova=0,
+        length=2**64-1`` unmaps everything. ENOENT: the range cuts a mapping, or nothing is
+        mapped inside it."""
+        c = _cmd("struct iommu_ioas_unmap")
+        c.ioas_id, c.iova, c.length = self.id, iova, length
+        self._ioctl("IOMMU_IOAS_UNMAP", c)
+        return int(c.length)
+
+    # -- checked ---------------------------------------------------------------------------
+    def check(self, iova: int, size: int) -> None:
+        """ArgumentError subclasses for what the kernel would refuse at a fixed IOVA."""
+        info = self.info()
+        if size <= 0:
+            raise RangeError(f"size must be positive, not {size}")
+        if iova < 0 or iova + size - 1 > U64_MAX:
+            raise RangeError(f"IOVA range {iova:#x}+{size:#x} is negative or wraps around")
+        align = info.iova_alignment
+        if (iova | size) & (align - 1):
+            raise AlignmentError(f"iova {iova:#x} / size {size:#x} not aligned to the IOAS "
+                                 f"alignment {align:#x}")
+        if not info.usable(iova, size):
+            allowed = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in info.iova_ranges)
+            raise RangeError(f"IOVA range {iova:#x}-{iova + size - 1:#x} is not inside the usable "
+                             f"IOVA ranges ({allowed}); reserved windows such as MSI cannot be mapped")
+
+    def map(self, buffer: Any, iova: int | None = None, *, size: int | None = None,
+            offset: int = 0, read: bool = True, write: bool = True) -> DmaMapping:
+        """Map ``buffer`` (a DmaBuffer, or an int address with ``size=``) at ``iova`` or, with
+        ``iova=None``, where the kernel chooses. Fixed IOVAs are checked against the IOAS's
+        ranges first. Returns a DmaMapping (its ``iova`` is where it landed)."""
+        vaddr, n = _buffer_span(buffer, size, offset)
+        if not (read or write):
+            raise ArgumentError("a mapping needs read=True and/or write=True")
+        if n <= 0:
+            raise RangeError(f"size must be positive, not {n}")
+        if iova is not None:
+            self.check(iova, n)
+        flags = ((I.IOMMU_IOAS_MAP_READABLE if read else 0)
+                 | (I.IOMMU_IOAS_MAP_WRITEABLE if write else 0))
+        at = self.map_raw(vaddr, n, iova, flags=flags)
+        dflags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
+        return self._adopt(at, n, vaddr, dflags, buffer)
+
+    def _adopt(self, iova: int, n: int, vaddr: int, dflags: DmaFlags, buffer: Any) -> DmaMapping:
+        mapping = DmaMapping(self, iova, n, vaddr, dflags, buffer)  # type: ignore[arg-type]
+        pin = getattr(buffer, "_pin", None)
+        if pin is not None:
+            try:
+                pin(mapping)
+            except BaseException:
+                self.unmap_raw(iova, n)
+                raise
+        self.mappings[iova] = mapping
+        return mapping
+
+    def copy(self, source: DmaMapping, iova: int | None = None, *, offset: int = 0,
+             size: int | None = None, read: bool = True, write: bool = True) -> DmaMapping:
+        """IOMMU_IOAS_COPY: map into this IOAS the pages behind ``size`` bytes at ``offset``
+        of ``source`` (a live mapping of another IOAS, or of this one), at ``iova`` or where
+        the kernel chooses. The new handle keeps the source buffer alive. EPERM: ``write``
+        over a source mapped read-only."""
+        if source.closed or not isinstance(source.iommu, Ioas):
+            raise StateError(f"{source!r} is not a live IOAS mapping")
+        n = source.size - offset if size is None else size
+        if offset < 0 or n <= 0 or offset + n > source.size:
+            raise RangeError(f"{offset:#x}+{n:#x} is outside the source mapping (size {source.size:#x})")
+        if not (read or write):
+            raise ArgumentError("a mapping needs read=True and/or write=True")
+        if iova is not None:
+            self.check(iova, n)
+        c = _cmd("struct iommu_ioas_copy")
+        c.flags = ((I.IOMMU_IOAS_MAP_READABLE if read else 0) | (I.IOMMU_IOAS_MAP_WRITEABLE if write else 0)
+                   | (I.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0))
+        c.dst_ioas_id, c.src_ioas_id = self.id, source.iommu.id
+        c.length, c.dst_iova, c.src_iova = n, iova or 0, source.iova + offset
+        self._ioctl("IOMMU_IOAS_COPY", c)
+        dflags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
+        return self._adopt(int(c.dst_iova), n, source.vaddr + offset, dflags, source.buffer)
+
+    def _forget(self, mapping: DmaMapping) -> None:
+        mapping._live = False
+        if self.mappings.get(mapping.iova) is mapping:
+            del self.mappings[mapping.iova]
+        unpin = getattr(mapping.buffer, "_unpin", None)
+        if unpin is not None:
+            unpin(mapping)
+        callbacks, mapping._on_unmap = mapping._on_unmap, []
+        for fn in callbacks:
+            fn(mapping)
+
+    def unmap(self, mapping: DmaMapping) -> None:
+        """IOMMU_IOAS_UNMAP of exactly ``mapping``; ShortUnmapError if the kernel removed less
+        (the handle is released either way)."""
+        if mapping.closed:
+            return
+        if mapping.iommu is not self:  # type: ignore[comparison-overlap]
+            raise ArgumentError(f"{mapping!r} belongs to another IOAS or IOMMU")
+        try:
+            done = self.unmap_raw(mapping.iova, mapping.size)
+        except PyvfioError as e:
+            if e.errno == errno.ENOENT:  # already gone (a raw unmap_all): release the handle
+                self._forget(mapping)
+            raise
+        self._forget(mapping)
+        if done != mapping.size:
+            raise ShortUnmapError(errno.EIO, f"unmapped {done:#x} of {mapping.size:#x} bytes at "
+                                  f"{mapping.iova:#x}", op="IOMMU_IOAS_UNMAP", path=self.iommufd.path)
+
+    def unmap_all(self) -> int:
+        """IOMMU_IOAS_UNMAP with iova 0 and length 2**64-1: everything goes. Returns the bytes
+        unmapped; ShortUnmapError if less than pyvfio's own mappings add up to."""
+        expected = sum(m.size for m in self.mappings.values())
+        done = self.unmap_raw(0, U64_MAX)
+        for m in list(self.mappings.values()):
+            self._forget(m)
+        if done < expected:
+            raise ShortUnmapError(errno.EIO, f"unmap all removed {done:#x} bytes, pyvfio had "
+                                  f"{expected:#x} mapped", op="IOMMU_IOAS_UNMAP", path=self.iommufd.path)
+        return done
+
+    def find(self, iova: int) -> DmaMapping | None:
+        for m in self.mappings.values():
+            if m.iova <= iova < m.iova + m.size:
+                return m
+        return None
+
+    # -- options ---------------------------------------------------------------------------
+    @property
+    def huge_pages(self) -> bool:
+        """IOMMU_OPTION_HUGE_PAGES of this IOAS (True: the IOMMU may use large pages)."""
+        return bool(self.iommufd.option(I.IOMMU_OPTION_HUGE_PAGES, object_id=self.id))
+
+    @huge_pages.setter
+    def huge_pages(self, enable: bool) -> None:
+        self.iommufd.option(I.IOMMU_OPTION_HUGE_PAGES, object_id=self.id, value=1 if enable else 0)
+        self._info = None
+
+    # -- lifetime --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Unmap every pyvfio mapping, then IOMMU_DESTROY the IOAS (EBUSY while a HWPT or an
+        attached device uses it). Idempotent."""
+        if self.closed:
+            return
+        try:
+            if self.mappings and not self.iommufd.closed:
+                self.unmap_all()
+        finally:
+            for m in list(self.mappings.values()):
+                self._forget(m)
+        if not self.iommufd.closed:
+            self.iommufd.destroy(self.id)
+        self.closed = True
+        if self in self.iommufd.ioases:
+            self.iommufd.ioases.remove(self)
+
+    destroy = close
+
+    def __enter__(self) -> "Ioas":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Ioas id={self.id} mappings={len(self.mappings)}>"
+
+
+register_hint("IOMMU_IOAS_MAP", errno.EEXIST,
+              "the IOVA range overlaps an existing mapping of this IOAS: unmap it first or let the "
+              "kernel choose the IOVA")
+register_hint("IOMMU_IOAS_MAP", errno.EINVAL,
+              "zero length, not aligned to the IOAS alignment, or the IOVA is reserved (the MSI "
+              "window, outside the IOMMU aperture): see Ioas.info().iova_ranges")
+register_hint("IOMMU_IOAS_MAP", errno.ENOSPC, "no free IOVA block of that size (inside the allowed IOVAs)")
+register_hint("IOMMU_IOAS_MAP", errno.ENOMEM,
+              "pinning would exceed RLIMIT_MEMLOCK (the process lacks CAP_IPC_LOCK): raise the limit "
+              "(ulimit -l / prlimit --memlock) or run with CAP_IPC_LOCK")
+register_hint("IOMMU_IOAS_MAP", errno.EFAULT, "the user address range is not mapped in this process")
+register_hint("IOMMU_IOAS_UNMAP", errno.ENOENT,
+              "iommufd unmaps whole mappings only: the range cuts a mapping, or nothing is mapped in it")
+register_hint("IOMMU_IOAS_COPY", errno.ENOENT, "the source range is not fully mapped in the source IOAS")
+register_hint("IOMMU_IOAS_COPY", errno.EPERM, "WRITEABLE copy of memory the source mapped read-only")
+register_hint("IOMMU_IOAS_ALLOW_IOVAS", errno.EADDRINUSE,
+              "an allowed range intersects a reserved one (MSI window or outside the aperture)")
+register_hint("IOMMU_DESTROY", errno.EBUSY,
+              "the object is still in use: detach devices and destroy HWPTs before their IOAS")
+register_hint("IOMMU_DESTROY", errno.ENOENT, "no object with that id in this iommufd")
+register_hint("IOMMU_OPTION", errno.EPERM, "setting RLIMIT_MODE needs CAP_SYS_RESOURCE")
+register_hint("IOMMU_OPTION", errno.EBUSY, "RLIMIT_MODE can only change before any object exists")
+register_hint("IOMMU_HWPT_ALLOC", errno.EOPNOTSUPP,
+              "the IOMMU driver does not offer this (dirty tracking, nesting, user domains)")
+register_hint("IOMMU_HWPT_SET_DIRTY_TRACKING", errno.EOPNOTSUPP,
+              "the HWPT was not allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING")
+register_hint("IOMMU_HWPT_GET_DIRTY_BITMAP", errno.EOPNOTSUPP,
+              "the HWPT was not allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING")
