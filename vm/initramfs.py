@@ -130,7 +130,8 @@ def build_initramfs(kernel: Kernel, modules: tuple[str, ...] = INITRAMFS_MODULES
                                check=True).stdout
         cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"], cwd=root,
                               input=files.encode(), capture_output=True, check=True).stdout
-        partial = out.with_suffix(".partial")
+        # unique partial name: several engineers' runs may build the same image at once
+        partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
         partial.write_bytes(gzip.compress(cpio, compresslevel=1))
-        partial.rename(out)
+        os.replace(partial, out)
     return out
