@@ -81,6 +81,8 @@ class MemFlag(enum.IntFlag):
     GUEST_MEMFD = I.KVM_MEM_GUEST_MEMFD
 
 
+_SET_REGION = I.KVM_SET_USER_MEMORY_REGION
+_MAX_GPA = 1 << MAX_GPA_BITS
 _LOG = int(MemFlag.LOG_DIRTY_PAGES)
 _RO = int(MemFlag.READONLY)
 _GMEM = int(MemFlag.GUEST_MEMFD)
@@ -237,6 +239,7 @@ class Vm(FdOwner):
         self._children: list[Any] = []  # devices, ioeventfds, irqfds, guest memfds
         self._irqchip = False
         self._valid: int | None = None
+        self._limits: tuple[int, int, int] | None = None
 
     # -- capabilities ------------------------------------------------------------------------
     def check_extension(self, cap: int) -> int:
@@ -258,6 +261,7 @@ class Vm(FdOwner):
         self._ioctl(I.KVM_ENABLE_CAP, c, op="KVM_ENABLE_CAP")
         self._caps.clear()
         self._valid = None
+        self._limits = None
 
     @property
     def max_slots(self) -> int:
@@ -383,8 +387,8 @@ class Vm(FdOwner):
             v |= MemFlag.READONLY
         if self.check_extension(I.KVM_CAP_GUEST_MEMFD) and self.check_extension(I.KVM_CAP_USER_MEMORY2):
             v |= MemFlag.GUEST_MEMFD
-        self._valid = v
-        return v
+        self._valid = int(v)
+        return self._valid
 
     def _check_flags(self, flags: int) -> None:
         valid = self._valid if self._valid is not None else self._valid_flags()
@@ -452,15 +456,18 @@ class Vm(FdOwner):
 
         Safety: the guest can read and write the memory as long as the slot exists.
         """
-        self.fileno()
+        if self._fd < 0:
+            self.fileno()  # StateError
         if isinstance(memory, GuestMemory):
-            memory._check_open()
+            if memory.closed:
+                memory._check_open()
+            msize = memory.size
             if size is None:
-                size = memory.size - offset
+                size = msize - offset
             if offset % PAGE_SIZE:
                 raise AlignmentError(f"offset {offset:#x} into the memory is not page aligned")
-            if offset < 0 or offset + size > memory.size:
-                raise RangeError(f"{offset:#x}+{size:#x} is outside the {memory.size:#x}-byte memory")
+            if offset < 0 or offset + size > msize:
+                raise RangeError(f"{offset:#x}+{size:#x} is outside the {msize:#x}-byte memory")
             hva = memory.addr + offset
             keep: GuestMemory | None = memory
         else:
@@ -478,44 +485,52 @@ class Vm(FdOwner):
                                        hint="KVM_CAP_USER_MEMORY2/KVM_CAP_GUEST_MEMFD absent")
             if guest_memfd_offset % PAGE_SIZE:
                 raise AlignmentError(f"guest_memfd offset {guest_memfd_offset:#x} is not page aligned")
-        if not 0 <= as_id < self.address_spaces:
-            raise RangeError(f"address space {as_id} out of range: this VM has {self.address_spaces}")
-        self._check_flags(flags)
-        self._check_range(gpa, size, hva)
-        self._as(as_id)
+        limits = self._limits
+        if limits is None:
+            limits = self._limits = (self.max_slots, self.address_spaces, self._valid_flags())
+        max_slots, nspaces, valid = limits
+        if as_id and not 0 <= as_id < nspaces:
+            raise RangeError(f"address space {as_id} out of range: this VM has {nspaces}")
+        if flags & ~valid or (flags & _GMEM and flags & _LOG):
+            self._check_flags(flags)  # raises, saying why
+        if (size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or hva % PAGE_SIZE
+                or size >> PAGE_SHIFT > KVM_MEM_MAX_NR_PAGES or hva + size > TASK_SIZE):
+            self._check_range(gpa, size, hva)  # raises, saying why
+        if as_id >= len(self._index_of):
+            self._as(as_id)
         if slot is None:
             slot_id = self._alloc_id(as_id)
         else:
-            if not 0 <= slot < self.max_slots:
-                raise RangeError(f"slot id {slot} out of range 0..{self.max_slots - 1}")
+            if not 0 <= slot < max_slots:
+                raise RangeError(f"slot id {slot} out of range 0..{max_slots - 1}")
             if (as_id << 16 | slot) in self._slots:
                 raise ArgumentError(f"slot {slot} of address space {as_id} is in use")
             slot_id = slot
-        other = self._overlap(as_id, gpa, gpa + size)
-        if other is not None:
-            if slot is None:
-                self._release_id(as_id, slot_id)
-            raise OverlapError(f"guest range {gpa:#x}+{size:#x} overlaps slot {other.id} "
-                               f"({other.gpa:#x}+{other.size:#x})")
-        try:
-            self._check_gpa_limit(gpa, size)
-        except RangeError:
-            if slot is None:
-                self._release_id(as_id, slot_id)
-            raise
         key = as_id << 16 | slot_id
         try:
+            other = self._overlap(as_id, gpa, gpa + size)
+            if other is not None:
+                raise OverlapError(f"guest range {gpa:#x}+{size:#x} overlaps slot {other.id} "
+                                   f"({other.gpa:#x}+{other.size:#x})")
+            if gpa + size > _MAX_GPA:
+                self._check_gpa_limit(gpa, size)
             if flags & _GMEM:
                 self.set_user_memory_region2(key, flags, gpa, size, hva, gmem_fd, guest_memfd_offset)
             else:
-                self.set_user_memory_region(key, flags, gpa, size, hva)
+                r = self._region
+                r.slot = key
+                r.flags = flags
+                r.guest_phys_addr = gpa
+                r.memory_size = size
+                r.userspace_addr = hva
+                self.backend.ioctl(self._fd, _SET_REGION, r, op="KVM_SET_USER_MEMORY_REGION")
         except BaseException:
             if slot is None:
                 self._release_id(as_id, slot_id)
             raise
         s = MemSlot(self, slot_id, as_id, gpa, size, hva, flags, keep, guest_memfd, guest_memfd_offset)
         self._slots[key] = s
-        self._index(s)
+        self._index_of[as_id].insert(s)
         if keep is not None:
             keep.users += 1
         return s
@@ -529,8 +544,9 @@ class Vm(FdOwner):
         i = self._next_id[as_id]
         while (as_id << 16 | i) in self._slots:
             i += 1
-        if i >= self.max_slots:
-            raise RangeError(f"all {self.max_slots} memslots of address space {as_id} are in use")
+        limit = self._limits[0] if self._limits is not None else self.max_slots
+        if i >= limit:
+            raise RangeError(f"all {limit} memslots of address space {as_id} are in use")
         self._next_id[as_id] = i + 1
         return i
 
@@ -815,13 +831,20 @@ class MemSlot:
         """KVM_SET_USER_MEMORY_REGION with size 0. Idempotent; a closed VM just forgets the slot."""
         if self.deleted:
             return
-        if not self.vm.closed:
+        vm = self.vm
+        if vm._fd >= 0:
             if self.flags & _GMEM:
-                self.vm.set_user_memory_region2(self.slot, self.flags, self.gpa, 0, self.hva)
+                vm.set_user_memory_region2(self.slot, self.flags, self.gpa, 0, self.hva)
             else:
-                self.vm.set_user_memory_region(self.slot, self.flags, self.gpa, 0, self.hva)
+                r = vm._region
+                r.slot = self.as_id << 16 | self.id
+                r.flags = self.flags
+                r.guest_phys_addr = self.gpa
+                r.memory_size = 0
+                r.userspace_addr = self.hva
+                vm.backend.ioctl(vm._fd, _SET_REGION, r, op="KVM_SET_USER_MEMORY_REGION")
         self.deleted = True
-        self.vm._forget(self)
+        vm._forget(self)
 
     close = delete
 
