@@ -92,6 +92,8 @@ class IommufdState:
         self.cdev_index: dict[str, int] = {}
         #: group number -> bound cdev count (vfio_group.cdev_device_open_cnt)
         self.cdev_open: dict[int, int] = {}
+        #: BDFs bound through a cdev (device->open_count of the cdev path)
+        self.bound: set[str] = set()
         #: group number -> the ctx owning the group's DMA (iommu_device_claim_dma_owner)
         self.dma_owner: dict[int, Any] = {}
         #: mm->pinned_vm (VmPin) added by the mock, bytes
@@ -1104,6 +1106,8 @@ class VfioCdevFile(MockFile):
             raise KernelError(errno.EBADFD, f"vfio: fd {b.iommufd} is not an iommufd")
         if not isinstance(target, IommufdFile):
             raise KernelError(errno.EBADFD, f"vfio: fd {b.iommufd} is not an iommufd")
+        if self.entry.name in st.bound:  # vfio_df_open: the cdev path opens a device once
+            raise KernelError(errno.EINVAL, f"vfio: {self.entry.name} is already open through another cdev fd")
         # iommufd_device_bind
         if not g.interrupt_remapping:
             unsafe = vfio_state(self.kernel).read_param("iommufd", "allow_unsafe_interrupts", "N")
@@ -1121,6 +1125,7 @@ class VfioCdevFile(MockFile):
         idev = Idev(target, self.entry, self)
         target.add(idev)
         st.dma_owner[g.number] = target
+        st.bound.add(self.entry.name)
         st.cdev_open[g.number] = st.cdev_open.get(g.number, 0) + 1
         self.ctx = target.get_ref()
         self.idev = idev
@@ -1155,6 +1160,7 @@ class VfioCdevFile(MockFile):
             ctx.detach(idev)
             ctx.objects.pop(idev.id, None)
             st = state(self.kernel)
+            st.bound.discard(self.entry.name)
             n = idev.group.number
             st.cdev_open[n] -= 1
             if not st.cdev_open[n]:
