@@ -120,6 +120,29 @@ class IoasInfo:
         return any(r.contains(iova, size) for r in self.iova_ranges)
 
 
+def _status_bytes(key: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _memlock_hint(size: int) -> str:
+    """The ENOMEM hint of a map (or an attach that pins): the limit and the amounts."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    lim = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+    return (f"pinning {size} bytes would exceed RLIMIT_MEMLOCK ({lim}; VmLck {_status_bytes('VmLck')}, "
+            f"VmPin {_status_bytes('VmPin')} bytes). Without CAP_IPC_LOCK iommufd charges pins to the "
+            "user's locked memory (IOMMU_OPTION_RLIMIT_MODE 0) or to this process's VmLck (mode 1): "
+            "raise the limit (ulimit -l, prlimit --memlock) or run with CAP_IPC_LOCK")
+
+
 def _cmd(ctype: str) -> Any:
     c = ffi.new(ctype + " *")
     c.size = ffi.sizeof(ctype)
@@ -436,7 +459,12 @@ class Ioas:
         except OverflowError:
             raise RangeError(f"map arguments out of range: vaddr={vaddr!r} length={length!r} "
                              f"iova={iova!r}") from None
-        self._ioctl("IOMMU_IOAS_MAP", c)
+        try:
+            self._ioctl("IOMMU_IOAS_MAP", c)
+        except PyvfioError as e:
+            if e.errno == errno.ENOMEM:
+                e.hint = _memlock_hint(length)
+            raise
         return int(c.iova)
 
     def unmap_raw(self, iova: int, length: int) -> int:

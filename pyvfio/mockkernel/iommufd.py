@@ -618,7 +618,7 @@ class IommufdFile(MockFile):
             if old is not None:
                 self.detach_device(idev)
             try:
-                target = None
+                found: Hwpt | None = None
                 for h in obj.hwpts:
                     if h.auto_domain and h.id in self.objects:
                         try:
@@ -627,10 +627,10 @@ class IommufdFile(MockFile):
                             if e.errno == errno.EINVAL:
                                 continue
                             raise
-                        target = h
+                        found = h
                         break
-                if target is None:
-                    target = self.new_hwpt(obj, idev, auto=True, dirty=False, attach=True)
+                target = found if found is not None else \
+                    self.new_hwpt(obj, idev, auto=True, dirty=False, attach=True)
             except KernelError:
                 if old is not None:
                     self.attach_device(idev, old)

@@ -539,7 +539,23 @@ def _memlock_child(kind: str, bdf: str, mode: str) -> dict[str, Any]:
     return res
 
 
+def scenario_legacy_path_beside_cdev(env: Env) -> None:
+    """The iommufd kernel keeps the real VFIO container (IOMMUFD_VFIO_CONTAINER=n): the legacy
+    path still opens the group; while it does, the cdev cannot bind (EBUSY), and once it is
+    closed the cdev binds."""
+    from pyvfio.vfio import open_device as open_legacy
+
+    be = env.backend()
+    with open_legacy(env.bdf, backend=be) as d:
+        assert d.iommu.info().iova_pgsizes
+        with IommuFd(backend=be) as fd, pytest.raises(BusyError):
+            fd.bind(env.bdf)
+    with IommuFd(backend=be) as fd:
+        fd.bind(env.bdf).close()
+
+
 ALL = [
+    scenario_legacy_path_beside_cdev,
     scenario_cdev_and_ranges,
     scenario_map_fixed_and_kernel_chosen,
     scenario_overlap_eexist,
