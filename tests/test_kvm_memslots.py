@@ -268,3 +268,11 @@ def test_32764_memslots_created_and_deleted(backend, capsys):  # noqa: F811
                   f"delete {(t3 - t2) / n * 1e6:.1f} us/slot, pyvfio bookkeeping "
                   f"{booked / 1024:.0f} KiB ({booked / n:.0f} B/slot)")
         mem.close()
+
+
+def test_open_errors_are_typed(backend, no_fd_leak):  # noqa: F811
+    from pyvfio.errors import NotFoundError
+
+    with pytest.raises(NotFoundError) as info:
+        Kvm("/dev/kvm-missing", backend=backend)
+    assert info.value.path == "/dev/kvm-missing" and info.value.op == "open"
