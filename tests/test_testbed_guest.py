@@ -155,3 +155,18 @@ def test_without_viommu_edu_has_no_group(guest_info):
     assert not d["bound"] and d["iommu_group"] is None and "no IOMMU group" in d["bind_error"]
     assert sorted(os.listdir("/dev/vfio")) == ["vfio"]  # only the container node
     assert os.listdir("/sys/kernel/iommu_groups") == []
+
+
+@pytest.mark.guest(variants=["intel", "virtio"], iommufd=True)
+def test_iommufd_kernel_gives_dev_iommu_and_device_cdevs(guest_variant, guest_info):
+    assert guest_info["iommufd"] is True
+    assert stat.S_ISCHR(os.stat("/dev/iommu").st_mode)
+    (edu,) = [d for d in guest_info["devices"] if d["name"] == "edu"]
+    assert edu["bound"] and edu["vfio_cdev"], edu
+    assert stat.S_ISCHR(os.stat(edu["vfio_cdev"]).st_mode)
+    cdev = os.path.basename(edu["vfio_cdev"])
+    assert os.listdir(os.path.join(PCI, edu["bdf"], "vfio-dev")) == [cdev]
+    # the legacy group interface is still there next to the cdev (VFIO_GROUP, VFIO_CONTAINER)
+    assert os.path.exists(edu["vfio_dev"]) and os.path.exists("/dev/vfio/vfio")
+    if guest_variant == "virtio":
+        assert "iommufd" in guest_info["allow_unsafe_interrupts"]
