@@ -168,7 +168,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             keep.append(item)
             continue
         v = _variant_of(item)
-        if (allowed is not None and v not in allowed) or (current is not None and v != current):
+        wants_iommufd = bool(item.get_closest_marker("guest").kwargs.get("iommufd", False))
+        if (allowed is not None and v not in allowed) or (current is not None and v != current) \
+                or (current is not None and wants_iommufd and not os.path.exists("/dev/iommu")):
             drop.append(item)
         else:
             keep.append(item)
