@@ -276,3 +276,24 @@ def test_open_errors_are_typed(backend, no_fd_leak):  # noqa: F811
     with pytest.raises(NotFoundError) as info:
         Kvm("/dev/kvm-missing", backend=backend)
     assert info.value.path == "/dev/kvm-missing" and info.value.op == "open"
+
+
+def test_address_spaces_are_separate_on_a_two_space_mock():
+    """x86 with SMM has two memslot address spaces (KVM_CAP_MULTI_ADDRESS_SPACE = 2): the same
+    gpa may be mapped once in each, ids are per space, and slot numbers carry as_id << 16."""
+    be = MockBackend()
+    be.kernel.state["kvm"].config.address_spaces = 2
+    mem = GuestMemory.anonymous(MiB, backend=be)
+    with Kvm(backend=be) as k, k.create_vm() as vm:
+        assert vm.address_spaces == 2
+        a = vm.add_memslot(mem, 0, MiB)
+        b = vm.add_memslot(mem, 0, MiB, as_id=1)
+        assert (a.id, b.id) == (0, 0) and b.slot == 1 << 16
+        with pytest.raises(OverlapError):
+            vm.add_memslot(mem, 0x80000, PAGE, as_id=1)
+        with pytest.raises(RangeError):
+            vm.add_memslot(mem, 0x200000, PAGE, as_id=2)
+        assert vm.find_memslot(0x1000, as_id=1) is b
+        b.delete()
+        assert vm.memslots == [a]
+    mem.close()
