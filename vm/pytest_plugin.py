@@ -23,7 +23,7 @@ is the ``guest_variant`` fixture).  Then:
   reason and "run tools/dev setup"; with PYVFIO_REQUIRE_GUEST=1 (tools/dev test, CI) they FAIL.
 
 Options: ``--guest-variants=intel,amd`` (or env PYVFIO_GUEST_VARIANTS) limits the variants;
-``--guest-timeout=S`` (env PYVFIO_GUEST_TIMEOUT, default 900) bounds each guest run.  With ``-s``
+``--guest-timeout=S`` (env PYVFIO_GUEST_TIMEOUT, default 420) bounds each guest run.  With ``-s``
 the guest console is streamed; otherwise it is in ``<results>/console.log`` and its tail is shown
 on failure.  Fixtures: ``guest_variant``, ``guest_info`` (the agent's guest-info JSON, in the
 guest), ``guest_available`` (host: skip/fail like guest tests when no guest can start).
@@ -78,7 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="comma-separated IOMMU variants to run guest tests for (default: all a "
                      "test asks for)")
     g.addoption("--guest-timeout", type=float,
-                default=float(os.environ.get("PYVFIO_GUEST_TIMEOUT", "900")),
+                default=float(os.environ.get("PYVFIO_GUEST_TIMEOUT", "420")),
                 help="seconds allowed for one guest run (boot + suite)")
 
 
@@ -350,7 +350,7 @@ class _HostController:
         results = Path(tempfile.mkdtemp(prefix=f"pyvfio-guest-{variant}-"))
         rootdir = str(self.config.rootpath)
         argv = [sys.executable, "-m", "pytest", "-p", "vm.pytest_plugin", "-p", "no:cacheprovider",
-                "-q", "-rfEs", "--color=no", "--rootdir", rootdir, f"--junitxml={results / 'junit.xml'}"]
+                "-q", "-rfEs", "--color=no", "-o", "faulthandler_timeout=120", "--rootdir", rootdir, f"--junitxml={results / 'junit.xml'}"]
         if self.config.inipath:
             argv += ["-c", str(self.config.inipath)]
         argv += nodeids
