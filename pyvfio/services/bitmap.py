@@ -86,7 +86,7 @@ def _bit_positions(words: np.ndarray, word_index: np.ndarray) -> np.ndarray:
     return (word_index[pos >> 6].astype(np.int64) << 6) | (pos & 63)
 
 
-_CHUNK = 1 << 18  # words classified at a time (2 MiB of bitmap; the masks stay in cache)
+_CHUNK = 1 << 17  # words classified at a time (1 MiB of bitmap; its masks stay in cache)
 
 
 _U8_ONE = np.uint8(1)
@@ -143,6 +143,9 @@ def _edge_words(w: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
                         yield i, np.flatnonzero(cl)
                     continue
         dense = True
+        if cnt == k and cl.min() == 64:            # an all-dirty chunk: only its edges matter
+            yield i, np.array([0, k - 1] if k > 1 else [0], dtype=np.intp)
+            continue
         np.subtract(cl, _U8_ONE, out=c8)           # 0 wraps to 255, 64 -> 63
         np.less(c8, 63, out=cd)                    # 1..63 bits: neither empty nor full
         if k > 1:
