@@ -55,7 +55,7 @@ def modprobe(*args: str) -> bool:
         return False
     r = subprocess.run(["modprobe", "-q", *args], stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
-    if r.returncode != 0:
+    if r.returncode != 0 and r.stderr.strip():  # -q: no module for an alias is silent
         log(f"modprobe {' '.join(args)} failed: {r.stderr.strip()}")
     return r.returncode == 0
 
@@ -128,6 +128,8 @@ def load_host_driver(dev: dict) -> None:
 
 
 def restore(dev: dict) -> dict:
+    """Unbind from vfio-pci, clear driver_override and hand the device to its host driver
+    (loaded by modalias: the guest has no udev), if it has one."""
     bdf = dev["bdf"]
     base = os.path.join(PCI, bdf)
     out = {"bdf": bdf, "name": dev["name"]}
@@ -135,10 +137,12 @@ def restore(dev: dict) -> dict:
         if driver_of(bdf) == "vfio-pci":
             write("/sys/bus/pci/drivers/vfio-pci/unbind", bdf)
         write(os.path.join(base, "driver_override"), "\n")
-        if dev.get("original_driver"):
-            write("/sys/bus/pci/drivers_probe", bdf)
+        alias = read(os.path.join(base, "modalias"))
+        if alias:
+            modprobe(alias)
+        write("/sys/bus/pci/drivers_probe", bdf)
         out["driver"] = driver_of(bdf)
-        out["ok"] = out["driver"] == dev.get("original_driver")
+        out["ok"] = out["driver"] != "vfio-pci"
     except OSError as e:
         out["ok"] = False
         out["error"] = f"{e.filename}: {e.strerror}"
@@ -214,6 +218,9 @@ def main(job_path: str) -> int:
 
     restored = [restore(d) for d in devices if d.get("bound")]
     bad = [r for r in restored if not r.get("ok")]
+    if restored:
+        log("restored: " + ", ".join(f"{r['name']} -> {r.get('driver') or 'no driver'}"
+                                     for r in restored))
     if bad:
         log(f"restore incomplete: {bad}")
     atomic_write(os.path.join(results, "restore.json"), json.dumps(restored, indent=2) + "\n")
