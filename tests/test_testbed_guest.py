@@ -72,22 +72,23 @@ def test_guest_info_describes_this_guest(guest_variant, guest_info):
 
 
 @pytest.mark.guest
-def test_the_requested_viommu_is_the_one_running(guest_variant):
-    units = os.listdir("/sys/class/iommu")
-    assert units, "no IOMMU unit registered in the guest kernel"
-    with open("/proc/cmdline") as f:
-        cmdline = f.read()
+def test_edu_sits_behind_the_requested_viommu(guest_variant, guest_info):
+    (edu,) = [d for d in guest_info["devices"] if d["name"] == "edu"]
+    # the device's `iommu` link names the IOMMU unit that translates its DMA
+    unit = os.path.realpath(os.path.join(PCI, edu["bdf"], "iommu"))
+    name = os.path.basename(unit)
+    assert name in os.listdir("/sys/class/iommu"), unit
     if guest_variant == "intel":
-        assert any(u.startswith("dmar") for u in units), units
+        assert name.startswith("dmar"), unit
     elif guest_variant == "amd":
-        assert any(u.startswith("ivhd") for u in units), units
-    else:  # virtio-iommu registers under the PCI function of the virtio-iommu device
-        drivers = {_link_name(os.path.join(PCI, u, "driver")) for u in units
-                   if os.path.exists(os.path.join(PCI, u))}
-        assert any(os.path.exists(f"/sys/bus/virtio/drivers/virtio_iommu/{v}")
-                   for v in os.listdir("/sys/bus/virtio/drivers/virtio_iommu")
-                   if v.startswith("virtio")), (units, drivers)
-        assert "intel_iommu=on" not in cmdline and "amd_iommu=on" not in cmdline
+        assert name.startswith("ivhd"), unit
+    else:  # virtio-iommu: the unit belongs to a virtio device driven by virtio_iommu
+        driver = os.path.realpath(os.path.join("/sys/class/iommu", name, "device", "driver"))
+        assert os.path.basename(driver) == "virtio_iommu", driver
+    with open("/proc/cmdline") as f:
+        cmdline = f.read().split()
+    assert ("intel_iommu=on" in cmdline) == (guest_variant == "intel")
+    assert ("amd_iommu=on" in cmdline) == (guest_variant == "amd")
 
 
 @pytest.mark.guest
