@@ -61,6 +61,10 @@ _DEVICE_QEMU = {
 _ENV_DROP = {"PWD", "OLDPWD", "SHLVL", "_", "DISPLAY", "SSH_AUTH_SOCK", "SSH_CONNECTION",
              "SSH_CLIENT", "SSH_TTY", "TMUX", "TMUX_PANE", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"}
 
+# QEMU's warning for a NIC without a network backend: the guest's NICs are there to be bound and
+# enumerated, never to carry traffic, so they get no backend on purpose
+_EXPECTED_QEMU_NOISE = ("has no peer\n",)
+
 EXIT_TIMEOUT = 124  # `python -m vm run` exit code when the guest timed out
 EXIT_FAILURE = 125  # ... when the guest failed without an exit code (QEMU died, panic, no boot)
 
@@ -322,6 +326,8 @@ class GuestRun:
         assert self._proc is not None and self._proc.stdout is not None
         for raw in self._proc.stdout:
             line = raw.decode("utf-8", "replace").replace("\r", "")
+            if line.endswith(_EXPECTED_QEMU_NOISE):
+                continue
             if self.boot_seconds is None and line.startswith("pyvfio-guest: up"):
                 self.boot_seconds = time.monotonic() - self._t0
             self._console.write(line)
