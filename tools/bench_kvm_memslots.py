@@ -111,7 +111,7 @@ def bookkeeping(kvm: Kvm, mem: GuestMemory, n: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--slots", type=int, default=0, help="default: the VM's KVM_CAP_NR_MEMSLOTS")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
     exe = cbuild.build("kvm_memslots")
     kvm = Kvm()
