@@ -402,6 +402,8 @@ def scenario_hwpt_and_hw_info(env: Env) -> None:
             return
         with pytest.raises(UnsupportedError):
             hwpt.set_dirty_tracking(True)  # allocated without DIRTY_TRACKING
+        with pytest.raises(UnsupportedError):
+            hwpt.get_dirty_bitmap(0x100000, PAGE * 64)
         assert dev.attach(hwpt) == hwpt.id
         m = ioas.map(buf, 0x100000)
         edu = _edu(dev)
