@@ -210,7 +210,7 @@ def main(job_path: str) -> int:
     log(f"setup took {time.monotonic() - t0:.2f} s; running {' '.join(job['argv'])}")
     t1 = time.monotonic()
     try:
-        rc = subprocess.call(job["argv"], cwd=job["cwd"], env=env)
+        rc = subprocess.call(job["argv"], cwd=job["cwd"], env=env, stdin=subprocess.DEVNULL)
     except OSError as e:
         log(f"cannot run {job['argv'][0]}: {e}")
         rc = 127
