@@ -58,6 +58,11 @@ _UNMAP_FMT = struct.Struct("=IIQQ")
 assert _MAP_FMT.size == _SZ_MAP and _UNMAP_FMT.size == _SZ_UNMAP
 _UNMAP_SIZE_AT = ffi.offsetof("struct vfio_iommu_type1_dma_unmap", "size")
 _U64 = struct.Struct("=Q")
+# hot-path callables bound once (module globals are cheaper than attribute chains)
+_pack_map = _MAP_FMT.pack_into
+_pack_unmap = _UNMAP_FMT.pack_into
+_unpack_u64 = _U64.unpack_from
+_fcntl_ioctl = fcntl.ioctl
 
 
 class DmaFlags(enum.IntFlag):
@@ -319,24 +324,23 @@ class Type1Iommu(IommuBase):
         return self._info
 
     # -- raw requests -----------------------------------------------------------------------
-    def map_dma(self, vaddr: int, iova: int, size: int,
-                flags: int = DmaFlags.READ | DmaFlags.WRITE) -> None:
-        """VFIO_IOMMU_MAP_DMA as is (no pre-checks).
+    def map_dma(self, vaddr: int, iova: int, size: int, flags: int = 3) -> None:
+        """VFIO_IOMMU_MAP_DMA as is (no pre-checks). ``flags``: DmaFlags (default READ|WRITE).
 
         Errors: EINVAL (size 0, unaligned, outside the IOVA ranges, no IOMMU set), EEXIST
         (overlaps a mapping), ENOSPC (dma_entry_limit reached), ENOMEM (RLIMIT_MEMLOCK), EFAULT
         (vaddr not mapped).
         """
+        buf = self._map_buf
         try:
-            _MAP_FMT.pack_into(self._map_buf, 0, _SZ_MAP, flags, vaddr, iova, size)
+            _pack_map(buf, 0, _SZ_MAP, flags, vaddr, iova, size)
+            if self._direct:
+                _fcntl_ioctl(self._fd, _MAP_DMA, buf, True)
+            else:
+                self._ioctl(self._fd, _MAP_DMA, self._map_arg, op="VFIO_IOMMU_MAP_DMA")
         except struct.error:
             raise RangeError(f"map_dma arguments out of range: vaddr={vaddr!r} iova={iova!r} "
                              f"size={size!r} flags={flags!r} (unsigned 64/32-bit)") from None
-        try:
-            if self._direct:
-                fcntl.ioctl(self._fd, _MAP_DMA, self._map_buf, True)
-            else:
-                self._ioctl(self._fd, _MAP_DMA, self._map_arg, op="VFIO_IOMMU_MAP_DMA")
         except OSError as e:
             raise self._map_error(e, size) from None
 
@@ -354,21 +358,20 @@ class Type1Iommu(IommuBase):
         """
         buf = self._unmap_buf
         try:
-            _UNMAP_FMT.pack_into(buf, 0, _SZ_UNMAP, flags, iova, size)
+            _pack_unmap(buf, 0, _SZ_UNMAP, flags, iova, size)
+            if self._direct:
+                _fcntl_ioctl(self._fd, _UNMAP_DMA, buf, True)
+            else:
+                self._ioctl(self._fd, _UNMAP_DMA, self._unmap_arg, op="VFIO_IOMMU_UNMAP_DMA")
         except struct.error:
             raise RangeError(f"unmap_dma arguments out of range: iova={iova!r} size={size!r} "
                              f"flags={flags!r}") from None
-        try:
-            if self._direct:
-                fcntl.ioctl(self._fd, _UNMAP_DMA, buf, True)
-            else:
-                self._ioctl(self._fd, _UNMAP_DMA, self._unmap_arg, op="VFIO_IOMMU_UNMAP_DMA")
         except OSError as e:
             if isinstance(e, PyvfioError):
                 raise
             raise error_from_errno(e.errno or errno.EIO, op="VFIO_IOMMU_UNMAP_DMA",
                                    path=self.container.path) from None
-        return _U64.unpack_from(buf, _UNMAP_SIZE_AT)[0]
+        return _unpack_u64(buf, _UNMAP_SIZE_AT)[0]
 
     def _map_hint(self, err: int, size: int) -> str | None:
         if err == errno.ENOMEM:
