@@ -149,7 +149,7 @@ def _guest_kernel(iommufd: bool) -> Kernel:
 
 def qemu_command(kernel: Kernel, initrd: Path, results_dir: Path, *, iommu: str,
                  devices: Sequence[str], memory: str = "1G", smp: int = 2,
-                 python: str, extra_append: Sequence[str] = ()) -> list[str]:
+                 python: str, extra_append: Sequence[str] = (), cpu: str = "max") -> list[str]:
     """The QEMU argv for one guest run."""
     if iommu not in VARIANTS:
         raise ValueError(f"iommu must be one of {', '.join(VARIANTS)}, not {iommu!r}")
@@ -164,7 +164,7 @@ def qemu_command(kernel: Kernel, initrd: Path, results_dir: Path, *, iommu: str,
     if modules is not None:
         append.append(f"pyvfio.modules={modules}")
     machine = "q35,kernel-irqchip=split" if iommu in ("intel", "amd") else "q35"
-    cmd = [QEMU, "-accel", "tcg", "-cpu", "max", "-smp", str(smp), "-m", memory,
+    cmd = [QEMU, "-accel", "tcg", "-cpu", cpu, "-smp", str(smp), "-m", memory,
            "-M", machine, "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
            "-chardev", "stdio,id=pyvfio-con,signal=off", "-serial", "chardev:pyvfio-con",
            "-kernel", str(kernel.image), "-initrd", str(initrd), "-append", " ".join(append),
