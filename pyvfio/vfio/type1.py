@@ -226,17 +226,17 @@ class DmaMapping:
 
 
 def _buffer_span(buffer: Any, size: int | None, offset: int) -> tuple[int, int]:
-    if isinstance(buffer, int):
-        if size is None:
-            raise ArgumentError("mapping a raw address needs size=")
-        return buffer, size
+    try:
+        addr, total = buffer.addr, buffer.size
+    except AttributeError:
+        if isinstance(buffer, int):
+            if size is None:
+                raise ArgumentError("mapping a raw address needs size=") from None
+            return buffer + offset, size
+        raise ArgumentError(f"cannot map {type(buffer).__name__}: pass a DmaBuffer (or an object "
+                            "with .addr and .size) or an int address with size=") from None
     if getattr(buffer, "closed", False):
         raise StateError(f"{buffer!r} is closed")
-    addr = getattr(buffer, "addr", None)
-    total = getattr(buffer, "size", None)
-    if addr is None or total is None:
-        raise ArgumentError(f"cannot map {type(buffer).__name__}: pass a DmaBuffer (or an object "
-                            "with .addr and .size) or an int address with size=")
     if offset < 0 or offset > total:
         raise RangeError(f"offset {offset:#x} outside the buffer (size {total:#x})")
     n = total - offset if size is None else size
@@ -255,6 +255,8 @@ class Type1Iommu(IommuBase):
         super().__init__(container, iommu_type)
         self.v2 = iommu_type != ioctls.VFIO_TYPE1_IOMMU
         self._info: Type1Info | None = None
+        self._pgmask = 0xFFF
+        self._spans: tuple[tuple[int, int], ...] = ()
         #: Live mappings made through map(), by IOVA.
         self.mappings: dict[int, DmaMapping] = {}
         # Hot path of map/unmap: the arguments live in preallocated bytearrays packed with
@@ -321,6 +323,9 @@ class Type1Iommu(IommuBase):
                     mig = MigrationCap(int(c.flags), int(c.pgsize_bitmap), int(c.max_dirty_bitmap_size))
         self._info = Type1Info(int(info.flags), int(info.iova_pgsizes), tuple(ranges), avail, mig,
                                tuple(headers))
+        # what check() needs, in plain ints (map() is a hot path)
+        self._pgmask = self._info.min_pgsize - 1
+        self._spans = tuple((r.start, r.end) for r in ranges) or ((0, U64_MAX),)
         return self._info
 
     # -- raw requests -----------------------------------------------------------------------
@@ -399,11 +404,11 @@ class Type1Iommu(IommuBase):
         """Raise ArgumentError subclasses for what the kernel would refuse: zero size,
         misalignment to the smallest IOMMU page, wrap-around, IOVA outside the usable ranges."""
         info = self._info or self.info()
-        mask = info.min_pgsize - 1
-        if size <= 0 or iova < 0 or iova + size - 1 > U64_MAX or (iova | size | (vaddr or 0)) & mask:
+        last = iova + size - 1
+        if size <= 0 or iova < 0 or last > U64_MAX or (iova | size | (vaddr or 0)) & self._pgmask:
             self._explain(info, iova, size, vaddr)
-        for r in info.iova_ranges:
-            if r.start <= iova and iova + size - 1 <= r.end:
+        for start, end in self._spans:
+            if start <= iova and last <= end:
                 return
         if info.iova_ranges:
             allowed = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in info.iova_ranges)
