@@ -206,6 +206,20 @@ def scenario_type1_rules(env: Env) -> None:
         assert iommu.unmap_dma(0, 0, ioctls.VFIO_DMA_UNMAP_FLAG_ALL) == 0
 
 
+def scenario_type1_v1_unmap_rules(env: Env) -> None:
+    """Type1 v1 (VFIO_TYPE1_IOMMU): an unmap starting inside a mapping removes nothing (size 0,
+    no error); one covering a mapping's first IOVA removes the whole mapping, even if shorter."""
+    be = env.backend()
+    with Container(backend=be) as c, DmaBuffer(8 * PAGE) as buf:
+        c.attach(Group.from_bdf(env.bdf, backend=be))
+        iommu = c.set_iommu("TYPE1")
+        assert isinstance(iommu, Type1Iommu) and not iommu.v2
+        iommu.map_dma(buf.addr, 0x300000, 4 * PAGE)
+        assert iommu.unmap_dma(0x301000, PAGE) == 0
+        assert iommu.unmap_dma(0x300000, PAGE) == 4 * PAGE
+        assert iommu.unmap_dma(0x300000, 4 * PAGE) == 0
+
+
 def scenario_update_vaddr(env: Env) -> None:
     """VFIO_UPDATE_VADDR: supported → remap in place; unsupported (6.x) → UnsupportedError."""
     from pyvfio.errors import UnsupportedError
@@ -448,6 +462,7 @@ ALL = [
     scenario_overlap_eexist,
     scenario_reserved_iova_refused,
     scenario_type1_rules,
+    scenario_type1_v1_unmap_rules,
     scenario_update_vaddr,
     scenario_dma_entry_limit_enospc,
     scenario_memlock_enomem,
