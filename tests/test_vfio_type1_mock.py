@@ -302,3 +302,31 @@ def test_map_checks_before_syscall(be, no_fd_leak):
         with pytest.raises(RangeError):
             iommu.map(buf, (1 << 40))  # beyond the aperture
         assert len(counting.ops) == n
+
+
+def test_concurrent_maps_from_threads_keep_their_arguments(be, no_fd_leak):
+    import threading
+
+    with sc.type1(be, "0000:00:03.0") as (_c, _g, iommu), DmaBuffer(4 * 64 * 4096, hugepages=None) as buf:
+        errors: list[BaseException] = []
+
+        def worker(t: int) -> None:
+            try:
+                for i in range(64):
+                    k = t * 64 + i
+                    iommu.map(buf, 0x1000000 + k * 0x10000, size=4096, offset=k * 4096)
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors
+        entries = mvfio.state(be.kernel).groups[3].vfio.iommu.entries()
+        assert len(entries) == 256
+        for e in entries:
+            k = (e.iova - 0x1000000) // 0x10000
+            assert e.vaddr == buf.addr + k * 4096 and e.size == 4096
+        assert iommu.unmap_all() == 256 * 4096

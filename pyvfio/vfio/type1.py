@@ -35,6 +35,7 @@ import fcntl
 import os
 import resource
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,6 +264,7 @@ class Type1Iommu(IommuBase):
         # struct; a cdata view over the same bytes serves backends that decode cdata (the mock).
         # On the real backend the ioctl goes straight to fcntl.ioctl (which returns the ioctl's
         # own return value for a mutable buffer), skipping the generic seam wrapper.
+        self._arg_lock = threading.Lock()
         self._map_buf = bytearray(_SZ_MAP)
         self._unmap_buf = bytearray(_SZ_UNMAP)
         self._map_arg = ffi.cast("struct vfio_iommu_type1_dma_map *", ffi.from_buffer(self._map_buf))
@@ -338,11 +340,12 @@ class Type1Iommu(IommuBase):
         """
         buf = self._map_buf
         try:
-            _pack_map(buf, 0, _SZ_MAP, flags, vaddr, iova, size)
-            if self._direct:
-                _fcntl_ioctl(self._fd, _MAP_DMA, buf, True)
-            else:
-                self._ioctl(self._fd, _MAP_DMA, self._map_arg, op="VFIO_IOMMU_MAP_DMA")
+            with self._arg_lock:  # one argument buffer per IOMMU object: threads take turns
+                _pack_map(buf, 0, _SZ_MAP, flags, vaddr, iova, size)
+                if self._direct:
+                    _fcntl_ioctl(self._fd, _MAP_DMA, buf, True)
+                else:
+                    self._ioctl(self._fd, _MAP_DMA, self._map_arg, op="VFIO_IOMMU_MAP_DMA")
         except struct.error:
             raise RangeError(f"map_dma arguments out of range: vaddr={vaddr!r} iova={iova!r} "
                              f"size={size!r} flags={flags!r} (unsigned 64/32-bit)") from None
@@ -363,11 +366,13 @@ class Type1Iommu(IommuBase):
         """
         buf = self._unmap_buf
         try:
-            _pack_unmap(buf, 0, _SZ_UNMAP, flags, iova, size)
-            if self._direct:
-                _fcntl_ioctl(self._fd, _UNMAP_DMA, buf, True)
-            else:
-                self._ioctl(self._fd, _UNMAP_DMA, self._unmap_arg, op="VFIO_IOMMU_UNMAP_DMA")
+            with self._arg_lock:
+                _pack_unmap(buf, 0, _SZ_UNMAP, flags, iova, size)
+                if self._direct:
+                    _fcntl_ioctl(self._fd, _UNMAP_DMA, buf, True)
+                else:
+                    self._ioctl(self._fd, _UNMAP_DMA, self._unmap_arg, op="VFIO_IOMMU_UNMAP_DMA")
+                done = _unpack_u64(buf, _UNMAP_SIZE_AT)[0]
         except struct.error:
             raise RangeError(f"unmap_dma arguments out of range: iova={iova!r} size={size!r} "
                              f"flags={flags!r}") from None
@@ -376,7 +381,7 @@ class Type1Iommu(IommuBase):
                 raise
             raise error_from_errno(e.errno or errno.EIO, op="VFIO_IOMMU_UNMAP_DMA",
                                    path=self.container.path) from None
-        return _unpack_u64(buf, _UNMAP_SIZE_AT)[0]
+        return int(done)
 
     def _map_hint(self, err: int, size: int) -> str | None:
         if err == errno.ENOMEM:
