@@ -148,7 +148,7 @@ def _guest_kernel(iommufd: bool) -> Kernel:
 
 
 def qemu_command(kernel: Kernel, initrd: Path, results_dir: Path, *, iommu: str,
-                 devices: Sequence[str], memory: str = "1G", smp: int = 2,
+                 devices: Sequence[str], memory: str = "1G", smp: int = 1,
                  python: str, extra_append: Sequence[str] = (), cpu: str = "max") -> list[str]:
     """The QEMU argv for one guest run."""
     if iommu not in VARIANTS:
@@ -186,7 +186,7 @@ class GuestRun:
                  cwd: str | os.PathLike | None = None, env: dict[str, str] | None = None,
                  results_dir: str | os.PathLike | None = None,
                  stream: IO[str] | None | bool = True, tail_lines: int = 60,
-                 iommufd: bool = False, memory: str = "1G", smp: int = 2,
+                 iommufd: bool = False, memory: str = "1G", smp: int = 1,
                  python: str | None = None) -> None:
         if not argv:
             raise ValueError("argv must name a command")
