@@ -8,7 +8,9 @@ run alternately, ``--rounds`` times each, on the same group, buffer size and IOV
 takes each side's median. ``--backend mock`` runs the Python side alone on the mock kernel (no
 ratio: the mock is not a kernel).
 
-Three pyvfio loops are measured:
+Measured: the C loop; pyvfio's two loops below; the same ioctls from Python with nothing of
+pyvfio in the loop ("bare": struct + fcntl.ioctl, what any Python caller pays); and a "floor"
+of two trivial ioctls per iteration. pyvfio loops:
 * ``raw``: ``Type1Iommu.map_dma`` / ``unmap_dma`` (one ioctl each, what the C loop does);
 * ``checked``: ``Type1Iommu.map`` / ``DmaMapping.unmap`` (argument checks, handles, buffer
   bookkeeping, short-unmap check);
@@ -110,7 +112,7 @@ def run_c(exe: str, group: int, iters: int, iova: int) -> float:
     return float(out.stdout.split()[-1])
 
 
-def run_py(backend, bdf: str, iters: int, iova: int, checked: bool) -> float:
+def run_py(backend, bdf: str, iters: int, iova: int, checked: bool | str) -> float:
     from pyvfio.services.dma import DmaBuffer
     from pyvfio.vfio import Container, Group
 
@@ -119,7 +121,22 @@ def run_py(backend, bdf: str, iters: int, iova: int, checked: bool) -> float:
         iommu = c.set_iommu("TYPE1v2")
         with DmaBuffer(4096, hugepages=None) as buf:
             iommu.info()  # cached for map()'s checks, as in any real use
-            if checked:
+            if checked == "bare":
+                # the same two ioctls with nothing of pyvfio in the loop: struct + fcntl.ioctl
+                import fcntl
+                import struct
+
+                from pyvfio import ioctls
+
+                fd, io = c.fileno(), fcntl.ioctl
+                mreq, ureq = int(ioctls.VFIO_IOMMU_MAP_DMA), int(ioctls.VFIO_IOMMU_UNMAP_DMA)
+                mpack, upack = struct.Struct("=IIQQQ").pack, struct.Struct("=IIQQ").pack
+                vaddr, t0 = buf.addr, time.perf_counter()
+                for _ in range(iters):
+                    io(fd, mreq, mpack(32, 3, vaddr, iova, 4096))
+                    ub = bytearray(upack(24, 0, iova, 4096))
+                    io(fd, ureq, ub, True)
+            elif checked:
                 map_, t0 = iommu.map, time.perf_counter()
                 for _ in range(iters):
                     map_(buf, iova).unmap()
@@ -188,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     chk: list[float] = []
     cns: list[float] = []
     floor: list[float] = []
+    bare: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pyvfio-bench-") as tmp:
         exe = compile_c(tmp) if args.backend == "real" else None
         # warm-up (first touches, page tables, caches), not reported
@@ -198,12 +216,15 @@ def main(argv: list[str] | None = None) -> int:
             raw.append(run_py(backend, bdf, args.iterations, args.iova, False))
             chk.append(run_py(backend, bdf, args.iterations, args.iova, True))
             floor.append(run_floor(args.iterations))
+            if args.backend == "real":
+                bare.append(run_py(backend, bdf, args.iterations, args.iova, "bare"))
             if exe:
                 cns.append(run_c(exe, group, args.iterations, args.iova))
     res["pyvfio_raw_ns"] = raw
     res["pyvfio_checked_ns"] = chk
     res["c_ns"] = cns
     res["python_floor_ns"] = floor
+    res["python_bare_ns"] = bare
     med = statistics.median
     res["pyvfio_raw_median_ns"] = med(raw)
     res["pyvfio_checked_median_ns"] = med(chk)
@@ -215,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         res["goal_met"] = res["ratio_raw"] <= 1.2
         res["ratio_raw_min"] = min(raw) / min(cns)
         res["python_floor_median_ns"] = med(floor)
+        res["python_bare_median_ns"] = med(bare)
+        res["ratio_bare"] = med(bare) / med(cns)
     if args.json:
         print(json.dumps(res))
     else:
@@ -223,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  pyvfio checked (map/unmap handles): {med(chk):10.0f} ns/pair  {['%.0f' % x for x in chk]}")
         if cns:
             print(f"  C (gcc -O2, same loop):             {med(cns):10.0f} ns/pair  {['%.0f' % x for x in cns]}")
+            print(f"  Python bare (struct + fcntl.ioctl, no pyvfio):   {med(bare):10.0f} ns/pair  {['%.0f' % x for x in bare]}")
             print(f"  Python floor (2 trivial ioctls/iter, no pyvfio): {med(floor):10.0f} ns/pair")
             print(f"  ratio pyvfio/C: raw {res['ratio_raw']:.3f} (of minima {res['ratio_raw_min']:.3f}), "
                   f"checked {res['ratio_checked']:.3f} (goal raw <= 1.2: "

@@ -62,6 +62,8 @@ _U64 = struct.Struct("=Q")
 # hot-path callables bound once (module globals are cheaper than attribute chains)
 _pack_map = _MAP_FMT.pack_into
 _pack_unmap = _UNMAP_FMT.pack_into
+_pack_map_new = _MAP_FMT.pack
+_pack_unmap_new = _UNMAP_FMT.pack
 _unpack_u64 = _U64.unpack_from
 _fcntl_ioctl = fcntl.ioctl
 
@@ -260,10 +262,11 @@ class Type1Iommu(IommuBase):
         self._spans: tuple[tuple[int, int], ...] = ()
         #: Live mappings made through map(), by IOVA.
         self.mappings: dict[int, DmaMapping] = {}
-        # Hot path of map/unmap: the arguments live in preallocated bytearrays packed with
-        # struct; a cdata view over the same bytes serves backends that decode cdata (the mock).
-        # On the real backend the ioctl goes straight to fcntl.ioctl (which returns the ioctl's
-        # own return value for a mutable buffer), skipping the generic seam wrapper.
+        # Hot path of map/unmap. On the real backend the arguments are packed with struct into
+        # a fresh buffer per call (thread-safe without a lock) and go straight to fcntl.ioctl,
+        # which returns the ioctl's own return value, skipping the generic seam wrapper. Other
+        # backends (the mock, test proxies) decode cdata: they get a cdata view over a shared,
+        # lock-guarded buffer packed the same way.
         self._arg_lock = threading.Lock()
         self._map_buf = bytearray(_SZ_MAP)
         self._unmap_buf = bytearray(_SZ_UNMAP)
@@ -338,13 +341,13 @@ class Type1Iommu(IommuBase):
         (overlaps a mapping), ENOSPC (dma_entry_limit reached), ENOMEM (RLIMIT_MEMLOCK), EFAULT
         (vaddr not mapped).
         """
-        buf = self._map_buf
         try:
-            with self._arg_lock:  # one argument buffer per IOMMU object: threads take turns
-                _pack_map(buf, 0, _SZ_MAP, flags, vaddr, iova, size)
-                if self._direct:
-                    _fcntl_ioctl(self._fd, _MAP_DMA, buf, True)
-                else:
+            if self._direct:
+                # a fresh immutable argument per call: no shared buffer, so threads need no lock
+                _fcntl_ioctl(self._fd, _MAP_DMA, _pack_map_new(_SZ_MAP, flags, vaddr, iova, size))
+            else:
+                with self._arg_lock:  # the cdata view over the shared buffer (mock/proxies)
+                    _pack_map(self._map_buf, 0, _SZ_MAP, flags, vaddr, iova, size)
                     self._ioctl(self._fd, _MAP_DMA, self._map_arg, op="VFIO_IOMMU_MAP_DMA")
         except struct.error:
             raise RangeError(f"map_dma arguments out of range: vaddr={vaddr!r} iova={iova!r} "
@@ -364,15 +367,16 @@ class Type1Iommu(IommuBase):
 
         v2: EINVAL when the range bisects a mapping; 0 when no mapping lies inside.
         """
-        buf = self._unmap_buf
         try:
-            with self._arg_lock:
-                _pack_unmap(buf, 0, _SZ_UNMAP, flags, iova, size)
-                if self._direct:
-                    _fcntl_ioctl(self._fd, _UNMAP_DMA, buf, True)
-                else:
-                    self._ioctl(self._fd, _UNMAP_DMA, self._unmap_arg, op="VFIO_IOMMU_UNMAP_DMA")
+            if self._direct:
+                buf = bytearray(_pack_unmap_new(_SZ_UNMAP, flags, iova, size))
+                _fcntl_ioctl(self._fd, _UNMAP_DMA, buf, True)
                 done = _unpack_u64(buf, _UNMAP_SIZE_AT)[0]
+            else:
+                with self._arg_lock:
+                    _pack_unmap(self._unmap_buf, 0, _SZ_UNMAP, flags, iova, size)
+                    self._ioctl(self._fd, _UNMAP_DMA, self._unmap_arg, op="VFIO_IOMMU_UNMAP_DMA")
+                    done = _unpack_u64(self._unmap_buf, _UNMAP_SIZE_AT)[0]
         except struct.error:
             raise RangeError(f"unmap_dma arguments out of range: iova={iova!r} size={size!r} "
                              f"flags={flags!r}") from None
@@ -381,7 +385,7 @@ class Type1Iommu(IommuBase):
                 raise
             raise error_from_errno(e.errno or errno.EIO, op="VFIO_IOMMU_UNMAP_DMA",
                                    path=self.container.path) from None
-        return int(done)
+        return done  # type: ignore[no-any-return]
 
     def _map_hint(self, err: int, size: int) -> str | None:
         if err == errno.ENOMEM:
