@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"guest: {'available' if reason is None else 'unavailable: ' + reason}")
         print(f"kernel: {k.image if k else 'not cached'} (pin {kernel.KERNELS['amd64'].package}="
               f"{kernel.KERNELS['amd64'].version})")
+        from .build_kernel import cached_iommufd_kernel, output_dir
+        ik = cached_iommufd_kernel()
+        print(f"iommufd kernel: {ik.image if ik else 'not built (python -m vm build-kernel) for ' + str(output_dir())}")
         return 0 if reason is None else 1
     return 2
 
