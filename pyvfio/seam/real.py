@@ -53,8 +53,8 @@ class RealBackend:
     def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str, hint: str | None = None) -> int:
         """ioctl(2) with ``arg`` a cdata pointer or an integer; returns the ioctl's value."""
         if isinstance(arg, int):
-            arg = ffi.cast("unsigned long", arg)
-        ret = lib.ioctl(fd, ffi.cast("unsigned long", request), arg)
+            arg = ffi.cast("unsigned long", arg)  # a variadic argument must be typed cdata
+        ret = lib.ioctl(fd, request, arg)  # request is a fixed `unsigned long` parameter
         if ret < 0:
             raise error_from_errno(ffi.errno, op=op, path=self._paths.get(fd), hint=hint)
         return int(ret)
