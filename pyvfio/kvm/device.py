@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .. import ioctls as I
 from ..errors import register_hint
 from ..uapi import ffi
-from ._fd import FdOwner
+from .._fd import FdObject
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -27,11 +27,11 @@ def _fd_of(f: Any) -> int:
     return f if isinstance(f, int) else f.fileno()
 
 
-class KvmDevice(FdOwner):
+class KvmDevice(FdObject):
     """A device fd from KVM_CREATE_DEVICE: KVM_{SET,GET,HAS}_DEVICE_ATTR."""
 
     def __init__(self, vm: "Vm", fd: int, dev_type: int) -> None:
-        self._own(vm.backend, fd, f"anon_inode:kvm-device-{dev_type}")
+        self._adopt_fd(vm.backend, fd, f"anon_inode:kvm-device-{dev_type}")
         self.vm = vm
         self.type = dev_type
 

@@ -16,7 +16,7 @@ import numpy as np
 from .. import ioctls as I
 from ..errors import ArgumentError, PyvfioError, StateError
 from ..uapi import ffi
-from ._fd import FdOwner
+from .._fd import FdObject
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -45,11 +45,11 @@ class VcpuExitError(RuntimeError):
         super().__init__(f"vCPU exit {EXIT_NAMES.get(reason, reason)}{': ' + detail if detail else ''}")
 
 
-class Vcpu(FdOwner):
+class Vcpu(FdObject):
     """A vCPU fd with its mmap'd ``struct kvm_run`` (:attr:`run_struct`). Made by Vm.create_vcpu."""
 
     def __init__(self, vm: "Vm", fd: int, vcpu_id: int) -> None:
-        self._own(vm.backend, fd, f"anon_inode:kvm-vcpu:{vcpu_id}")
+        self._adopt_fd(vm.backend, fd, f"anon_inode:kvm-vcpu:{vcpu_id}")
         self.vm = vm
         self.id = vcpu_id
         self._run_size = vm.kvm.vcpu_mmap_size
@@ -57,9 +57,7 @@ class Vcpu(FdOwner):
             self._run_addr = self.backend.mmap(self._run_size, mmap.PROT_READ | mmap.PROT_WRITE,
                                                mmap.MAP_SHARED, fd, 0)
         except BaseException:
-            self._finalizer.detach()
-            self.backend.close(fd)
-            self._fd = -1
+            self._close_fd()
             raise
         self.run_struct = ffi.cast("struct kvm_run *", self._run_addr)
         self._ring: DirtyRing | None = None

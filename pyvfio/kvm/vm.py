@@ -43,7 +43,7 @@ from ..errors import (
 from ..seam import Backend, get_backend
 from ..services.bitmap import DirtyBitmap, bytes_for
 from ..uapi import ffi
-from ._fd import FdOwner
+from .._fd import FdObject
 from .memory import GuestMemory
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class _SlotIndex:
             yield from chunk
 
 
-class Kvm(FdOwner):
+class Kvm(FdObject):
     """The KVM system fd (/dev/kvm): API version, extensions, VM creation.
 
     Opens ``path`` and checks KVM_GET_API_VERSION == 12 (UnsupportedError otherwise).
@@ -166,7 +166,7 @@ class Kvm(FdOwner):
     def __init__(self, path: str = "/dev/kvm", *, backend: Backend | str | None = None) -> None:
         be = get_backend(backend)
         fd = be.open(path)
-        self._own(be, fd, path)
+        self._adopt_fd(be, fd, path)
         self._vms: weakref.WeakSet[Vm] = weakref.WeakSet()
         self._mmap_size: int | None = None
         try:
@@ -210,7 +210,7 @@ class Kvm(FdOwner):
         return f"<Kvm {self.path} fd={self._fd}>"
 
 
-class Vm(FdOwner):
+class Vm(FdObject):
     """A KVM VM fd: capabilities, memslots, dirty logs, vCPUs, devices, ioeventfd/irqfd.
 
     Made by :meth:`Kvm.create_vm`. Closing it closes its vCPUs, devices and eventfd bindings
@@ -218,7 +218,7 @@ class Vm(FdOwner):
     """
 
     def __init__(self, kvm: Kvm, fd: int, vm_type: int = 0) -> None:
-        self._own(kvm.backend, fd, "anon_inode:kvm-vm")
+        self._adopt_fd(kvm.backend, fd, "anon_inode:kvm-vm")
         self.kvm = kvm
         self.vm_type = vm_type
         self._caps: dict[int, int] = {}
@@ -681,11 +681,11 @@ class Vm(FdOwner):
         return f"<Vm fd={self._fd} slots={len(self._slots)} vcpus={len(self.vcpus)}>"
 
 
-class GuestMemfd(FdOwner):
+class GuestMemfd(FdObject):
     """A guest_memfd (KVM_CREATE_GUEST_MEMFD) of ``size`` bytes, usable with memslots' REGION2."""
 
     def __init__(self, vm: Vm, fd: int, size: int) -> None:
-        self._own(vm.backend, fd, "anon_inode:[kvm-gmem]")
+        self._adopt_fd(vm.backend, fd, "anon_inode:[kvm-gmem]")
         self.vm = vm
         self.size = size
 

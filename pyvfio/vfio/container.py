@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .. import ioctls
 from ..errors import ArgumentError, StateError, UnsupportedError, register_hint
 from ..seam import Backend, get_backend
-from ._fd import FdObject
+from .._fd import FdObject
 
 if TYPE_CHECKING:
     from .group import Group

@@ -44,6 +44,7 @@ from ..errors import (
     register_hint,
 )
 from ..seam import Backend, get_backend
+from .._fd import FdObject
 from ..uapi import ffi
 from .irq import EventFd
 
@@ -436,13 +437,6 @@ def _munmap_quietly(backend: Backend, addr: int, size: int) -> None:
         pass
 
 
-def _close_quietly(backend: Backend, fd: int) -> None:
-    try:
-        backend.close(fd)
-    except OSError:
-        pass
-
-
 # ---------------------------------------------------------------------------------------------
 # the device
 # ---------------------------------------------------------------------------------------------
@@ -457,21 +451,19 @@ register_hint("VFIO_DEVICE_SET_IRQS", errno.EINVAL,
               "outside what GET_IRQ_INFO reports, or an fd is not an eventfd")
 
 
-class Device:
+class Device(FdObject):
     """A VFIO device fd and what the kernel offers through it.
 
     Built by ``Group.open_device(bdf)``: ``Device(fd, group=group, name=bdf, backend=backend)``.
-    The object owns ``fd`` and closes it once. Mappings and the eventfds the device created
-    for interrupts are children, released first.
+    The object owns ``fd`` and closes it once (``path`` is ``name``). Mappings and the eventfds
+    the device created for interrupts are children, released first.
     """
 
     def __init__(self, fd: int, *, group: Any = None, name: str | None = None,
                  backend: "Backend | str | None" = None) -> None:
-        self.backend = get_backend(backend)
-        self._fd: int | None = fd
         self.group = group
         self.name = name or f"fd{fd}"
-        self._finalizer = weakref.finalize(self, _close_quietly, self.backend, fd)
+        self._adopt_fd(get_backend(backend), fd, self.name)
         self._mappings: set[RegionMapping] = set()
         self._irq_eventfds: dict[int, list[EventFd]] = {}
         self._info: DeviceInfo | None = None
@@ -479,18 +471,9 @@ class Device:
         self._config: "PciConfig | None" = None
 
     # -- ownership ---------------------------------------------------------------------------
-    def fileno(self) -> int:
-        if self._fd is None:
-            raise StateError(f"device {self.name} is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd is None
-
     def close(self) -> None:
         """Unmap every mapping, close the device fd, then the eventfds it created. Idempotent."""
-        if self._fd is None:
+        if self.closed:
             return
         errors: list[BaseException] = []
         for m in list(self._mappings):
@@ -498,10 +481,8 @@ class Device:
                 m.close()
             except OSError as e:  # keep going: the fd must still be closed
                 errors.append(e)
-        fd, self._fd = self._fd, None
-        self._finalizer.detach()
         try:
-            self.backend.close(fd)
+            self._close_fd()
         except OSError as e:
             errors.append(e)
         for efds in self._irq_eventfds.values():
@@ -517,17 +498,14 @@ class Device:
     def __enter__(self) -> "Device":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
-        return f"<Device {self.name} fd={self._fd}>"
+        return f"<Device {self.name} fd={None if self.closed else self._fd}>"
 
     @property
     def mappings(self) -> tuple[RegionMapping, ...]:
         return tuple(self._mappings)
 
-    def _ioctl(self, name: str, arg: Any, hint: str | None = None) -> int:
+    def _ioctl_named(self, name: str, arg: Any, hint: str | None = None) -> int:
         return self.backend.ioctl(self.fileno(), getattr(I, name), arg, op=name, hint=hint)
 
     # -- info --------------------------------------------------------------------------------
@@ -549,7 +527,7 @@ class Device:
             raw = ffi.new("char[]", size)
             info = ffi.cast("struct vfio_device_info *", raw)
             info.argsz = size
-            self._ioctl("VFIO_DEVICE_GET_INFO", info)
+            self._ioctl_named("VFIO_DEVICE_GET_INFO", info)
             if info.argsz > size:
                 size = info.argsz
                 continue
@@ -577,7 +555,7 @@ class Device:
             ri = ffi.cast("struct vfio_region_info *", raw)
             ri.argsz = size
             ri.index = index
-            self._ioctl("VFIO_DEVICE_GET_REGION_INFO", ri)
+            self._ioctl_named("VFIO_DEVICE_GET_REGION_INFO", ri)
             if ri.argsz > size:
                 size = ri.argsz
                 continue
@@ -732,7 +710,7 @@ class Device:
         ii = ffi.new("struct vfio_irq_info *")
         ii.argsz = ffi.sizeof("struct vfio_irq_info")
         ii.index = index
-        self._ioctl("VFIO_DEVICE_GET_IRQ_INFO", ii)
+        self._ioctl_named("VFIO_DEVICE_GET_IRQ_INFO", ii)
         return IrqInfo(index, IrqFlags(ii.flags), int(ii.count))
 
     def irqs(self) -> list[IrqInfo]:
@@ -783,7 +761,7 @@ class Device:
         s.count = count
         if payload:
             ffi.memmove(s.data, payload, len(payload))
-        self._ioctl("VFIO_DEVICE_SET_IRQS", s)
+        self._ioctl_named("VFIO_DEVICE_SET_IRQS", s)
 
     def enable_irq(self, index: int, eventfds: "Iterable[EventFd | int | None] | None" = None, *,
                    count: int | None = None, start: int = 0) -> list[EventFd]:
@@ -867,7 +845,7 @@ class Device:
             raise UnsupportedError(errno.EOPNOTSUPP, op="VFIO_DEVICE_RESET", path=self.name,
                                    hint="the device reports no reset method (VFIO_DEVICE_FLAGS_RESET "
                                         "is clear: no FLR, PM reset or slot/bus reset)")
-        self._ioctl("VFIO_DEVICE_RESET", 0)
+        self._ioctl_named("VFIO_DEVICE_RESET", 0)
 
     def hot_reset_info(self) -> HotResetInfo:
         """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: the devices a slot/bus reset would affect.
@@ -884,7 +862,7 @@ class Device:
             h = ffi.cast("struct vfio_pci_hot_reset_info *", raw)
             h.argsz = size
             try:
-                self._ioctl("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", h)
+                self._ioctl_named("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", h)
             except NotFoundError as e:
                 raise UnsupportedError(e.errno or errno.ENODEV, op=e.op, path=e.path, hint=e.hint) from None
             except PyvfioError as e:
@@ -911,7 +889,7 @@ class Device:
         f.flags = (feature | I.VFIO_DEVICE_FEATURE_PROBE
                    | (I.VFIO_DEVICE_FEATURE_GET if get else 0) | (I.VFIO_DEVICE_FEATURE_SET if set else 0))
         try:
-            self._ioctl("VFIO_DEVICE_FEATURE", f)
+            self._ioctl_named("VFIO_DEVICE_FEATURE", f)
         except PyvfioError as e:
             if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
                 return False

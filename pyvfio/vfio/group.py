@@ -28,7 +28,7 @@ from .. import ioctls
 from ..errors import ArgumentError, NotFoundError, PyvfioError, StateError, register_hint
 from ..seam import Backend, get_backend
 from ..uapi import ffi
-from ._fd import FdObject
+from .._fd import FdObject
 
 if TYPE_CHECKING:
     from .container import Container

@@ -1,0 +1,77 @@
+"""The fd-owner base of the kernel objects (vfio, iommufd, kvm, eventfds).
+
+One owner per fd, closed once, children first; a ``weakref.finalize`` registered as soon as the
+fd exists is the last resort, not the plan.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from .errors import StateError
+from .seam import Backend
+
+
+def _close_quietly(backend: Backend, fd: int) -> None:
+    try:
+        backend.close(fd)
+    except OSError:
+        pass
+
+
+class FdObject:
+    """Owns one fd opened through ``backend``.
+
+    ``fileno()``, ``closed``, idempotent ``close()`` (children first, then the fd) and context
+    management. A ``weakref.finalize`` registered by :meth:`_adopt_fd` closes the fd if the object
+    is dropped without ``close()`` (the last resort: children are not unwound in order then).
+    """
+
+    _fd: int = -1
+    backend: Backend
+    path: str
+
+    def _adopt_fd(self, backend: Backend, fd: int, path: str) -> None:
+        self.backend = backend
+        self.path = path
+        self._fd = fd
+        self._finalizer = weakref.finalize(self, _close_quietly, backend, fd)
+
+    def fileno(self) -> int:
+        """The fd (StateError once closed)."""
+        if self._fd < 0:
+            raise StateError(f"{type(self).__name__} {self.path} is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def _close_fd(self) -> None:
+        """Close the fd itself (once) and drop the finalizer."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            self._finalizer.detach()
+            self.backend.close(fd)
+
+    def _close_children(self) -> None:
+        """Close what this object owns before its own fd (subclasses)."""
+
+    def close(self) -> None:
+        """Close children, then the fd. Idempotent."""
+        if self._fd < 0:
+            return
+        try:
+            self._close_children()
+        finally:
+            self._close_fd()
+
+    def _ioctl(self, request: int, arg: Any = 0, *, op: str, hint: str | None = None) -> int:
+        return self.backend.ioctl(self.fileno(), request, arg, op=op, hint=hint)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
