@@ -19,7 +19,7 @@ from pyvfio.seam.mock import MockBackend
 from pyvfio.vfio import open_device
 from pyvfio.vfio.device import Device, PciIrq, walk_info_caps
 from pyvfio.vfio.edu import EduDevice, EduError
-from pyvfio.vfio.irq import EventFd
+from pyvfio.eventfd import EventFd
 
 EDU, NIC = "0000:00:03.0", "0000:00:02.0"
 

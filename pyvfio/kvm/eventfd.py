@@ -1,7 +1,7 @@
 """ioeventfd and irqfd bindings of a VM (KVM_IOEVENTFD, KVM_IRQFD).
 
-Each binding owns the eventfd it created (or borrows one passed in) and is undone by
-``close()``: deassign first, then close the eventfd it owns.
+Each binding owns the :class:`~pyvfio.eventfd.EventFd` it created (or borrows an fd passed in)
+and is undone by ``close()``: deassign first, then close the eventfd it owns.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from .. import ioctls as I
 from ..errors import ArgumentError, register_hint
+from ..eventfd import EventFd
 from ..uapi import ffi
 
 if TYPE_CHECKING:
@@ -24,12 +25,33 @@ register_hint("KVM_IRQFD", errno.EINVAL, "x86 needs KVM_CREATE_IRQCHIP (Vm.creat
 
 class _Binding:
     vm: "Vm"
-    _owned: bool
+    _owned: EventFd | None
     eventfd: int
     active: bool
 
+    def _register(self, eventfd: int | None, flags: int) -> None:
+        """Borrow ``eventfd`` (or create and own a non-blocking close-on-exec EventFd) and assign
+        it with ``flags``; an eventfd created here is closed again if the ioctl fails."""
+        if eventfd is None:
+            self._owned = EventFd(backend=self.vm.backend)
+            eventfd = self._owned.fileno()
+        else:
+            self._owned = None
+        self.eventfd = eventfd
+        self.active = False
+        try:
+            self._ioctl(flags)
+        except BaseException:
+            if self._owned is not None:
+                self._owned.close()
+            raise
+        self.active = True
+
     def fileno(self) -> int:
         return self.eventfd
+
+    def _ioctl(self, flags: int) -> None:
+        raise NotImplementedError
 
     def _undo(self) -> None:
         raise NotImplementedError
@@ -43,8 +65,8 @@ class _Binding:
             if not self.vm.closed:
                 self._undo()
         finally:
-            if self._owned:
-                self.vm.backend.close(self.eventfd)
+            if self._owned is not None:
+                self._owned.close()
             try:
                 self.vm._children.remove(self)
             except ValueError:
@@ -81,23 +103,14 @@ class IoEventFd(_Binding):
             raise ArgumentError(f"port {addr:#x}+{length} is beyond the 64 KiB I/O space")
         self.vm = vm
         self.addr, self.length, self.datamatch, self.pio = addr, length, datamatch, pio
-        self._owned = eventfd is None
-        self.eventfd = vm.backend.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if eventfd is None else eventfd
-        self.active = False
-        try:
-            self._ioctl(0)
-        except BaseException:
-            if self._owned:
-                vm.backend.close(self.eventfd)
-            raise
-        self.active = True
+        self._register(eventfd, 0)
 
-    def _ioctl(self, extra: int) -> None:
+    def _ioctl(self, flags: int) -> None:
         a = ffi.new("struct kvm_ioeventfd *")
         a.addr = self.addr
         a.len = self.length
         a.fd = self.eventfd
-        a.flags = extra | (I.KVM_IOEVENTFD_FLAG_PIO if self.pio else 0)
+        a.flags = flags | (I.KVM_IOEVENTFD_FLAG_PIO if self.pio else 0)
         if self.datamatch is not None:
             a.flags |= I.KVM_IOEVENTFD_FLAG_DATAMATCH
             a.datamatch = self.datamatch
@@ -117,16 +130,7 @@ class IrqFd(_Binding):
         self.vm = vm
         self.gsi = gsi
         self.resample_fd = resample_fd
-        self._owned = eventfd is None
-        self.eventfd = vm.backend.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) if eventfd is None else eventfd
-        self.active = False
-        try:
-            self._ioctl(I.KVM_IRQFD_FLAG_RESAMPLE if resample_fd is not None else 0)
-        except BaseException:
-            if self._owned:
-                vm.backend.close(self.eventfd)
-            raise
-        self.active = True
+        self._register(eventfd, I.KVM_IRQFD_FLAG_RESAMPLE if resample_fd is not None else 0)
 
     def _ioctl(self, flags: int) -> None:
         a = ffi.new("struct kvm_irqfd *")

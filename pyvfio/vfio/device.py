@@ -45,8 +45,8 @@ from ..errors import (
 )
 from ..seam import Backend, get_backend
 from .._fd import FdObject
+from ..eventfd import EventFd
 from ..uapi import ffi
-from .irq import EventFd
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pci import PciConfig

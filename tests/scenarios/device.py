@@ -25,7 +25,7 @@ from pyvfio.services.dma import DmaBuffer, DmaMapper
 from pyvfio.vfio import open_device
 from pyvfio.vfio.device import Device, DeviceFlags, IrqFlags, PciIrq, PciRegion, RegionFlags
 from pyvfio.vfio.edu import DMA_IRQ, EDU_IDENT, EduDevice
-from pyvfio.vfio.irq import EventFd
+from pyvfio.eventfd import EventFd
 from pyvfio.vfio.pci import PciCommand
 
 from . import CountingBackend, Env

@@ -1,8 +1,9 @@
-"""Eventfds for VFIO interrupts: creation through the seam, waiting with a timeout via poll(2).
+"""Eventfds: creation through the seam, waiting with a timeout via poll(2).
 
 An :class:`EventFd` is what VFIO_DEVICE_SET_IRQS (``VFIO_IRQ_SET_DATA_EVENTFD``) registers for an
-interrupt vector: the kernel adds 1 to its counter each time the vector fires. ``wait`` blocks in
-poll(2) until the counter is non-zero (or the timeout passes) and reads (which resets) it.
+interrupt vector, and what a KVM ioeventfd/irqfd binding (pyvfio.kvm.eventfd) creates when it is
+not handed one: the kernel adds 1 to its counter each time it fires. ``wait`` blocks in poll(2)
+until the counter is non-zero (or the timeout passes) and reads (which resets) it.
 
 Example (runs on the mock)::
 
@@ -18,55 +19,34 @@ import errno
 import os
 import select
 import sys
-import weakref
 from typing import Iterable
 
-from ..errors import ArgumentError, StateError
-from ..seam import Backend, get_backend
+from ._fd import FdObject
+from .errors import ArgumentError
+from .seam import Backend, get_backend
 
 _EFD_NONBLOCK = getattr(os, "EFD_NONBLOCK", 0o4000)
 _EFD_CLOEXEC = getattr(os, "EFD_CLOEXEC", 0o2000000)
 
 
-class EventFd:
+class EventFd(FdObject):
     """An eventfd(2) owned by this object (non-blocking, close-on-exec).
 
-    ``fileno()`` is the number to hand to SET_IRQS; ``close()`` is idempotent.
+    ``fileno()`` is the number to hand to SET_IRQS or KVM_IRQFD/KVM_IOEVENTFD; ``close()`` is
+    idempotent (the kernel keeps its own reference while the eventfd is registered).
     """
 
     def __init__(self, initval: int = 0, *, backend: "Backend | str | None" = None) -> None:
         if not 0 <= initval < 2**32:
             raise ArgumentError(f"eventfd initval {initval} must be in [0, 2**32)")
-        self.backend = get_backend(backend)
-        self._fd: int | None = self.backend.eventfd(initval, _EFD_CLOEXEC | _EFD_NONBLOCK)
-        self._finalizer = weakref.finalize(self, _close_quietly, self.backend, self._fd)
-
-    # -- ownership ---------------------------------------------------------------------------
-    def fileno(self) -> int:
-        if self._fd is None:
-            raise StateError("eventfd is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd is None
-
-    def close(self) -> None:
-        """Close the eventfd (idempotent). The kernel keeps its own reference while registered."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        self._finalizer.detach()
-        self.backend.close(fd)
+        be = get_backend(backend)
+        self._adopt_fd(be, be.eventfd(initval, _EFD_CLOEXEC | _EFD_NONBLOCK), "anon_inode:[eventfd]")
 
     def __enter__(self) -> "EventFd":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
-        return f"<EventFd fd={self._fd}>" if self._fd is not None else "<EventFd closed>"
+        return "<EventFd closed>" if self.closed else f"<EventFd fd={self._fd}>"
 
     # -- counter -----------------------------------------------------------------------------
     def poll(self, timeout: float | None = 0.0) -> bool:
@@ -114,13 +94,6 @@ def wait_any(eventfds: Iterable[EventFd], timeout: float | None = None) -> list[
         p.register(fd, select.POLLIN)
     ms = None if timeout is None else int(timeout * 1000 + 0.999)
     return [fds[fd] for fd, ev in p.poll(ms) if ev & select.POLLIN]
-
-
-def _close_quietly(backend: Backend, fd: int) -> None:
-    try:
-        backend.close(fd)
-    except OSError:
-        pass
 
 
 __all__ = ["EventFd", "wait_any"]
