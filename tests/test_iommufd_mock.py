@@ -233,3 +233,15 @@ def test_rlimit_mode_mm_charges_vmlck(be, no_fd_leak):
         assert task.locked_vm() == base + s.size and st.pinned_vm == s.size
         m.unmap()
         assert task.locked_vm() == base and st.pinned_vm == 0
+
+
+@pytest.mark.parametrize("thp", [True, False])
+def test_kernel_chosen_iova_alignment_follows_thp(be, thp, no_fd_leak):
+    """What the kernels showed: with THP an 8 KiB 2 MiB-aligned buffer lands at 0x2000, without
+    (pyvfio's iommufd guest kernel) at 0x1000; a 2 MiB buffer at 2 MiB only with THP."""
+    miommufd.state(be.kernel).thp = thp
+    with IommuFd(backend=be) as fd, DmaBuffer(8192) as a, DmaBuffer(2 << 20) as b:
+        ioas = fd.ioas_alloc()
+        assert ioas.map(a).iova == (0x2000 if thp else 0x1000)
+        assert ioas.map(b).iova == ((2 << 20) if thp else 0x3000)
+        ioas.unmap_all()

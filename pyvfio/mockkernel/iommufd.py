@@ -16,8 +16,8 @@ and drivers/vfio/device_cdev.c. What user space can tell, with the kernel's errn
   array is too small). ALLOW_IOVAS: start >= last or overlapping ranges → EINVAL; intersecting a
   reserved range → EADDRINUSE. MAP: no READABLE/WRITEABLE → EINVAL; length 0 or unaligned →
   EINVAL; FIXED_IOVA unaligned or reserved → EINVAL, overlap → EEXIST; otherwise the kernel picks
-  the IOVA (iopt_alloc_iova: first fit above page 0, aligned like the user address up to 2 MiB,
-  inside the allowed ranges if any; ENOSPC when none). UNMAP: iova 0 + length 2^64-1 unmaps all;
+  the IOVA (iopt_alloc_iova: first fit above page 0, aligned like the user address up to 2 MiB
+  with THP or one page without, inside the allowed ranges if any; ENOSPC when none). UNMAP: iova 0 + length 2^64-1 unmaps all;
   a range cutting a mapping → ENOENT (mappings before it are already gone), nothing inside →
   ENOENT, length 0 → EINVAL; ``length`` is rewritten to the bytes unmapped. COPY maps the pages
   behind a contiguous source range (ENOENT if not fully mapped; EPERM for WRITEABLE over memory
@@ -104,6 +104,9 @@ class IommufdState:
         self.hw_info_type = I.IOMMU_HW_INFO_TYPE_INTEL_VTD
         self.dirty_tracking = False
         self.pgsize_bitmap = DEFAULT_PGSIZES
+        #: CONFIG_TRANSPARENT_HUGEPAGE: kernel-chosen IOVAs keep the user address's alignment
+        #: up to 2 MiB (else up to one page; pyvfio's iommufd guest kernel has no THP)
+        self.thp = True
         #: CAP_IPC_LOCK / CAP_SYS_RESOURCE of the caller (None: the real process's).
         self.cap_ipc_lock_override: bool | None = None
         self.cap_sys_resource_override: bool | None = None
@@ -243,7 +246,7 @@ class Ioas(Obj):
         page_offset = uptr % PAGE
         pow2 = 1 << (length - 1).bit_length()
         align = pow2 if not uptr else min(pow2, uptr & -uptr)
-        align = min(align, HPAGE)
+        align = min(align, HPAGE if self.ctx.st.thp else PAGE)  # max_alignment
         if align < self.iova_alignment:
             raise KernelError(errno.EINVAL, "iommufd: user address alignment below the IOAS alignment")
         lo_lim, hi_lim = PAGE, ULONG_MAX - PAGE
