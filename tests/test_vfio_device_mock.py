@@ -13,13 +13,14 @@ from scenarios import Env
 from scenarios import device as sc
 
 from pyvfio.errors import ArgumentError, RangeError, UnsupportedError
+from pyvfio.eventfd import EventFd
 from pyvfio.mockkernel import pci as mpci
 from pyvfio.mockkernel import vfio as mvfio
 from pyvfio.seam.mock import MockBackend
 from pyvfio.vfio import open_device
-from pyvfio.vfio.device import Device, PciIrq, walk_info_caps
+from pyvfio.vfio.caps import walk_info_caps
+from pyvfio.vfio.device import Device, PciIrq
 from pyvfio.vfio.edu import EduDevice, EduError
-from pyvfio.eventfd import EventFd
 
 EDU, NIC = "0000:00:03.0", "0000:00:02.0"
 

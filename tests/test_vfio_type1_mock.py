@@ -196,19 +196,19 @@ def test_get_info_argsz_recall_and_cap_chain_guard():
         iommu.info()
         assert counting.ops.count("VFIO_IOMMU_GET_INFO") == 2  # too small, then the asked argsz
     from pyvfio.uapi import ffi
-    from pyvfio.vfio.type1 import CapChainError, walk_cap_chain
+    from pyvfio.vfio.caps import CapChainError, walk_info_caps
 
     raw = ffi.new("char[]", 64)
     hdr = ffi.cast("struct vfio_info_cap_header *", raw + 24)
     hdr.id, hdr.next = 1, 24  # points at itself
     with pytest.raises(CapChainError):
-        walk_cap_chain(raw, 64, 24, 24, op="t")
+        walk_info_caps(ffi.buffer(raw, 64)[:], 24, 24, op="t")
     hdr.next = 60  # header would run past the end
     with pytest.raises(CapChainError):
-        walk_cap_chain(raw, 64, 24, 24, op="t")
+        walk_info_caps(ffi.buffer(raw, 64)[:], 24, 24, op="t")
     hdr.next = 8  # points back into the fixed struct
     with pytest.raises(CapChainError):
-        walk_cap_chain(raw, 64, 24, 24, op="t")
+        walk_info_caps(ffi.buffer(raw, 64)[:], 24, 24, op="t")
 
 
 def test_short_unmap_is_an_error():

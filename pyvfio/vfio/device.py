@@ -28,7 +28,7 @@ import errno
 import mmap as _mmap
 import sys
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from .. import ioctls as I
@@ -47,6 +47,7 @@ from ..seam import Backend, get_backend
 from .._fd import FdObject
 from ..eventfd import EventFd
 from ..uapi import ffi
+from .caps import InfoCapability, get_info
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pci import PciConfig
@@ -54,7 +55,6 @@ if TYPE_CHECKING:  # pragma: no cover
 PAGE_SIZE = _mmap.PAGESIZE
 #: vfio-pci places region ``index`` at file offset ``index << VFIO_PCI_OFFSET_SHIFT``.
 VFIO_PCI_OFFSET_SHIFT = 40
-_MAX_CAPS = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,16 +148,6 @@ class DeviceFeature(enum.IntEnum):
 # ---------------------------------------------------------------------------------------------
 # results
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InfoCapability:
-    """One entry of a VFIO info capability chain: ``id``, ``version``, where it sat, its payload."""
-
-    id: int
-    version: int
-    offset: int
-    data: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -280,33 +270,6 @@ class HotResetInfo:
 
     flags: int
     devices: tuple[HotResetDevice, ...]
-
-
-def walk_info_caps(buf: bytes, first: int, header_size: int) -> tuple[InfoCapability, ...]:
-    """Parse a VFIO info capability chain in ``buf`` starting at offset ``first``.
-
-    Offsets are from the start of the info struct; the chain ends at ``next == 0``. Bounds are
-    checked (a header must lie after the fixed struct and inside ``buf``) and a cycle ends the
-    walk with an error instead of looping.
-    """
-    caps: list[InfoCapability] = []
-    seen: set[int] = set()
-    off = first
-    hdr = ffi.sizeof("struct vfio_info_cap_header")
-    while off:
-        if off in seen or len(seen) >= _MAX_CAPS:
-            raise PyvfioError(errno.EPROTO, "capability chain loops", hint=f"offset {off:#x} seen twice")
-        if off < header_size or off + hdr > len(buf):
-            raise PyvfioError(errno.EPROTO, "capability chain out of bounds",
-                              hint=f"capability at {off:#x} outside the {len(buf)}-byte answer")
-        seen.add(off)
-        cid = int.from_bytes(buf[off:off + 2], "little" if _LE else "big")
-        ver = int.from_bytes(buf[off + 2:off + 4], "little" if _LE else "big")
-        nxt = int.from_bytes(buf[off + 4:off + 8], "little" if _LE else "big")
-        end = nxt if nxt > off else len(buf)
-        caps.append(InfoCapability(cid, ver, off, bytes(buf[off + hdr:end])))
-        off = nxt
-    return tuple(caps)
 
 
 #: Kernel structs are in CPU byte order.
@@ -522,21 +485,10 @@ class Device(FdObject):
         Calls again with the size the kernel asks for when the chain does not fit.
         Returns :class:`DeviceInfo`. EINVAL: argsz too small (never, pyvfio sets it).
         """
-        size = ffi.sizeof("struct vfio_device_info")
-        for _ in range(4):
-            raw = ffi.new("char[]", size)
-            info = ffi.cast("struct vfio_device_info *", raw)
-            info.argsz = size
-            self._ioctl_named("VFIO_DEVICE_GET_INFO", info)
-            if info.argsz > size:
-                size = info.argsz
-                continue
-            caps: tuple[InfoCapability, ...] = ()
-            if info.flags & I.VFIO_DEVICE_FLAGS_CAPS and info.cap_offset:
-                caps = walk_info_caps(ffi.buffer(raw, size)[:], info.cap_offset,
-                                      ffi.sizeof("struct vfio_device_info"))
-            return DeviceInfo(DeviceFlags(info.flags), info.num_regions, info.num_irqs, caps)
-        raise PyvfioError(errno.EPROTO, op="VFIO_DEVICE_GET_INFO", hint="argsz kept growing")
+        op = "VFIO_DEVICE_GET_INFO"
+        _raw, info, caps = get_info(lambda a: self._ioctl_named(op, a), "struct vfio_device_info",
+                                    I.VFIO_DEVICE_FLAGS_CAPS, op=op, path=self.name)
+        return DeviceInfo(DeviceFlags(info.flags), info.num_regions, info.num_irqs, caps)
 
     # -- regions -----------------------------------------------------------------------------
     def region_info(self, index: int, *, refresh: bool = False) -> RegionInfo:
@@ -548,24 +500,16 @@ class Device(FdObject):
             raise ArgumentError(f"region index {index!r} must be a non-negative int")
         if not refresh and index in self._regions:
             return self._regions[index]
-        fixed = ffi.sizeof("struct vfio_region_info")
-        size = fixed
-        for _ in range(4):
-            raw = ffi.new("char[]", size)
-            ri = ffi.cast("struct vfio_region_info *", raw)
-            ri.argsz = size
+        op = "VFIO_DEVICE_GET_REGION_INFO"
+
+        def fill(ri: Any) -> None:
             ri.index = index
-            self._ioctl_named("VFIO_DEVICE_GET_REGION_INFO", ri)
-            if ri.argsz > size:
-                size = ri.argsz
-                continue
-            caps: tuple[InfoCapability, ...] = ()
-            if ri.flags & I.VFIO_REGION_INFO_FLAG_CAPS and ri.cap_offset:
-                caps = walk_info_caps(ffi.buffer(raw, size)[:], ri.cap_offset, fixed)
-            info = _region_from(index, int(ri.flags), int(ri.size), int(ri.offset), caps)
-            self._regions[index] = info
-            return info
-        raise PyvfioError(errno.EPROTO, op="VFIO_DEVICE_GET_REGION_INFO", hint="argsz kept growing")
+
+        _raw, ri, caps = get_info(lambda a: self._ioctl_named(op, a), "struct vfio_region_info",
+                                  I.VFIO_REGION_INFO_FLAG_CAPS, op=op, path=self.name, fill=fill)
+        info = _region_from(index, int(ri.flags), int(ri.size), int(ri.offset), caps)
+        self._regions[index] = info
+        return info
 
     def regions(self) -> list[RegionInfo]:
         """Every region the device answers for (vfio-pci's VGA index gives EINVAL unless VGA)."""
@@ -931,5 +875,5 @@ def _region_from(index: int, flags: int, size: int, offset: int,
 __all__ = [
     "Device", "DeviceInfo", "DeviceFlags", "RegionInfo", "RegionFlags", "RegionMapping", "SparseArea",
     "IrqInfo", "IrqFlags", "IrqSetFlags", "PciRegion", "PciIrq", "DeviceFeature", "HotResetDevice",
-    "HotResetInfo", "InfoCapability", "walk_info_caps", "PAGE_SIZE", "VFIO_PCI_OFFSET_SHIFT",
+    "HotResetInfo", "PAGE_SIZE", "VFIO_PCI_OFFSET_SHIFT",
 ]

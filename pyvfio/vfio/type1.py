@@ -43,13 +43,12 @@ from .. import ioctls
 from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, StateError,
                       UnsupportedError, error_from_errno, register_hint)
 from ..uapi import ffi
+from .caps import CapChainError, get_info
 from .container import Container, IommuBase, register_iommu
 
 U64_MAX = (1 << 64) - 1
-_SZ_INFO = ffi.sizeof("struct vfio_iommu_type1_info")
 _SZ_MAP = ffi.sizeof("struct vfio_iommu_type1_dma_map")
 _SZ_UNMAP = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
-_SZ_CAPHDR = ffi.sizeof("struct vfio_info_cap_header")
 
 _MAP_DMA = int(ioctls.VFIO_IOMMU_MAP_DMA)
 _UNMAP_DMA = int(ioctls.VFIO_IOMMU_UNMAP_DMA)
@@ -82,10 +81,6 @@ _FLAGS = {(True, True): DmaFlags.READ | DmaFlags.WRITE, (True, False): DmaFlags.
 
 class ShortUnmapError(PyvfioError):
     """VFIO_IOMMU_UNMAP_DMA removed less than the mapping's size."""
-
-
-class CapChainError(PyvfioError):
-    """A capability chain the kernel returned is malformed (out of bounds or cyclic)."""
 
 
 @dataclass(frozen=True)
@@ -144,30 +139,6 @@ class Type1Info:
         if not self.iova_ranges:
             return True
         return any(r.contains(iova, size) for r in self.iova_ranges)
-
-
-def walk_cap_chain(buf: Any, total: int, first: int, min_offset: int, *, op: str,
-                   path: str | None = None) -> list[CapHeader]:
-    """Walk a VFIO capability chain in ``buf`` (``total`` bytes) starting at offset ``first``.
-
-    Every header must lie within the buffer at or after ``min_offset``; a repeated offset (a
-    cycle) or more headers than could fit raises CapChainError.
-    """
-    out: list[CapHeader] = []
-    seen: set[int] = set()
-    off = first
-    base = ffi.cast("char *", buf)
-    while off:
-        if off in seen or len(out) > total // _SZ_CAPHDR:
-            raise CapChainError(errno.EPROTO, f"capability chain loops at offset {off:#x}", op=op, path=path)
-        if off < min_offset or off + _SZ_CAPHDR > total or off % 4:
-            raise CapChainError(errno.EPROTO, f"capability at offset {off:#x} outside 0..{total:#x}",
-                                op=op, path=path)
-        seen.add(off)
-        hdr = ffi.cast("struct vfio_info_cap_header *", base + off)
-        out.append(CapHeader(int(hdr.id), int(hdr.version), off))
-        off = int(hdr.next)
-    return out
 
 
 def _vmlck() -> int:
@@ -284,48 +255,35 @@ class Type1Iommu(IommuBase):
         asks for). Cached; ``refresh=True`` re-reads (DMA_AVAIL changes with every map)."""
         if self._info is not None and not refresh:
             return self._info
-        size = _SZ_INFO
-        for _attempt in range(4):
-            raw = ffi.new("char[]", size)
-            info = ffi.cast("struct vfio_iommu_type1_info *", raw)
-            info.argsz = size
-            self.ioctl(ioctls.VFIO_IOMMU_GET_INFO, info, op="VFIO_IOMMU_GET_INFO")
-            if info.argsz <= size:
-                break
-            if info.argsz > 1 << 20:
-                raise CapChainError(errno.EPROTO, f"GET_INFO asks for argsz {info.argsz}",
-                                    op="VFIO_IOMMU_GET_INFO", path=self.container.path)
-            size = int(info.argsz)
-        else:
-            raise CapChainError(errno.EPROTO, "GET_INFO argsz keeps growing",
-                                op="VFIO_IOMMU_GET_INFO", path=self.container.path)
+        op = "VFIO_IOMMU_GET_INFO"
+        raw, info, caps = get_info(lambda a: self.ioctl(ioctls.VFIO_IOMMU_GET_INFO, a, op=op),
+                                   "struct vfio_iommu_type1_info", ioctls.VFIO_IOMMU_INFO_CAPS,
+                                   op=op, path=self.container.path)
+        size = ffi.sizeof(raw)
         ranges: list[IovaRange] = []
         avail: int | None = None
         mig: MigrationCap | None = None
-        headers: list[CapHeader] = []
-        if info.flags & ioctls.VFIO_IOMMU_INFO_CAPS and info.cap_offset:
-            headers = walk_cap_chain(raw, size, int(info.cap_offset), _SZ_INFO,
-                                     op="VFIO_IOMMU_GET_INFO", path=self.container.path)
-            for h in headers:
-                at = ffi.cast("char *", raw) + h.offset
-                if h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
-                    cap = ffi.cast("struct vfio_iommu_type1_info_cap_iova_range *", at)
-                    need = (ffi.sizeof("struct vfio_iommu_type1_info_cap_iova_range")
-                            + cap.nr_iovas * ffi.sizeof("struct vfio_iova_range"))
-                    if h.offset + need > size:
-                        raise CapChainError(errno.EPROTO, f"IOVA_RANGE cap with {cap.nr_iovas} "
-                                            "ranges runs past the buffer", op="VFIO_IOMMU_GET_INFO")
-                    ranges = [IovaRange(int(cap.iova_ranges[i].start), int(cap.iova_ranges[i].end))
-                              for i in range(cap.nr_iovas)]
-                elif h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
-                    if h.offset + ffi.sizeof("struct vfio_iommu_type1_info_dma_avail") > size:
-                        raise CapChainError(errno.EPROTO, "DMA_AVAIL cap truncated", op="VFIO_IOMMU_GET_INFO")
-                    avail = int(ffi.cast("struct vfio_iommu_type1_info_dma_avail *", at).avail)
-                elif h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION:
-                    if h.offset + ffi.sizeof("struct vfio_iommu_type1_info_cap_migration") > size:
-                        raise CapChainError(errno.EPROTO, "MIGRATION cap truncated", op="VFIO_IOMMU_GET_INFO")
-                    c = ffi.cast("struct vfio_iommu_type1_info_cap_migration *", at)
-                    mig = MigrationCap(int(c.flags), int(c.pgsize_bitmap), int(c.max_dirty_bitmap_size))
+        headers = [CapHeader(c.id, c.version, c.offset) for c in caps]
+        for h in headers:
+            at = ffi.cast("char *", raw) + h.offset
+            if h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
+                cap = ffi.cast("struct vfio_iommu_type1_info_cap_iova_range *", at)
+                need = (ffi.sizeof("struct vfio_iommu_type1_info_cap_iova_range")
+                        + cap.nr_iovas * ffi.sizeof("struct vfio_iova_range"))
+                if h.offset + need > size:
+                    raise CapChainError(errno.EPROTO, f"IOVA_RANGE cap with {cap.nr_iovas} "
+                                        "ranges runs past the buffer", op="VFIO_IOMMU_GET_INFO")
+                ranges = [IovaRange(int(cap.iova_ranges[i].start), int(cap.iova_ranges[i].end))
+                          for i in range(cap.nr_iovas)]
+            elif h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
+                if h.offset + ffi.sizeof("struct vfio_iommu_type1_info_dma_avail") > size:
+                    raise CapChainError(errno.EPROTO, "DMA_AVAIL cap truncated", op="VFIO_IOMMU_GET_INFO")
+                avail = int(ffi.cast("struct vfio_iommu_type1_info_dma_avail *", at).avail)
+            elif h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION:
+                if h.offset + ffi.sizeof("struct vfio_iommu_type1_info_cap_migration") > size:
+                    raise CapChainError(errno.EPROTO, "MIGRATION cap truncated", op="VFIO_IOMMU_GET_INFO")
+                c = ffi.cast("struct vfio_iommu_type1_info_cap_migration *", at)
+                mig = MigrationCap(int(c.flags), int(c.pgsize_bitmap), int(c.max_dirty_bitmap_size))
         self._info = Type1Info(int(info.flags), int(info.iova_pgsizes), tuple(ranges), avail, mig,
                                tuple(headers))
         # what check() needs, in plain ints (map() is a hot path)
