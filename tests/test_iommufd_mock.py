@@ -245,3 +245,12 @@ def test_kernel_chosen_iova_alignment_follows_thp(be, thp, no_fd_leak):
         assert ioas.map(a).iova == (0x2000 if thp else 0x1000)
         assert ioas.map(b).iova == ((2 << 20) if thp else 0x3000)
         ioas.unmap_all()
+
+
+@pytest.mark.parametrize("kind", ["amd", "virtio"])
+def test_hwpt_scenario_as_other_viommus(be, kind, no_fd_leak):
+    """The HWPT/HW_INFO scenario with the mock behaving like amd-iommu and virtio-iommu (what
+    the amd and virtio guests showed: type NONE; virtio's HWPT allocated before an attach has
+    an empty aperture)."""
+    miommufd.state(be.kernel).set_kind(kind)
+    sc.scenario_hwpt_and_hw_info(Env("mock", lambda: be, facts={"variant": kind}))

@@ -101,7 +101,13 @@ class IommufdState:
         #: user->locked_vm charged by the mock (RLIMIT_MODE 0), bytes
         self.user_locked_vm = 0
         # knobs of the simulated vIOMMU
+        #: "intel", "amd" or "virtio" (see :meth:`set_kind`)
+        self.kind = "intel"
         self.hw_info_type = I.IOMMU_HW_INFO_TYPE_INTEL_VTD
+        #: the driver allocates domains with domain_alloc_user (HWPT_ALLOC flags allowed)
+        self.domain_alloc_user = True
+        #: the driver completes a domain (its aperture) only at the first attach (virtio-iommu)
+        self.finalise_at_attach = False
         self.dirty_tracking = False
         self.pgsize_bitmap = DEFAULT_PGSIZES
         #: CONFIG_TRANSPARENT_HUGEPAGE: kernel-chosen IOVAs keep the user address's alignment
@@ -110,6 +116,18 @@ class IommufdState:
         #: CAP_IPC_LOCK / CAP_SYS_RESOURCE of the caller (None: the real process's).
         self.cap_ipc_lock_override: bool | None = None
         self.cap_sys_resource_override: bool | None = None
+
+    def set_kind(self, kind: str) -> None:
+        """Behave like QEMU's intel-iommu (GET_HW_INFO INTEL_VTD), amd-iommu (type NONE) or
+        virtio-iommu (type NONE, no domain_alloc_user: HWPT_ALLOC flags → EOPNOTSUPP; a domain
+        allocated before any attach has an empty aperture, so its IOAS keeps only IOVA 0)."""
+        if kind not in ("intel", "amd", "virtio"):
+            raise ValueError(f"unknown vIOMMU kind {kind!r}")
+        self.kind = kind
+        self.hw_info_type = (I.IOMMU_HW_INFO_TYPE_INTEL_VTD if kind == "intel"
+                             else I.IOMMU_HW_INFO_TYPE_NONE)
+        self.domain_alloc_user = kind != "virtio"
+        self.finalise_at_attach = kind == "virtio"
 
     def cap_ipc_lock(self) -> bool:
         if self.cap_ipc_lock_override is not None:
@@ -343,6 +361,8 @@ class Hwpt(Obj):
         self.dirty_ops = dirty
         self.dirty_tracking = False
         self.dirty: set[int] = set()  # dirty IOVA pages (iova // PAGE)
+        #: the domain's geometry when it was added to the IOAS
+        self.aperture = group.aperture
         self.devices: list[Idev] = []
 
 
@@ -500,7 +520,7 @@ class IommufdFile(MockFile):
             for a in ioas.areas:
                 if (a.iova | a.length | (a.start_byte % PAGE)) & (new_align - 1):
                     raise KernelError(errno.EADDRINUSE, "iommufd: a mapping is not aligned to the IOMMU page")
-        lo, hi = hwpt.group.aperture
+        lo, hi = hwpt.aperture
         added: list[tuple[int, int, Any]] = []
         try:
             for s, e in ((0, lo - 1), (hi + 1, ULONG_MAX)):
@@ -574,6 +594,8 @@ class IommufdFile(MockFile):
                  attach: bool) -> Hwpt:
         """iommufd_hwpt_paging_alloc (immediate attach for automatic domains)."""
         hwpt = Hwpt(ioas, idev.group, auto=auto, dirty=dirty)
+        if self.st.finalise_at_attach and not attach:
+            hwpt.aperture = (0, 0)  # an unfinished virtio-iommu domain: geometry all zero
         if attach:
             self.attach_device(idev, hwpt)
         try:
@@ -894,8 +916,7 @@ class IommufdFile(MockFile):
         flags = int(cmd.flags)
         if isinstance(pt, Ioas):
             valid = I.IOMMU_HWPT_ALLOC_NEST_PARENT | I.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
-            if (flags or not none) and self.st.hw_info_type == I.IOMMU_HW_INFO_TYPE_NONE \
-                    and not self.st.dirty_tracking:
+            if (flags or not none) and not self.st.domain_alloc_user:
                 raise KernelError(errno.EOPNOTSUPP, "iommufd: the IOMMU driver has no domain_alloc_user")
             if flags & ~valid:
                 raise KernelError(errno.EOPNOTSUPP, "iommufd: HWPT_ALLOC flags")
