@@ -56,7 +56,7 @@ from ..errors import (AlignmentError, ArgumentError, BusyError, OverlapError, Py
                       RangeError, StateError, register_hint)
 from ..uapi import ffi
 from .container import Container, IommuBase, register_iommu
-from .type1 import DmaFlags, DmaMapping, IovaRange, _buffer_span
+from .type1 import DmaFlags, DmaMapping, IovaRange, MappingTable, _buffer_span
 
 PAGE_SIZE = 4096  # the registration granularity (the kernel's PAGE_SIZE on ppc64le 4K kernels)
 U64_MAX = (1 << 64) - 1
@@ -195,7 +195,7 @@ def _pow2(x: int) -> bool:
     return x > 0 and not x & (x - 1)
 
 
-class _SpaprBase(IommuBase):
+class _SpaprBase(MappingTable, IommuBase):
     """What v1 and v2 share: TCE_GET_INFO, windows, MAP/UNMAP, EEH."""
 
     def __init__(self, container: Container, iommu_type: int) -> None:
@@ -338,18 +338,10 @@ class _SpaprBase(IommuBase):
         return None
 
     def _forget(self, mapping: DmaMapping) -> None:
-        mapping._live = False
-        if self.mappings.get(mapping.iova) is mapping:
-            del self.mappings[mapping.iova]
         region = mapping.state.pop("spapr_region", None)
         if region is not None:
             region.mappings.discard(mapping)
-        unpin = getattr(mapping.buffer, "_unpin", None)
-        if unpin is not None:
-            unpin(mapping)
-        callbacks, mapping._on_unmap = mapping._on_unmap, []
-        for fn in callbacks:
-            fn(mapping)
+        super()._forget(mapping)
 
     def unmap(self, mapping: DmaMapping) -> None:
         """VFIO_IOMMU_UNMAP_DMA of exactly ``mapping`` (idempotent)."""
@@ -367,13 +359,6 @@ class _SpaprBase(IommuBase):
             self.unmap(m)
             done += m.size
         return done
-
-    def find(self, iova: int) -> DmaMapping | None:
-        """The pyvfio mapping containing ``iova``."""
-        for m in self.mappings.values():
-            if m.iova <= iova < m.iova + m.size:
-                return m
-        return None
 
     # -- EEH --------------------------------------------------------------------------------------
     def eeh_supported(self) -> bool:

@@ -219,8 +219,35 @@ def _buffer_span(buffer: Any, size: int | None, offset: int) -> tuple[int, int]:
     return int(addr) + offset, n
 
 
+class MappingTable:
+    """The pyvfio side of an IOMMU's DMA mappings (type1, sPAPR, an iommufd IOAS): the live
+    :class:`DmaMapping` handles by IOVA, and how a handle is let go."""
+
+    mappings: dict[int, DmaMapping]
+
+    def _forget(self, mapping: DmaMapping) -> None:
+        """The kernel no longer maps ``mapping``: mark it dead, drop it from :attr:`mappings`,
+        unpin its buffer, run its on_unmap callbacks (once)."""
+        mapping._live = False
+        if self.mappings.get(mapping.iova) is mapping:
+            del self.mappings[mapping.iova]
+        unpin = getattr(mapping.buffer, "_unpin", None)
+        if unpin is not None:
+            unpin(mapping)
+        callbacks, mapping._on_unmap = mapping._on_unmap, []
+        for fn in callbacks:
+            fn(mapping)
+
+    def find(self, iova: int) -> DmaMapping | None:
+        """The pyvfio mapping containing ``iova``."""
+        for m in self.mappings.values():
+            if m.iova <= iova < m.iova + m.size:
+                return m
+        return None
+
+
 @register_iommu
-class Type1Iommu(IommuBase):
+class Type1Iommu(MappingTable, IommuBase):
     """The type1 IOMMU of a container (VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU, nesting)."""
 
     TYPES = (ioctls.VFIO_TYPE1_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU, ioctls.VFIO_TYPE1_NESTING_IOMMU)
@@ -419,17 +446,6 @@ class Type1Iommu(IommuBase):
         self.mappings[iova] = mapping
         return mapping
 
-    def _forget(self, mapping: DmaMapping) -> None:
-        mapping._live = False
-        if self.mappings.get(mapping.iova) is mapping:
-            del self.mappings[mapping.iova]
-        unpin = getattr(mapping.buffer, "_unpin", None)
-        if unpin is not None:
-            unpin(mapping)
-        callbacks, mapping._on_unmap = mapping._on_unmap, []
-        for fn in callbacks:
-            fn(mapping)
-
     def unmap(self, mapping: DmaMapping) -> None:
         """VFIO_IOMMU_UNMAP_DMA of exactly ``mapping``; ShortUnmapError if the kernel removed
         less (the handle is released either way: the kernel no longer maps all of it)."""
@@ -488,13 +504,6 @@ class Type1Iommu(IommuBase):
         pin = getattr(buffer, "_pin", None)
         if pin is not None:
             pin(mapping)
-
-    def find(self, iova: int) -> DmaMapping | None:
-        """The pyvfio mapping containing ``iova``."""
-        for m in self.mappings.values():
-            if m.iova <= iova < m.iova + m.size:
-                return m
-        return None
 
     def close(self) -> None:
         """Unmap every mapping made through this object (idempotent); the object is unusable
