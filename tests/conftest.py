@@ -70,3 +70,15 @@ def mock_backend():
     from pyvfio.seam.mock import MockBackend
 
     return MockBackend()
+
+
+@pytest.fixture
+def be():
+    """A mock kernel created before the fd-leak check starts (its simulated devices hold BAR
+    memfds for the machine's lifetime) and powered off afterwards."""
+    from pyvfio.mockkernel import vfio as mvfio
+    from pyvfio.seam.mock import MockBackend
+
+    backend = MockBackend()
+    yield backend
+    mvfio.shutdown(backend.kernel)

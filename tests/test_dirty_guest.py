@@ -10,7 +10,7 @@ functions on the mock with its exact semantics and with the real kernel's.
 from __future__ import annotations
 
 import pytest
-from scenarios import Env
+from scenarios import Env, guest_env
 from scenarios import dirty as sc
 
 pytestmark = pytest.mark.guest(variants=["intel", "amd"])
@@ -18,13 +18,7 @@ pytestmark = pytest.mark.guest(variants=["intel", "amd"])
 
 @pytest.fixture
 def env(guest_info, guest_variant) -> Env:
-    from pyvfio.seam import get_backend
-
-    edu = [d for d in guest_info["devices"] if d.get("name") == "edu" and d.get("bound")]
-    if not edu:
-        pytest.fail(f"the guest agent did not bind edu to vfio-pci: {guest_info['devices']}", pytrace=False)
-    return Env("real", lambda: get_backend("real"), bdf=edu[0]["bdf"],
-               facts={"variant": guest_variant, "guest": guest_info})
+    return guest_env(guest_info, guest_variant)
 
 
 @pytest.mark.parametrize("scenario", sc.ALL, ids=lambda f: f.__name__.removeprefix("scenario_"))

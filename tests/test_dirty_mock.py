@@ -34,15 +34,6 @@ PAGE = 4096
 BASE = sc.BASE
 
 
-@pytest.fixture
-def be():
-    """A mock kernel created before the fd-leak check (its simulated devices hold BAR memfds for
-    the machine's lifetime), powered off afterwards."""
-    backend = MockBackend()
-    yield backend
-    mvfio.shutdown(backend.kernel)
-
-
 @pytest.mark.parametrize("semantics", ["exact", "pinned"])
 @pytest.mark.parametrize("scenario", sc.ALL, ids=lambda f: f.__name__.removeprefix("scenario_"))
 def test_scenario(scenario, semantics, be, no_fd_leak):

@@ -21,15 +21,6 @@ from pyvfio.vfio import Container, Group, IovaRange, open_device
 
 
 @pytest.fixture
-def be():
-    """A mock kernel created before the fd-leak check starts (its simulated devices hold BAR
-    memfds for the machine's lifetime) and powered off afterwards."""
-    backend = MockBackend()
-    yield backend
-    mvfio.shutdown(backend.kernel)
-
-
-@pytest.fixture
 def env(be) -> Env:
     return Env("mock", lambda: be)
 

@@ -35,6 +35,20 @@ class Env:
         return self.kind == "mock"
 
 
+def guest_env(guest_info: dict[str, Any], guest_variant: str) -> Env:
+    """The Env of a guest test: the real backend and the edu device the test bed's agent bound
+    to vfio-pci (the test fails, not skips, when the agent did not bind it)."""
+    import pytest
+
+    from pyvfio.seam import get_backend
+
+    edu = [d for d in guest_info["devices"] if d.get("name") == "edu" and d.get("bound")]
+    if not edu:
+        pytest.fail(f"the guest agent did not bind edu to vfio-pci: {guest_info['devices']}", pytrace=False)
+    return Env("real", lambda: get_backend("real"), bdf=edu[0]["bdf"],
+               facts={"variant": guest_variant, "guest": guest_info})
+
+
 def locked_vm(backend: Backend) -> int:
     """The process's locked memory as the kernel accounts it (VmLck; on the mock, the real VmLck
     plus what the mock IOMMUs pinned)."""
