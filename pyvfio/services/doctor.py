@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .binding import find_uses, vfio_holders, vfio_nodes
+from .binding import _read, find_uses, vfio_holders, vfio_nodes
 from .discovery import DeviceSource, HostPaths, IommuGroup, PciDevice, is_vfio_driver
 
 GiB = 1 << 30
@@ -96,14 +96,6 @@ class Report:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _read(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
 def _listdir(path: str) -> list[str]:
     try:
         return sorted(os.listdir(path))
