@@ -7,7 +7,7 @@ fd exists is the last resort, not the plan.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Self
 
 from .errors import StateError
 from .seam import Backend
@@ -70,7 +70,28 @@ class FdObject:
     def _ioctl(self, request: int, arg: Any = 0, *, op: str, hint: str | None = None) -> int:
         return self.backend.ioctl(self.fileno(), request, arg, op=op, hint=hint)
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Bundle:
+    """Kernel objects set up together (what an ``open_device`` returns) whose lifetime is one
+    root :class:`FdObject`'s: ``closed``, ``close()`` and the context manager go to ``_root``,
+    which closes the others first."""
+
+    _root: FdObject
+
+    @property
+    def closed(self) -> bool:
+        return self._root.closed
+
+    def close(self) -> None:
+        self._root.close()
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

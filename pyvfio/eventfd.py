@@ -42,9 +42,6 @@ class EventFd(FdObject):
         be = get_backend(backend)
         self._adopt_fd(be, be.eventfd(initval, _EFD_CLOEXEC | _EFD_NONBLOCK), "anon_inode:[eventfd]")
 
-    def __enter__(self) -> "EventFd":
-        return self
-
     def __repr__(self) -> str:
         return "<EventFd closed>" if self.closed else f"<EventFd fd={self._fd}>"
 

@@ -9,34 +9,23 @@ from __future__ import annotations
 from typing import Any
 
 from .. import ioctls
+from .._fd import Bundle
 from ..seam import Backend, get_backend
 from .container import EXTENSIONS, IOMMU_TYPES, Container, IommuBase, register_iommu
 from .group import Group, GroupFlags, GroupStatus
 from .type1 import DmaFlags, DmaMapping, IovaRange, ShortUnmapError, Type1Info, Type1Iommu
 
 
-class OpenedDevice:
+class OpenedDevice(Bundle):
     """What :func:`open_device` returns: the ``container``, ``group``, ``iommu`` and ``device``
-    it set up, owned together. ``close()`` (or the ``with`` block) unwinds them in order."""
+    it set up, owned together. ``close()`` (or the ``with`` block) closes the container, which
+    unwinds the others in order."""
 
     def __init__(self, container: Container, group: Group, iommu: IommuBase, device: Any) -> None:
-        self.container = container
+        self._root = self.container = container
         self.group = group
         self.iommu = iommu
         self.device = device
-
-    @property
-    def closed(self) -> bool:
-        return self.container.closed
-
-    def close(self) -> None:
-        self.container.close()
-
-    def __enter__(self) -> "OpenedDevice":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<OpenedDevice {getattr(self.device, 'name', '?')} group={self.group.number}>"

@@ -458,9 +458,6 @@ class Device(FdObject):
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> "Device":
-        return self
-
     def __repr__(self) -> str:
         return f"<Device {self.name} fd={None if self.closed else self._fd}>"
 
