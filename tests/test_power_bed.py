@@ -1,6 +1,7 @@
 """The POWER (pseries) test bed, vm/power/: its archive writer and pins on the host, and real boots
-that prove the exit code, the results folder and failures come back, plus one guest pytest run
-of tests/test_power_bed_guest.py (pyvfio's POWER request numbers against the real ppc64le kernel).
+that prove the exit code, the results folder and failures come back. The tests that run inside
+the POWER guest (tests/test_power_bed_guest.py, the ``[real]`` half of tests/test_spapr.py) are
+marked ``power_guest`` and proxied there by vm/pytest_plugin.py in one boot.
 
 Real boots skip where no POWER guest can start, and fail under PYVFIO_REQUIRE_GUEST=1 (CI).
 """
@@ -159,35 +160,3 @@ def test_qemu_dying_is_a_failure(power_guest, tmp_path):
     assert res.qemu_returncode not in (None, 0)
     assert res.host_exit_code() == runner.EXIT_FAILURE
     assert res.console_tail  # the line it printed is reported
-
-
-GUEST_SUITES = ("tests/test_power_bed_guest.py", "tests/test_spapr.py")
-
-
-def _expected_guest_ids() -> set[str]:
-    """Every test of GUEST_SUITES that must pass in the guest: all of test_power_bed_guest.py
-    and the ``[real]`` variant of every test_spapr.py test (its ``[mock]`` ones run on the host)."""
-    import ast
-
-    out = set()
-    for path in GUEST_SUITES:
-        tree = ast.parse((REPO / path).read_text())
-        for n in tree.body:
-            if isinstance(n, ast.FunctionDef) and n.name.startswith("test_"):
-                out.add(f"{path}::{n.name}" + ("[real]" if path.endswith("test_spapr.py") else ""))
-    return out
-
-
-@pytest.mark.power
-def test_guest_suites_pass_in_the_power_guest(power_guest, tmp_path):
-    """One boot runs the guest smoke and the real sPAPR scenarios; every one must pass there."""
-    from vm.power.suite import run_pytest
-
-    run = run_pytest(list(GUEST_SUITES), timeout=400, results_dir=tmp_path, extra=["-k", "not mock"])
-    assert run.error() is None, run.error()
-    bad = {k: v["text"][-3000:] for k, v in run.tests.items() if v["outcome"] != "passed"}
-    assert not bad, "\n\n".join(f"{k}:\n{t}" for k, t in bad.items())
-    assert set(run.tests) == _expected_guest_ids()
-    assert run.result.exit_code == 0 and run.result.ok, run.result.console_tail
-    junit = run.junit.read_text()
-    assert 'failures="0"' in junit and 'errors="0"' in junit and 'skipped="0"' in junit

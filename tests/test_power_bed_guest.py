@@ -1,8 +1,8 @@
 """Smoke tests that run INSIDE the POWER (pseries, ppc64le) guest: the per-arch request encoding
 is the POWER one and the real kernel accepts it.
 
-On the host they are run in the guest by tests/test_power_bed.py (one boot), which fails when any
-of them fails or is not reported; collected directly on the host they skip.
+Marked ``power_guest``: on the host, vm/pytest_plugin.py replaces each with a twin that reports the
+outcome of the same test run in one POWER guest boot (a test the guest did not report fails).
 """
 
 from __future__ import annotations
@@ -13,11 +13,7 @@ import platform
 
 import pytest
 
-pytestmark = [
-    pytest.mark.power,
-    pytest.mark.skipif(os.environ.get("PYVFIO_GUEST") != "power",
-                       reason="runs inside the POWER guest (tests/test_power_bed.py boots it)"),
-]
+pytestmark = pytest.mark.power_guest
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 * ``[mock]``: pyvfio.mockkernel.spapr's POWER-shaped machine (everywhere);
 * ``[real]``: the real Linux 6.12 kernel in the POWER9 pseries guest, with edu DMA through the
-  TCE tables (only inside that guest; tests/test_power_bed.py boots it and requires every
-  ``[real]`` test here to pass there).
+  TCE tables (marked ``power_guest``: vm/pytest_plugin.py runs every ``[real]`` test in one POWER
+  guest boot and each host item reports its guest outcome).
 
 Each scenario asserts the same outcome on both, which is how the mock is held to the kernel.
 """
@@ -70,11 +70,12 @@ class Env:
         raise AssertionError("no VmLck in /proc/self/status")
 
 
-@pytest.fixture(params=["mock", pytest.param("real", marks=pytest.mark.power)])
+@pytest.fixture(params=["mock", pytest.param("real", marks=pytest.mark.power_guest)])
 def env(request):
     if request.param == "real":
         if os.environ.get("PYVFIO_GUEST") != "power":
-            pytest.skip("real sPAPR TCE needs the POWER guest (tests/test_power_bed.py runs these there)")
+            pytest.fail("the [real] sPAPR tests run only inside the POWER guest "
+                        "(vm/pytest_plugin.py proxies them there)", pytrace=False)
         from pyvfio.seam.real import RealBackend
 
         with open(os.environ["PYVFIO_GUEST_INFO"]) as f:

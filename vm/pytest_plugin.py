@@ -6,6 +6,7 @@ Marking::
     @pytest.mark.guest(variants=["none"])           # only the no-vIOMMU guest
     @pytest.mark.guest(bind=["edu", "e1000e"])      # bind more than edu to vfio-pci
     @pytest.mark.guest(iommufd=True)                # boot the iommufd kernel (vm/build_kernel.py)
+    @pytest.mark.power_guest                        # the POWER (pseries) guest, vm/power/
 
 Each guest test is parametrized by IOMMU variant (ids ``test_x[intel]``, ``[amd]``, ...; the value
 is the ``guest_variant`` fixture).  Then:
@@ -149,8 +150,19 @@ def _skip_at_item(msg: str) -> None:
 
 
 def _variant_of(item: pytest.Item) -> str | None:
+    if _is_power(item):
+        return "power"
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("guest_variant") if callspec else None
+
+
+def _is_power(item: pytest.Item) -> bool:
+    """``@pytest.mark.power_guest`` (also as a ``pytest.param`` mark): runs in the POWER guest."""
+    return item.get_closest_marker("power_guest") is not None
+
+
+def _is_guest_item(item: pytest.Item) -> bool:
+    return item.get_closest_marker("guest") is not None or _is_power(item)
 
 
 def _allowed_variants(config: pytest.Config) -> set[str] | None:
@@ -164,11 +176,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     current = os.environ.get("PYVFIO_GUEST") if in_guest() else None
     keep, drop = [], []
     for item in items:
-        if item.get_closest_marker("guest") is None:
+        if not _is_guest_item(item):
             keep.append(item)
             continue
         v = _variant_of(item)
-        wants_iommufd = bool(item.get_closest_marker("guest").kwargs.get("iommufd", False))
+        marker = item.get_closest_marker("guest")
+        wants_iommufd = bool(marker.kwargs.get("iommufd", False)) if marker else False
         if (allowed is not None and v not in allowed) or (current is not None and v != current) \
                 or (current is not None and wants_iommufd and not os.path.exists("/dev/iommu")):
             drop.append(item)
@@ -178,7 +191,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=drop)
     if not in_guest():
         controller: _HostController = config.pluginmanager.get_plugin("pyvfio-guest-controller")
-        keep = [controller.twin(i) if i.get_closest_marker("guest") else i for i in keep]
+        keep = [controller.twin(i) if _is_guest_item(i) else i for i in keep]
     items[:] = keep
 
 
@@ -275,7 +288,11 @@ class _HostController:
 
     def twin(self, item: pytest.Item) -> GuestTwin:
         marker = item.get_closest_marker("guest")
-        assert marker is not None
+        if marker is None:  # a power item: the POWER guest binds edu
+            assert _is_power(item)
+            return GuestTwin.from_parent(item.parent, name=item.name, original=item,
+                                         variant="power", bind=("edu",), iommufd=False,
+                                         controller=self)
         return GuestTwin.from_parent(item.parent, name=item.name, original=item,
                                      variant=_variant_of(item) or "intel",
                                      bind=_marker_bind(marker),
@@ -294,7 +311,12 @@ class _HostController:
 
     # -- running -------------------------------------------------------------------------------
     def report(self, twin: GuestTwin) -> None:
-        why = self.unavailable()
+        if twin.variant == "power":
+            from vm.power import unavailable_reason as power_unavailable
+
+            why = power_unavailable()
+        else:
+            why = self.unavailable()
         if why is None and twin.iommufd:
             from vm.build_kernel import cached_iommufd_kernel
 
@@ -361,6 +383,8 @@ class _HostController:
                    PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
         env.pop("PYTEST_ADDOPTS", None)
         stream = sys.stdout if self.config.getoption("capture") == "no" else False
+        if variant == "power":
+            return self._run_power(nodeids, results, stream)
         label = f"{variant}{'+iommufd' if iommufd else ''}"
         self._say(f"\npyvfio guest [{label}]: booting for {len(nodeids)} test(s), "
                   f"bind {','.join(bind)}; console in {results / 'console.log'}")
@@ -387,3 +411,24 @@ class _HostController:
         elif not report:
             error = f"guest wrote no report; console tail:\n{res.console_tail}"
         return _GuestSession(result=res, report=report, error=error)
+
+    def _run_power(self, nodeids: list[str], results: Path, stream: Any) -> _GuestSession:
+        """One POWER (pseries) boot for every selected power item (vm/power/suite.py)."""
+        from vm.guest import GuestUnavailable
+        from vm.power.suite import run_pytest
+
+        self._say(f"\npyvfio guest [power]: booting for {len(nodeids)} test(s), bind edu; "
+                  f"results in {results}")
+        t0 = time.monotonic()
+        try:
+            run = run_pytest(nodeids, timeout=self.config.getoption("--guest-timeout"),
+                             results_dir=results, stream=stream)
+        except GuestUnavailable as e:
+            return _GuestSession(error=f"POWER guest could not start: {e}")
+        res = run.result
+        line = (f"[power] {res.status}, pytest exit {res.exit_code}: total {res.duration:.1f} s "
+                f"(host wall {time.monotonic() - t0:.1f} s) for {len(nodeids)} test(s); "
+                f"results {results}")
+        self.timings.append(line)
+        self._say(f"pyvfio guest {line}")
+        return _GuestSession(result=res, report=run.report, error=run.error())
