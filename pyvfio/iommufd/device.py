@@ -31,6 +31,7 @@ import os
 from typing import Any
 
 from .. import ioctls as I
+from .._fd import Bundle
 from ..errors import NotFoundError, PyvfioError, register_hint
 from ..seam import Backend, get_backend
 from ..uapi import ffi
@@ -164,29 +165,16 @@ class IommufdDevice:
         return f"<IommufdDevice {self.bdf} {self.path} dev_id={getattr(self, 'dev_id', '?')} pt={self.pt_id}>"
 
 
-class OpenedIommufdDevice:
+class OpenedIommufdDevice(Bundle):
     """What :func:`open_device` returns: ``iommufd``, ``ioas`` (also as ``iommu``, what
     DmaMapper and the scenarios take), ``bound`` (the IommufdDevice) and ``device``."""
 
     def __init__(self, iommufd: IommuFd, ioas: Ioas, bound: IommufdDevice) -> None:
-        self.iommufd = iommufd
+        self._root = self.iommufd = iommufd
         self.ioas = ioas
         self.iommu = ioas
         self.bound = bound
         self.device = bound.device
-
-    @property
-    def closed(self) -> bool:
-        return self.iommufd.closed
-
-    def close(self) -> None:
-        self.iommufd.close()
-
-    def __enter__(self) -> "OpenedIommufdDevice":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<OpenedIommufdDevice {self.bound.bdf} ioas={self.ioas.id} pt={self.bound.pt_id}>"

@@ -42,7 +42,7 @@ from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, St
 from ..seam import Backend, get_backend
 from ..uapi import ffi
 from .._fd import FdObject
-from ..vfio.type1 import DmaFlags, DmaMapping, IovaRange, ShortUnmapError, _buffer_span
+from ..vfio.type1 import DmaFlags, DmaMapping, IovaRange, MappingTable, ShortUnmapError, _buffer_span
 
 if TYPE_CHECKING:
     from .device import IommufdDevice
@@ -367,7 +367,7 @@ class HwPagetable:
         return f"<HwPagetable id={self.id} ioas={self.ioas.id}>"
 
 
-class Ioas:
+class Ioas(MappingTable):
     """An IO address space of an :class:`IommuFd` (IOMMU_IOAS_ALLOC).
 
     Two levels like :class:`~pyvfio.vfio.type1.Type1Iommu`: ``map_raw``/``unmap_raw`` are one
@@ -547,17 +547,6 @@ class Ioas:
         dflags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
         return self._adopt(int(c.dst_iova), n, source.vaddr + offset, dflags, source.buffer)
 
-    def _forget(self, mapping: DmaMapping) -> None:
-        mapping._live = False
-        if self.mappings.get(mapping.iova) is mapping:
-            del self.mappings[mapping.iova]
-        unpin = getattr(mapping.buffer, "_unpin", None)
-        if unpin is not None:
-            unpin(mapping)
-        callbacks, mapping._on_unmap = mapping._on_unmap, []
-        for fn in callbacks:
-            fn(mapping)
-
     def unmap(self, mapping: DmaMapping) -> None:
         """IOMMU_IOAS_UNMAP of exactly ``mapping``; ShortUnmapError if the kernel removed less
         (the handle is released either way)."""
@@ -587,12 +576,6 @@ class Ioas:
             raise ShortUnmapError(errno.EIO, f"unmap all removed {done:#x} bytes, pyvfio had "
                                   f"{expected:#x} mapped", op="IOMMU_IOAS_UNMAP", path=self.iommufd.path)
         return done
-
-    def find(self, iova: int) -> DmaMapping | None:
-        for m in self.mappings.values():
-            if m.iova <= iova < m.iova + m.size:
-                return m
-        return None
 
     # -- options ---------------------------------------------------------------------------
     @property
