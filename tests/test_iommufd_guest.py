@@ -10,7 +10,7 @@ the same outcomes (errnos, kernel-chosen IOVAs, DMA bytes, pinned and locked mem
 from __future__ import annotations
 
 import pytest
-from scenarios import Env
+from scenarios import Env, guest_env
 from scenarios import iommufd as sc
 
 pytestmark = pytest.mark.guest(iommufd=True, variants=["intel", "amd", "virtio"])
@@ -18,15 +18,7 @@ pytestmark = pytest.mark.guest(iommufd=True, variants=["intel", "amd", "virtio"]
 
 @pytest.fixture
 def env(guest_info, guest_variant) -> Env:
-    from pyvfio.seam import get_backend
-
-    edu = [d for d in guest_info["devices"] if d.get("name") == "edu" and d.get("bound")]
-    if not edu:
-        pytest.fail(f"the guest agent did not bind edu to vfio-pci: {guest_info['devices']}", pytrace=False)
-    if not guest_info.get("iommufd"):
-        pytest.fail(f"no /dev/iommu in the {guest_variant} guest: not the iommufd kernel?", pytrace=False)
-    return Env("real", lambda: get_backend("real"), bdf=edu[0]["bdf"],
-               facts={"variant": guest_variant, "guest": guest_info})
+    return guest_env(guest_info, guest_variant, iommufd=True)
 
 
 @pytest.mark.parametrize("scenario", sc.ALL, ids=lambda f: f.__name__.removeprefix("scenario_"))

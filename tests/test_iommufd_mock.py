@@ -17,7 +17,6 @@ from pyvfio.errors import (ArgumentError, InvalidArgumentError, NotFoundError,
 from pyvfio.iommufd import IommuFd, open_device
 from pyvfio.mockkernel import iommufd as miommufd
 from pyvfio.mockkernel import vfio as mvfio
-from pyvfio.seam.mock import MockBackend
 from pyvfio.services.dma import DmaBuffer
 from pyvfio.uapi import ffi
 
@@ -25,11 +24,10 @@ PAGE = 4096
 
 
 @pytest.fixture
-def be():
-    backend = MockBackend()
-    yield backend
-    assert not backend.kernel.files, f"mock files left open: {backend.kernel.files}"
-    mvfio.shutdown(backend.kernel)
+def be(be):
+    """conftest's mock kernel, checked for mock files left open before it is powered off."""
+    yield be
+    assert not be.kernel.files, f"mock files left open: {be.kernel.files}"
 
 
 @pytest.fixture
@@ -40,14 +38,6 @@ def env(be) -> Env:
 @pytest.mark.parametrize("scenario", sc.ALL, ids=lambda f: f.__name__.removeprefix("scenario_"))
 def test_scenario(scenario, env, no_fd_leak):
     scenario(env)
-
-
-def _edu(d):
-    from pyvfio.vfio.edu import EduDevice
-
-    edu = EduDevice(d.device)
-    edu.enable_bus_master()
-    return edu
 
 
 def test_dirty_tracking_on_an_iommu_that_has_it(be, no_fd_leak):
@@ -61,7 +51,7 @@ def test_dirty_tracking_on_an_iommu_that_has_it(be, no_fd_leak):
         hwpt = fd.hwpt_alloc(dev.dev_id, ioas, dirty_tracking=True)
         dev.attach(hwpt)
         ioas.map(buf, 0x100000)
-        edu = _edu(dev)
+        edu = sc.edu_of(dev)
         edu.from_device(0x100000 + 3 * PAGE, 64)  # not tracking yet
         hwpt.set_dirty_tracking(True)
         assert hwpt.dirty_pages(0x100000, 16 * PAGE) == []

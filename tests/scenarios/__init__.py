@@ -36,9 +36,10 @@ class Env:
         return self.kind == "mock"
 
 
-def guest_env(guest_info: dict[str, Any], guest_variant: str) -> Env:
+def guest_env(guest_info: dict[str, Any], guest_variant: str, *, iommufd: bool = False) -> Env:
     """The Env of a guest test: the real backend and the edu device the test bed's agent bound
-    to vfio-pci (the test fails, not skips, when the agent did not bind it)."""
+    to vfio-pci (the test fails, not skips, when the agent did not bind it, or with ``iommufd``
+    when the guest has no /dev/iommu)."""
     import pytest
 
     from pyvfio.seam import get_backend
@@ -46,6 +47,8 @@ def guest_env(guest_info: dict[str, Any], guest_variant: str) -> Env:
     edu = [d for d in guest_info["devices"] if d.get("name") == "edu" and d.get("bound")]
     if not edu:
         pytest.fail(f"the guest agent did not bind edu to vfio-pci: {guest_info['devices']}", pytrace=False)
+    if iommufd and not guest_info.get("iommufd"):
+        pytest.fail(f"no /dev/iommu in the {guest_variant} guest: not the iommufd kernel?", pytrace=False)
     return Env("real", lambda: get_backend("real"), bdf=edu[0]["bdf"],
                facts={"variant": guest_variant, "guest": guest_info})
 
