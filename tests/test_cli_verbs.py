@@ -111,6 +111,15 @@ def test_bind_round_trip_restores_the_driver(host):
     assert jdoc(res)["devices"][0]["driver_after"] == "igb" and driver(host, "0000:02:00.0") == "igb"
 
 
+def test_bind_already_bound_is_one_document_and_asks_nothing(host):
+    """Nothing to change: exit 0 with one JSON document, even without --yes and without a TTY."""
+    assert invoke(["--json", "bind", "--yes", "0000:02:00.0"], host).exit_code == 0
+    res = invoke(["--json", "bind", "0000:02:00.0"], host)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)  # exactly one document: json.loads refuses trailing data
+    assert "already bound to vfio-pci" in doc["warnings"] and driver(host, "0000:02:00.0") == "vfio-pci"
+
+
 def test_bind_dry_run(host):
     res = invoke(["--json", "bind", "--dry-run", "0000:00:04.0"], host)
     doc = jdoc(res)
