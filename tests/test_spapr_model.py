@@ -170,3 +170,37 @@ def test_v1_enable_over_the_memlock_limit_is_enomem_with_a_hint():
             assert iommu.enabled
     finally:
         shutdown(kernel)
+
+
+class _ClosingBuffer:
+    """A buffer closed by another thread between pyvfio's checks and the pin (``_pin`` raises)."""
+
+    def __init__(self, buf):
+        self.addr, self.size = buf.addr, buf.size
+
+    def _pin(self, mapping):
+        from pyvfio.errors import StateError
+
+        raise StateError("DmaBuffer is closed")
+
+
+def test_map_of_a_buffer_closed_meanwhile_leaves_no_tce():
+    """If the buffer cannot be pinned, the kernel mapping is undone and nothing is recorded."""
+    from pyvfio.errors import StateError
+
+    kernel = power_kernel()
+    be = MockBackend(kernel)
+    try:
+        with Container(backend=be) as c, \
+                DmaBuffer(1 << 16, hugepages=None, align=0x10000, backend=be) as buf:
+            c.attach(Group(POWER_EDU_GROUP, backend=be))
+            iommu = c.set_iommu("SPAPR_TCE_v2")
+            mem = iommu.register(buf)
+            iova = iommu.windows[0].start
+            with pytest.raises(StateError):
+                iommu.map(_ClosingBuffer(buf), iova=iova, size=PAGE)
+            _drv, _regions, tces = _kernel_view(iommu)
+            assert tces == {} and not iommu.mappings and not mem.mappings
+            mem.unregister()  # nothing maps it: no BusyError
+    finally:
+        shutdown(kernel)

@@ -325,13 +325,17 @@ class _SpaprBase(MappingTable, IommuBase):
         flags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
         self.map_dma(vaddr, iova, n, flags)
         mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)  # type: ignore[arg-type]
+        pin = getattr(buffer, "_pin", None)
+        if pin is not None:
+            try:
+                pin(mapping)
+            except BaseException:  # closed meanwhile: do not leave the TCEs behind
+                self.unmap_dma(iova, n)
+                raise
         self.mappings[iova] = mapping
         if region is not None:
             region.mappings.add(mapping)
             mapping.state["spapr_region"] = region
-        pin = getattr(buffer, "_pin", None)
-        if pin is not None:
-            pin(mapping)
         return mapping
 
     def _region_for(self, vaddr: int, size: int) -> "RegisteredMemory | None":
