@@ -60,6 +60,13 @@ def _unmap_quietly(backend: Backend, addr: int, length: int) -> None:
         pass
 
 
+def _release(gone: list[bool], backend: Backend, addr: int, length: int) -> None:
+    """A buffer's finalizer: flag it gone (a plain flag that map/pin read on every call,
+    cheaper than ``finalize.alive``), then return the memory."""
+    gone[0] = True
+    _unmap_quietly(backend, addr, length)
+
+
 class DmaBuffer:
     """Anonymous, page-aligned memory for DMA.
 
@@ -119,7 +126,8 @@ class DmaBuffer:
                 # prefault (MAP_POPULATE was not possible on the reservation)
                 lib.memset(ffi.cast("void *", self.addr), 0, self.size)
             self._span = (self.addr, self.size)
-        self._finalizer = weakref.finalize(self, _unmap_quietly, self.backend, self.addr, self.size)
+        self._gone = [False]  # set by the finalizer, whoever runs it (close, last unpin, exit)
+        self._finalizer = weakref.finalize(self, _release, self._gone, self.backend, self.addr, self.size)
         self._cbuf = ffi.buffer(ffi.cast("char *", self.addr), self.size)
 
     # -- access ----------------------------------------------------------------------------------
@@ -129,12 +137,12 @@ class DmaBuffer:
 
     @property
     def closed(self) -> bool:
-        return self._close_pending or not self._finalizer.alive
+        return self._close_pending or self._gone[0]
 
     @property
     def released(self) -> bool:
         """The memory went back to the system (closed and no longer mapped)."""
-        return not self._finalizer.alive
+        return self._gone[0]
 
     @property
     def view(self) -> memoryview:
@@ -169,15 +177,17 @@ class DmaBuffer:
     # -- mapping bookkeeping (called by the IOMMU objects) ---------------------------------------
     def _pin(self, mapping: Any) -> None:
         with self._lock:
-            if self._close_pending or not self._finalizer.alive:
+            if self._close_pending or self._gone[0]:
                 raise StateError("DmaBuffer is closed")
             self._mappings.append(mapping)
 
     def _unpin(self, mapping: Any) -> None:
         with self._lock:
-            if mapping in self._mappings:
+            try:
                 self._mappings.remove(mapping)
-            if self._close_pending and not self._mappings and self._finalizer.alive:
+            except ValueError:  # not pinned (already let go)
+                pass
+            if self._close_pending and not self._mappings and not self._gone[0]:
                 self._finalizer()
 
     @property

@@ -77,6 +77,7 @@ class DmaFlags(enum.IntFlag):
 
 _FLAGS = {(True, True): DmaFlags.READ | DmaFlags.WRITE, (True, False): DmaFlags.READ,
           (False, True): DmaFlags.WRITE}
+_RW = _FLAGS[True, True]
 
 
 class ShortUnmapError(PyvfioError):
@@ -172,11 +173,16 @@ class DmaMapping:
         self.buffer = buffer
         self.state: dict[str, Any] = {}
         self._live = True
-        self._on_unmap: list[Any] = []
+        # () until the first callback: most mappings never get one (no list per map)
+        self._on_unmap: list[Any] | tuple[()] = ()
 
     def on_unmap(self, fn: Any) -> None:
         """Call ``fn(mapping)`` once the mapping is gone (the IOVA allocator frees its block)."""
-        self._on_unmap.append(fn)
+        callbacks = self._on_unmap
+        if isinstance(callbacks, list):
+            callbacks.append(fn)
+        else:
+            self._on_unmap = [fn]
 
     @property
     def closed(self) -> bool:
@@ -229,14 +235,17 @@ class MappingTable:
         """The kernel no longer maps ``mapping``: mark it dead, drop it from :attr:`mappings`,
         unpin its buffer, run its on_unmap callbacks (once)."""
         mapping._live = False
-        if self.mappings.get(mapping.iova) is mapping:
-            del self.mappings[mapping.iova]
+        mappings, iova = self.mappings, mapping.iova
+        if mappings.get(iova) is mapping:
+            del mappings[iova]
         unpin = getattr(mapping.buffer, "_unpin", None)
         if unpin is not None:
             unpin(mapping)
-        callbacks, mapping._on_unmap = mapping._on_unmap, []
-        for fn in callbacks:
-            fn(mapping)
+        callbacks = mapping._on_unmap
+        if callbacks:
+            mapping._on_unmap = ()
+            for fn in callbacks:
+                fn(mapping)
 
     def find(self, iova: int) -> DmaMapping | None:
         """The pyvfio mapping containing ``iova``."""
@@ -427,14 +436,50 @@ class Type1Iommu(MappingTable, IommuBase):
         a DmaMapping that keeps ``buffer`` alive until unmapped. Device access: ``read`` lets
         the device read the memory, ``write`` lets it write.
         """
-        if self._fd < 0:
+        fd = self._fd
+        if fd < 0:
             raise StateError("this IOMMU is closed")
-        vaddr, n = _buffer_span(buffer, size, offset)
-        flags = _FLAGS.get((bool(read), bool(write)))
-        if flags is None:
-            raise ArgumentError("a mapping needs read=True and/or write=True")
-        self.check(iova, n, vaddr)
-        self.map_dma(vaddr, iova, n, flags)
+        # the checks of _buffer_span/check()/map_dma, inlined for the common case (a whole
+        # buffer, READ|WRITE, a valid IOVA, the real backend); anything else takes the general
+        # functions, which raise the same errors in the same order
+        if size is None and offset == 0 and type(buffer) is not int:
+            try:
+                vaddr, total = buffer.addr, buffer.size
+            except AttributeError:
+                vaddr, n = _buffer_span(buffer, size, offset)
+            else:
+                if getattr(buffer, "closed", False):
+                    raise StateError(f"{buffer!r} is closed")
+                if total < 0:
+                    vaddr, n = _buffer_span(buffer, size, offset)  # raises its RangeError
+                vaddr, n = int(vaddr) + offset, total - offset
+        else:
+            vaddr, n = _buffer_span(buffer, size, offset)
+        if read is True and write is True:
+            flags = _RW
+        else:
+            flags = _FLAGS.get((bool(read), bool(write)))  # type: ignore[assignment]
+            if flags is None:
+                raise ArgumentError("a mapping needs read=True and/or write=True")
+        if self._info is None:
+            self.info()
+        last = iova + n - 1
+        if n <= 0 or iova < 0 or last > U64_MAX or (iova | n | vaddr) & self._pgmask:
+            self.check(iova, n, vaddr)  # raises the precise error
+        for start, end in self._spans:
+            if start <= iova and last <= end:
+                break
+        else:
+            self.check(iova, n, vaddr)  # raises RangeError
+        if self._direct:
+            try:
+                _fcntl_ioctl(fd, _MAP_DMA, _pack_map_new(_SZ_MAP, flags, vaddr, iova, n))
+            except struct.error:
+                self.map_dma(vaddr, iova, n, flags)  # raises its RangeError
+            except OSError as e:
+                raise self._map_error(e, n) from None
+        else:
+            self.map_dma(vaddr, iova, n, flags)
         mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)
         pin = getattr(buffer, "_pin", None)
         if pin is not None:
@@ -453,9 +498,24 @@ class Type1Iommu(MappingTable, IommuBase):
             return
         if mapping.iommu is not self:
             raise ArgumentError(f"{mapping!r} belongs to another IOMMU")
-        done = self.unmap_dma(mapping.iova, mapping.size)
+        iova, size = mapping.iova, mapping.size
+        if self._direct:  # unmap_dma's real-backend path, inlined (map() validated iova/size)
+            try:
+                buf = bytearray(_pack_unmap_new(_SZ_UNMAP, 0, iova, size))
+                _fcntl_ioctl(self._fd, _UNMAP_DMA, buf, True)
+            except struct.error:
+                done = self.unmap_dma(iova, size)  # raises its RangeError
+            except OSError as e:
+                if isinstance(e, PyvfioError):
+                    raise
+                raise error_from_errno(e.errno or errno.EIO, op="VFIO_IOMMU_UNMAP_DMA",
+                                       path=self.container.path) from None
+            else:
+                done = _unpack_u64(buf, _UNMAP_SIZE_AT)[0]
+        else:
+            done = self.unmap_dma(iova, size)
         self._forget(mapping)
-        if done != mapping.size:
+        if done != size:
             raise ShortUnmapError(errno.EIO, f"unmapped {done:#x} of {mapping.size:#x} bytes at "
                                   f"{mapping.iova:#x}", op="VFIO_IOMMU_UNMAP_DMA", path=self.container.path,
                                   hint="something else unmapped part of this range (a raw unmap_dma "
