@@ -175,26 +175,20 @@ class DmaBuffer:
         lib.memset(ffi.cast("void *", self.addr), byte, self.size)
 
     # -- mapping bookkeeping (called by the IOMMU objects) ---------------------------------------
-    # _pin/_unpin run on every map/unmap and take no lock (a lock round trip is most of their
-    # cost in a TCG guest). Each list operation is atomic under the GIL and _close_pending
-    # only ever goes False -> True, so the order below is enough: _pin publishes the mapping
-    # *before* it looks at _close_pending, close() sets _close_pending *before* it looks at
-    # _mappings. A _pin that succeeds therefore always makes close()/_unpin see its mapping
-    # and keep the memory; a _pin that loses the race takes its mapping back and raises.
-    # Two threads may both decide to release: the finalizer runs at most once.
     def _pin(self, mapping: Any) -> None:
-        self._mappings.append(mapping)
-        if self._close_pending or self._gone[0]:
-            self._unpin(mapping)
-            raise StateError("DmaBuffer is closed")
+        with self._lock:
+            if self._close_pending or self._gone[0]:
+                raise StateError("DmaBuffer is closed")
+            self._mappings.append(mapping)
 
     def _unpin(self, mapping: Any) -> None:
-        try:
-            self._mappings.remove(mapping)
-        except ValueError:  # not pinned (already let go)
-            pass
-        if self._close_pending and not self._mappings and not self._gone[0]:
-            self._finalizer()
+        with self._lock:
+            try:
+                self._mappings.remove(mapping)
+            except ValueError:  # not pinned (already let go)
+                pass
+            if self._close_pending and not self._mappings and not self._gone[0]:
+                self._finalizer()
 
     @property
     def mappings(self) -> tuple[Any, ...]:
