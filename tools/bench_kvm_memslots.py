@@ -33,19 +33,24 @@ from pyvfio.kvm import GuestMemory, Kvm  # noqa: E402
 PAGE = 4096
 
 
+def _timed_managed(vm, mem: GuestMemory, n: int, pairs: int) -> dict[str, float]:
+    """Create n slots, delete them, then `pairs` create+delete of one slot; ns per operation."""
+    add = vm.add_memslot
+    t0 = time.perf_counter_ns()
+    slots = [add(mem, i * PAGE, PAGE, offset=i * PAGE) for i in range(n)]
+    t1 = time.perf_counter_ns()
+    for s in slots:
+        s.delete()
+    t2 = time.perf_counter_ns()
+    for _ in range(pairs):
+        add(mem, 0, PAGE).delete()
+    t3 = time.perf_counter_ns()
+    return {"create_ns": (t1 - t0) / n, "delete_ns": (t2 - t1) / n, "pair_ns": (t3 - t2) / pairs}
+
+
 def managed_round(kvm: Kvm, mem: GuestMemory, n: int, pairs: int) -> dict[str, float]:
     with kvm.create_vm() as vm:
-        add = vm.add_memslot
-        t0 = time.perf_counter_ns()
-        slots = [add(mem, i * PAGE, PAGE, offset=i * PAGE) for i in range(n)]
-        t1 = time.perf_counter_ns()
-        for s in slots:
-            s.delete()
-        t2 = time.perf_counter_ns()
-        for _ in range(pairs):
-            add(mem, 0, PAGE).delete()
-        t3 = time.perf_counter_ns()
-    return {"create_ns": (t1 - t0) / n, "delete_ns": (t2 - t1) / n, "pair_ns": (t3 - t2) / pairs}
+        return _timed_managed(vm, mem, n, pairs)
 
 
 def raw_round(kvm: Kvm, mem: GuestMemory, n: int, pairs: int) -> dict[str, float]:
@@ -79,20 +84,10 @@ def overhead(kvm: Kvm, mem: GuestMemory, n: int, pairs: int) -> dict[str, float]
 
     vm.backend = _Stub()  # type: ignore[assignment]
     try:
-        add = vm.add_memslot
-        t0 = time.perf_counter_ns()
-        slots = [add(mem, i * PAGE, PAGE, offset=i * PAGE) for i in range(n)]
-        t1 = time.perf_counter_ns()
-        for s in slots:
-            s.delete()
-        t2 = time.perf_counter_ns()
-        for _ in range(pairs):
-            add(mem, 0, PAGE).delete()
-        t3 = time.perf_counter_ns()
+        return _timed_managed(vm, mem, n, pairs)
     finally:
         vm.backend = real_backend
         vm.close()
-    return {"create_ns": (t1 - t0) / n, "delete_ns": (t2 - t1) / n, "pair_ns": (t3 - t2) / pairs}
 
 
 def bookkeeping(kvm: Kvm, mem: GuestMemory, n: int) -> int:
