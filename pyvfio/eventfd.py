@@ -21,7 +21,7 @@ import select
 import sys
 from typing import Iterable
 
-from ._fd import FdObject
+from .core.fd import FdObject
 from .errors import ArgumentError
 from .seam import Backend, get_backend
 

@@ -177,9 +177,12 @@ class Request(int):
 
     ``dir_kind`` is "IO", "IOR", "IOW" or "IOWR"; ``struct`` is the kernel
     name of the argument type whose size is encoded (None for ``_IO``, whose
-    argument -- if any -- is still documented in ``ARG_STRUCTS``).
+    argument -- if any -- is still documented in ``ARG_STRUCTS``).  ``name`` is
+    the kernel's macro name (what errors report as ``op``); requests that share a
+    number (0x3b75) are distinct objects with their own names.
     """
 
+    name: str = ""
     dir_kind: str
     ioc_type: int
     nr: int
@@ -203,7 +206,7 @@ class Request(int):
 
     def __repr__(self) -> str:
         arg = f", {self.struct}" if self.struct else ""
-        return f"<_{self.dir_kind}({self.ioc_type:#x}, {self.nr:#x}{arg}) = {int(self):#x}>"
+        return f"<{self.name or 'request'} _{self.dir_kind}({self.ioc_type:#x}, {self.nr:#x}{arg}) = {int(self):#x}>"
 
 
 def _IO(type: int, nr: int) -> Request:  # noqa: N802
@@ -786,6 +789,9 @@ _REQUESTS: Final[dict[str, Request]] = {
     name: value for name, value in list(globals().items())
     if isinstance(value, Request) and not name.startswith("_")
 }
+for _name, _req in _REQUESTS.items():
+    _req.name = _name
+
 _CONSTANTS: Final[dict[str, int]] = {
     name: value for name, value in list(globals().items()) if _is_public_constant(name, value)
 }
@@ -823,8 +829,13 @@ def requests(arch: str | None = None) -> dict[str, Request]:
     """Every request name -> :class:`Request` (encoded for ``arch``), for tools."""
     a = normalize_arch(arch)
     layout = ARCHES[a]
-    return {name: Request(req.reencode(layout), req.dir_kind, req.ioc_type, req.nr, req.struct)
-            for name, req in _REQUESTS.items() if _applies(name, a)}
+    out = {}
+    for name, req in _REQUESTS.items():
+        if _applies(name, a):
+            other = Request(req.reencode(layout), req.dir_kind, req.ioc_type, req.nr, req.struct)
+            other.name = name
+            out[name] = other
+    return out
 
 
 def names_for_request(number: int, arch: str | None = None) -> tuple[str, ...]:

@@ -56,7 +56,7 @@ def group_viable(group: int) -> bool:
     try:
         st = ffi.new("struct vfio_group_status *")
         st.argsz = ffi.sizeof("struct vfio_group_status")
-        b.ioctl(fd, VFIO_GROUP_GET_STATUS, st, op="VFIO_GROUP_GET_STATUS")
+        b.ioctl(fd, VFIO_GROUP_GET_STATUS, st)
         return bool(st.flags & 1)
     finally:
         b.close(fd)

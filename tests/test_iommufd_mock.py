@@ -128,20 +128,20 @@ def test_framing_rules(be, no_fd_leak):
         c = ffi.cast("struct iommu_ioas_alloc *", raw)
         c.size = 8  # out_ioas_id missing
         with pytest.raises(InvalidArgumentError):
-            be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_ALLOC, c, op="IOMMU_IOAS_ALLOC")
+            be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_ALLOC, c)
         c.size = 32
         raw[20] = b"\x01"
         with pytest.raises(PyvfioError) as ei:
-            be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_ALLOC, c, op="IOMMU_IOAS_ALLOC")
+            be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_ALLOC, c)
         assert ei.value.errno == errno.E2BIG
         raw[20] = b"\x00"
-        be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_ALLOC, c, op="IOMMU_IOAS_ALLOC")
+        be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_ALLOC, c)
         assert c.out_ioas_id == 1
         r = ffi.new("struct iommu_ioas_iova_ranges *")
         r.size, r.ioas_id = ffi.sizeof(r[0]), 1
         setattr(r, "__reserved", 1)
         with pytest.raises(PyvfioError) as ei:
-            be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_IOVA_RANGES, r, op="IOMMU_IOAS_IOVA_RANGES")
+            be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_IOVA_RANGES, r)
         assert ei.value.errno == errno.EOPNOTSUPP
         with pytest.raises(PyvfioError) as ei:
             be.ioctl(fd.fileno(), ioctls._IO(ioctls.IOMMUFD_TYPE, 0x99), c, op="?")

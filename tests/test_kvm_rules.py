@@ -186,7 +186,7 @@ def test_vm_and_vcpu_rules(kvm):  # noqa: F811
     with kvm.create_vm() as vm:
         assert err(vm.create_vcpu, 4096) == "EINVAL"
         assert err(vm.create_vcpu, 0) == "ok"
-        assert err(vm._ioctl, I.KVM_CREATE_VCPU, 0, op="KVM_CREATE_VCPU") == "EEXIST"
+        assert err(vm._ioctl, I.KVM_CREATE_VCPU, 0) == "EEXIST"
         assert err(vm.create_irqchip) == "EINVAL"   # after vCPUs
     with kvm.create_vm() as vm:
         assert err(vm.create_irqchip) == "ok"
@@ -222,13 +222,13 @@ def test_vfio_device_rules(vm):  # noqa: F811
 def _ioeventfd(vm, **kw):  # noqa: F811
     from pyvfio.uapi import ffi
 
-    return err(vm._ioctl, I.KVM_IOEVENTFD, ffi.new("struct kvm_ioeventfd *", kw), op="KVM_IOEVENTFD")
+    return err(vm._ioctl, I.KVM_IOEVENTFD, ffi.new("struct kvm_ioeventfd *", kw))
 
 
 def _irqfd(vm, **kw):  # noqa: F811
     from pyvfio.uapi import ffi
 
-    return err(vm._ioctl, I.KVM_IRQFD, ffi.new("struct kvm_irqfd *", kw), op="KVM_IRQFD")
+    return err(vm._ioctl, I.KVM_IRQFD, ffi.new("struct kvm_irqfd *", kw))
 
 
 def test_ioeventfd_rules(vm):  # noqa: F811
@@ -287,9 +287,9 @@ def test_guest_memfd_rules(vm, mem):  # noqa: F811
     from pyvfio.uapi import ffi
 
     g = ffi.new("struct kvm_create_guest_memfd *", {"size": 1 << 20, "flags": 1 << 40})
-    assert err(vm._ioctl, I.KVM_CREATE_GUEST_MEMFD, g, op="KVM_CREATE_GUEST_MEMFD") == "EINVAL"
+    assert err(vm._ioctl, I.KVM_CREATE_GUEST_MEMFD, g) == "EINVAL"
     g.flags, g.size = 0, 1000
-    assert err(vm._ioctl, I.KVM_CREATE_GUEST_MEMFD, g, op="KVM_CREATE_GUEST_MEMFD") == "EINVAL"
+    assert err(vm._ioctl, I.KVM_CREATE_GUEST_MEMFD, g) == "EINVAL"
     gm = vm.create_guest_memfd(1 << 20)
     r2 = vm.set_user_memory_region2
     gfd = gm.fileno()

@@ -39,7 +39,7 @@ def test_get_api_version_on_the_real_kernel(vfio_fd):
     from pyvfio import ioctls
 
     backend, fd = vfio_fd
-    got = backend.ioctl(fd, ioctls.VFIO_GET_API_VERSION, op="VFIO_GET_API_VERSION")
+    got = backend.ioctl(fd, ioctls.VFIO_GET_API_VERSION)
     assert got == ioctls.VFIO_API_VERSION == 0
 
 
@@ -76,7 +76,7 @@ def test_spapr_iommus_supported_type1_not(vfio_fd):
     backend, fd = vfio_fd
 
     def check(ext: int) -> int:
-        return backend.ioctl(fd, ioctls.VFIO_CHECK_EXTENSION, ext, op="VFIO_CHECK_EXTENSION")
+        return backend.ioctl(fd, ioctls.VFIO_CHECK_EXTENSION, ext)
 
     assert check(ioctls.VFIO_SPAPR_TCE_IOMMU) == 1
     assert check(ioctls.VFIO_SPAPR_TCE_v2_IOMMU) == 1

@@ -25,7 +25,7 @@ def test_real_bad_fd_raises_ebadf_with_op():
     be = RealBackend()
     arg = ffi.new("struct vfio_group_status *", {"argsz": ffi.sizeof("struct vfio_group_status")})
     with pytest.raises(errors.BadFileError) as ei:
-        be.ioctl(_closed_fd(), ioctls.VFIO_GROUP_GET_STATUS, arg, op="VFIO_GROUP_GET_STATUS")
+        be.ioctl(_closed_fd(), ioctls.VFIO_GROUP_GET_STATUS, arg)
     e = ei.value
     assert e.errno == errno.EBADF
     assert e.op == "VFIO_GROUP_GET_STATUS"
@@ -46,7 +46,7 @@ def test_real_ioctl_returns_the_ioctls_own_value():
     be = RealBackend()
     fd = be.open("/dev/kvm")
     try:
-        assert be.ioctl(fd, ioctls.KVM_GET_API_VERSION, 0, op="KVM_GET_API_VERSION") == 12
+        assert be.ioctl(fd, ioctls.KVM_GET_API_VERSION, 0) == 12
     finally:
         be.close(fd)
 
@@ -90,16 +90,16 @@ def echo():
 def test_mock_unknown_request_is_enotty(echo):
     be, fd = echo
     with pytest.raises(errors.UnsupportedError) as ei:
-        be.ioctl(fd, ioctls.VFIO_IOMMU_MAP_DMA, 0, op="VFIO_IOMMU_MAP_DMA")
+        be.ioctl(fd, ioctls.VFIO_IOMMU_MAP_DMA, 0)
     assert ei.value.errno == errno.ENOTTY and ei.value.path == "/dev/echo"
 
 
 def test_mock_dispatches_by_request_number(echo):
     be, fd = echo
-    assert be.ioctl(fd, ioctls.VFIO_GET_API_VERSION, 0, op="VFIO_GET_API_VERSION") == 0
-    assert be.ioctl(fd, ioctls.VFIO_CHECK_EXTENSION, 3, op="VFIO_CHECK_EXTENSION") == 1
+    assert be.ioctl(fd, ioctls.VFIO_GET_API_VERSION, 0) == 0
+    assert be.ioctl(fd, ioctls.VFIO_CHECK_EXTENSION, 3) == 1
     with pytest.raises(errors.InvalidArgumentError):
-        be.ioctl(fd, ioctls.VFIO_CHECK_EXTENSION, 999, op="VFIO_CHECK_EXTENSION")
+        be.ioctl(fd, ioctls.VFIO_CHECK_EXTENSION, 999)
     assert "bad extension" in be.kernel.dmesg[-1]
 
 
@@ -116,14 +116,14 @@ def test_mock_fds_are_real_and_released(echo):
     be.close(fd)
     assert f.released and fd not in be.kernel.files
     with pytest.raises(errors.BadFileError):
-        be.ioctl(fd, ioctls.VFIO_GET_API_VERSION, 0, op="VFIO_GET_API_VERSION")
+        be.ioctl(fd, ioctls.VFIO_GET_API_VERSION, 0)
 
 
 def test_mock_bad_fd_same_errno_as_real():
     be = MockBackend(MockKernel(subsystems=[]))
     fd = _closed_fd()
     with pytest.raises(errors.BadFileError):
-        be.ioctl(fd, ioctls.VFIO_GET_API_VERSION, 0, op="VFIO_GET_API_VERSION")
+        be.ioctl(fd, ioctls.VFIO_GET_API_VERSION, 0)
 
 
 def test_shared_request_number_must_be_dispatched_in_one_handler():

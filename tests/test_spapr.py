@@ -435,7 +435,7 @@ def test_v1_enable_map_unmap_disable(env):
         iommu.enable()
         assert env.locked() - before == GiB  # the whole 32-bit window is accounted
         with pytest.raises(PyvfioError) as e:
-            iommu.ioctl(ioctls.VFIO_IOMMU_ENABLE, 0, op="VFIO_IOMMU_ENABLE")
+            iommu.ioctl(ioctls.VFIO_IOMMU_ENABLE, 0)
         assert _errno(e) == errno.EBUSY
         m = iommu.map(buf, iova=0, size=64 * 1024)
         edu = env.edu(g)
@@ -465,7 +465,7 @@ def test_v1_and_v2_refuse_each_others_requests(env):
     c, _g, v2 = env.open("SPAPR_TCE_v2")
     with c:
         with pytest.raises(PyvfioError) as e:
-            v2.ioctl(ioctls.VFIO_IOMMU_ENABLE, 0, op="VFIO_IOMMU_ENABLE")
+            v2.ioctl(ioctls.VFIO_IOMMU_ENABLE, 0)
         assert _errno(e) == errno.ENOTTY
 
 

@@ -14,6 +14,7 @@ from pyvfio.errors import (BusyError, NotFoundError,
                            PermissionDeniedError, StateError)
 from pyvfio.mockkernel import vfio as mvfio
 from pyvfio.mockkernel.type1 import Type1Iommu as MockType1
+from pyvfio import ioctls
 from pyvfio.seam.mock import MockBackend
 from pyvfio.services.dma import DmaBuffer, DmaMapper
 from pyvfio.services.iova import IovaAllocator, IovaExhaustedError
@@ -255,8 +256,8 @@ def test_dmabuffer_alignment_and_access():
 
 
 class _OldApiBackend(CountingBackend):
-    def ioctl(self, fd, request, arg=0, *, op, hint=None):
-        if op == "VFIO_GET_API_VERSION":
+    def ioctl(self, fd, request, arg=0, *, op=None, hint=None):
+        if request is ioctls.VFIO_GET_API_VERSION:
             return 1
         return super().ioctl(fd, request, arg, op=op, hint=hint)
 

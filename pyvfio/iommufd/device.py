@@ -31,7 +31,7 @@ import os
 from typing import Any
 
 from .. import ioctls as I
-from .._fd import Bundle
+from ..core.fd import Bundle
 from ..errors import NotFoundError, PyvfioError, register_hint
 from ..seam import Backend, get_backend
 from ..uapi import ffi
@@ -93,7 +93,7 @@ class IommufdDevice:
             b = ffi.new("struct vfio_device_bind_iommufd *")
             b.argsz = ffi.sizeof(b[0])
             b.iommufd = iommufd.fileno()
-            self.backend.ioctl(fd, I.VFIO_DEVICE_BIND_IOMMUFD, b, op="VFIO_DEVICE_BIND_IOMMUFD")
+            self.backend.ioctl(fd, I.VFIO_DEVICE_BIND_IOMMUFD, b)
             self.dev_id = int(b.out_devid)
         except BaseException:
             self.device.close()

@@ -41,7 +41,7 @@ from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, St
                       UnsupportedError, register_hint)
 from ..seam import Backend, get_backend
 from ..uapi import ffi
-from .._fd import FdObject
+from ..core.fd import FdObject
 from ..vfio.type1 import DmaFlags, DmaMapping, IovaRange, MappingTable, ShortUnmapError, _buffer_span
 
 if TYPE_CHECKING:

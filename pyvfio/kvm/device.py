@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .. import ioctls as I
 from ..errors import register_hint
 from ..uapi import ffi
-from .._fd import FdObject
+from ..core.fd import FdObject
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -45,16 +45,16 @@ class KvmDevice(FdObject):
 
     def set_attr(self, group: int, attr: int, value_addr: int = 0) -> None:
         """KVM_SET_DEVICE_ATTR. ENXIO: unknown group/attr; other errnos are the device's."""
-        self._ioctl(I.KVM_SET_DEVICE_ATTR, self._attr(group, attr, value_addr), op="KVM_SET_DEVICE_ATTR")
+        self._ioctl(I.KVM_SET_DEVICE_ATTR, self._attr(group, attr, value_addr))
 
     def get_attr(self, group: int, attr: int, value_addr: int) -> None:
         """KVM_GET_DEVICE_ATTR into ``value_addr``. ENXIO: unknown group/attr."""
-        self._ioctl(I.KVM_GET_DEVICE_ATTR, self._attr(group, attr, value_addr), op="KVM_GET_DEVICE_ATTR")
+        self._ioctl(I.KVM_GET_DEVICE_ATTR, self._attr(group, attr, value_addr))
 
     def has_attr(self, group: int, attr: int) -> bool:
         """KVM_HAS_DEVICE_ATTR: True if the attribute exists (ENXIO -> False)."""
         try:
-            self._ioctl(I.KVM_HAS_DEVICE_ATTR, self._attr(group, attr, 0), op="KVM_HAS_DEVICE_ATTR")
+            self._ioctl(I.KVM_HAS_DEVICE_ATTR, self._attr(group, attr, 0))
         except OSError as e:
             if e.errno == errno.ENXIO:
                 return False

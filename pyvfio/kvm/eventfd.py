@@ -114,7 +114,7 @@ class IoEventFd(_Binding):
         if self.datamatch is not None:
             a.flags |= I.KVM_IOEVENTFD_FLAG_DATAMATCH
             a.datamatch = self.datamatch
-        self.vm._ioctl(I.KVM_IOEVENTFD, a, op="KVM_IOEVENTFD")
+        self.vm._ioctl(I.KVM_IOEVENTFD, a)
 
     def _undo(self) -> None:
         self._ioctl(I.KVM_IOEVENTFD_FLAG_DEASSIGN)
@@ -139,7 +139,7 @@ class IrqFd(_Binding):
         a.flags = flags
         if self.resample_fd is not None:
             a.resamplefd = self.resample_fd
-        self.vm._ioctl(I.KVM_IRQFD, a, op="KVM_IRQFD")
+        self.vm._ioctl(I.KVM_IRQFD, a)
 
     def trigger(self) -> None:
         """Signal the eventfd (what a device's interrupt does)."""

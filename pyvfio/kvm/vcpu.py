@@ -16,7 +16,7 @@ import numpy as np
 from .. import ioctls as I
 from ..errors import ArgumentError, PyvfioError, StateError
 from ..uapi import ffi
-from .._fd import FdObject
+from ..core.fd import FdObject
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -66,22 +66,22 @@ class Vcpu(FdObject):
     def get_regs(self):  # type: ignore[no-untyped-def]
         """KVM_GET_REGS: a ``struct kvm_regs`` cdata (x86)."""
         r = ffi.new("struct kvm_regs *")
-        self._ioctl(I.KVM_GET_REGS, r, op="KVM_GET_REGS")
+        self._ioctl(I.KVM_GET_REGS, r)
         return r
 
     def set_regs(self, regs) -> None:  # type: ignore[no-untyped-def]
         """KVM_SET_REGS (x86)."""
-        self._ioctl(I.KVM_SET_REGS, regs, op="KVM_SET_REGS")
+        self._ioctl(I.KVM_SET_REGS, regs)
 
     def get_sregs(self):  # type: ignore[no-untyped-def]
         """KVM_GET_SREGS: a ``struct kvm_sregs`` cdata (x86)."""
         s = ffi.new("struct kvm_sregs *")
-        self._ioctl(I.KVM_GET_SREGS, s, op="KVM_GET_SREGS")
+        self._ioctl(I.KVM_GET_SREGS, s)
         return s
 
     def set_sregs(self, sregs) -> None:  # type: ignore[no-untyped-def]
         """KVM_SET_SREGS (x86)."""
-        self._ioctl(I.KVM_SET_SREGS, sregs, op="KVM_SET_SREGS")
+        self._ioctl(I.KVM_SET_SREGS, sregs)
 
     def setup_real_mode(self, entry: int) -> None:
         """Real mode, every segment base 0, start at ``entry`` (< 64 KiB). x86."""
@@ -103,7 +103,7 @@ class Vcpu(FdObject):
         """KVM_RUN once; returns ``kvm_run.exit_reason`` (KVM_EXIT_*). EINTR is returned as
         KVM_EXIT_INTR."""
         try:
-            self._ioctl(I.KVM_RUN, 0, op="KVM_RUN")
+            self._ioctl(I.KVM_RUN, 0)
         except PyvfioError as e:
             if e.errno == errno.EINTR:
                 return I.KVM_EXIT_INTR

@@ -22,7 +22,6 @@ Example (mock kernel)::
 
 from __future__ import annotations
 
-import bisect
 import enum
 import errno
 import heapq
@@ -43,7 +42,8 @@ from ..errors import (
 from ..seam import Backend, get_backend
 from ..services.bitmap import DirtyBitmap, bytes_for
 from ..uapi import ffi
-from .._fd import FdObject
+from ..core.fd import FdObject
+from ..util.intervals import SortedIndex
 from .memory import GuestMemory
 
 if TYPE_CHECKING:
@@ -88,75 +88,6 @@ _RO = int(MemFlag.READONLY)
 _GMEM = int(MemFlag.GUEST_MEMFD)
 
 
-class _SlotIndex:
-    """Memslots of one address space sorted by gpa, in chunks (insert/remove O(sqrt n) instead
-    of a 32764-entry list memmove), answering "the slots starting below X, nearest first"."""
-
-    LOAD = 512
-
-    def __init__(self) -> None:
-        self._starts: list[list[int]] = []
-        self._slots: list[list["MemSlot"]] = []
-        self._mins: list[int] = []
-
-    def __len__(self) -> int:
-        return sum(len(c) for c in self._starts)
-
-    def _chunk(self, gpa: int) -> int:
-        return max(0, bisect.bisect_right(self._mins, gpa) - 1)
-
-    def insert(self, s: "MemSlot") -> None:
-        if not self._starts:
-            self._starts.append([s.gpa])
-            self._slots.append([s])
-            self._mins.append(s.gpa)
-            return
-        c = self._chunk(s.gpa)
-        starts = self._starts[c]
-        i = bisect.bisect_left(starts, s.gpa)
-        starts.insert(i, s.gpa)
-        self._slots[c].insert(i, s)
-        self._mins[c] = starts[0]
-        if len(starts) > 2 * self.LOAD:
-            self._starts[c + 1:c + 1] = [starts[self.LOAD:]]
-            self._slots[c + 1:c + 1] = [self._slots[c][self.LOAD:]]
-            del starts[self.LOAD:]
-            del self._slots[c][self.LOAD:]
-            self._mins.insert(c + 1, self._starts[c + 1][0])
-
-    def remove(self, s: "MemSlot") -> None:
-        c = self._chunk(s.gpa)
-        starts, slots = self._starts[c], self._slots[c]
-        i = bisect.bisect_left(starts, s.gpa)
-        while slots[i] is not s:
-            i += 1
-        del starts[i]
-        del slots[i]
-        if starts:
-            self._mins[c] = starts[0]
-        else:
-            del self._starts[c], self._slots[c], self._mins[c]
-
-    def below(self, end: int) -> Iterator["MemSlot"]:
-        """Slots whose start is < ``end``, highest start first."""
-        c = bisect.bisect_left(self._mins, end) - 1
-        if c < 0:
-            return
-        i = bisect.bisect_left(self._starts[c], end) - 1
-        while c >= 0:
-            slots = self._slots[c]
-            while i >= 0:
-                yield slots[i]
-                i -= 1
-            c -= 1
-            if c >= 0:
-                i = len(self._slots[c]) - 1
-
-    def __iter__(self) -> Iterator["MemSlot"]:
-        for chunk in self._slots:
-            yield from chunk
-
-
 class Kvm(FdObject):
     """The KVM system fd (/dev/kvm): API version, extensions, VM creation.
 
@@ -181,22 +112,22 @@ class Kvm(FdObject):
 
     def api_version(self) -> int:
         """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22."""
-        return self._ioctl(I.KVM_GET_API_VERSION, 0, op="KVM_GET_API_VERSION")
+        return self._ioctl(I.KVM_GET_API_VERSION, 0)
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on /dev/kvm: 0 when absent, else 1 or a cap-specific value."""
-        return self._ioctl(I.KVM_CHECK_EXTENSION, int(cap), op="KVM_CHECK_EXTENSION")
+        return self._ioctl(I.KVM_CHECK_EXTENSION, int(cap))
 
     @property
     def vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from a vCPU fd (kvm_run and friends)."""
         if self._mmap_size is None:
-            self._mmap_size = self._ioctl(I.KVM_GET_VCPU_MMAP_SIZE, 0, op="KVM_GET_VCPU_MMAP_SIZE")
+            self._mmap_size = self._ioctl(I.KVM_GET_VCPU_MMAP_SIZE, 0)
         return self._mmap_size
 
     def create_vm(self, vm_type: int = 0) -> "Vm":
         """KVM_CREATE_VM: a new VM. EINVAL for a type this kernel does not support."""
-        fd = self._ioctl(I.KVM_CREATE_VM, int(vm_type), op="KVM_CREATE_VM")
+        fd = self._ioctl(I.KVM_CREATE_VM, int(vm_type))
         self.backend.label(fd, "anon_inode:kvm-vm")
         vm = Vm(self, fd, vm_type)
         self._vms.add(vm)
@@ -225,7 +156,7 @@ class Vm(FdObject):
         # bookkeeping: (as_id, id) -> MemSlot; per address space a sorted list of starts and
         # the slots in the same order (for O(log n) overlap checks).
         self._slots: dict[int, MemSlot] = {}
-        self._index_of: list[_SlotIndex] = []
+        self._index_of: list[SortedIndex[MemSlot]] = []
         self._free_ids: list[list[int]] = []
         self._next_id: list[int] = []
         self._region = ffi.new("struct kvm_userspace_memory_region *")
@@ -246,7 +177,7 @@ class Vm(FdObject):
         """KVM_CHECK_EXTENSION on the VM fd (cached): 0 when absent."""
         v = self._caps.get(int(cap))
         if v is None:
-            v = self._caps[int(cap)] = self._ioctl(I.KVM_CHECK_EXTENSION, int(cap), op="KVM_CHECK_EXTENSION")
+            v = self._caps[int(cap)] = self._ioctl(I.KVM_CHECK_EXTENSION, int(cap))
         return v
 
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
@@ -258,7 +189,7 @@ class Vm(FdObject):
         c.flags = flags
         for i, a in enumerate(args):
             c.args[i] = int(a)
-        self._ioctl(I.KVM_ENABLE_CAP, c, op="KVM_ENABLE_CAP")
+        self._ioctl(I.KVM_ENABLE_CAP, c)
         self._caps.clear()
         self._valid = None
         self._limits = None
@@ -327,7 +258,7 @@ class Vm(FdObject):
         r.guest_phys_addr = gpa
         r.memory_size = size
         r.userspace_addr = hva
-        self._ioctl(I.KVM_SET_USER_MEMORY_REGION, r, op="KVM_SET_USER_MEMORY_REGION")
+        self._ioctl(I.KVM_SET_USER_MEMORY_REGION, r)
 
     def set_user_memory_region2(self, slot: int, flags: int, gpa: int, size: int, hva: int,
                                 guest_memfd: int = 0, guest_memfd_offset: int = 0) -> None:
@@ -342,7 +273,7 @@ class Vm(FdObject):
         r.userspace_addr = hva
         r.guest_memfd = guest_memfd
         r.guest_memfd_offset = guest_memfd_offset
-        self._ioctl(I.KVM_SET_USER_MEMORY_REGION2, r, op="KVM_SET_USER_MEMORY_REGION2")
+        self._ioctl(I.KVM_SET_USER_MEMORY_REGION2, r)
 
     def get_dirty_log(self, slot: int, bitmap_addr: int) -> None:
         """KVM_GET_DIRTY_LOG, raw: the kernel writes ALIGN(npages, 64) / 8 bytes at ``bitmap_addr``.
@@ -353,7 +284,7 @@ class Vm(FdObject):
         d = self._dirty_log
         d.slot = slot
         d.dirty_bitmap = ffi.cast("void *", bitmap_addr)
-        self._ioctl(I.KVM_GET_DIRTY_LOG, d, op="KVM_GET_DIRTY_LOG")
+        self._ioctl(I.KVM_GET_DIRTY_LOG, d)
 
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap_addr: int) -> None:
         """KVM_CLEAR_DIRTY_LOG, raw: clear the pages whose bit is set (bit 0 = ``first_page``).
@@ -366,16 +297,16 @@ class Vm(FdObject):
         c.first_page = first_page
         c.num_pages = num_pages
         c.dirty_bitmap = ffi.cast("void *", bitmap_addr)
-        self._ioctl(I.KVM_CLEAR_DIRTY_LOG, c, op="KVM_CLEAR_DIRTY_LOG")
+        self._ioctl(I.KVM_CLEAR_DIRTY_LOG, c)
 
     def reset_dirty_rings(self) -> int:
         """KVM_RESET_DIRTY_RINGS: re-protect harvested ring entries; returns how many were reset."""
-        return self._ioctl(I.KVM_RESET_DIRTY_RINGS, 0, op="KVM_RESET_DIRTY_RINGS")
+        return self._ioctl(I.KVM_RESET_DIRTY_RINGS, 0)
 
     # -- managed memslots ---------------------------------------------------------------------
     def _as(self, as_id: int) -> None:
         while len(self._index_of) <= as_id:
-            self._index_of.append(_SlotIndex())
+            self._index_of.append(SortedIndex())
             self._free_ids.append([])
             self._next_id.append(0)
 
@@ -434,10 +365,10 @@ class Vm(FdObject):
         return None
 
     def _index(self, s: "MemSlot") -> None:
-        self._index_of[s.as_id].insert(s)
+        self._index_of[s.as_id].insert(s.gpa, s)
 
     def _unindex(self, s: "MemSlot") -> None:
-        self._index_of[s.as_id].remove(s)
+        self._index_of[s.as_id].remove(s.gpa, s)
 
     def add_memslot(self, memory: GuestMemory | int, gpa: int, size: int | None = None, *,
                     offset: int = 0, slot: int | None = None, as_id: int = 0,
@@ -523,14 +454,14 @@ class Vm(FdObject):
                 r.guest_phys_addr = gpa
                 r.memory_size = size
                 r.userspace_addr = hva
-                self.backend.ioctl(self._fd, _SET_REGION, r, op="KVM_SET_USER_MEMORY_REGION")
+                self.backend.ioctl(self._fd, _SET_REGION, r)
         except BaseException:
             if slot is None:
                 self._release_id(as_id, slot_id)
             raise
         s = MemSlot(self, slot_id, as_id, gpa, size, hva, flags, keep, guest_memfd, guest_memfd_offset)
         self._slots[key] = s
-        self._index_of[as_id].insert(s)
+        self._index_of[as_id].insert(s.gpa, s)
         if keep is not None:
             keep.users += 1
         return s
@@ -590,7 +521,7 @@ class Vm(FdObject):
             vcpu_id = 0
             while vcpu_id in self.vcpus:
                 vcpu_id += 1
-        fd = self._ioctl(I.KVM_CREATE_VCPU, vcpu_id, op="KVM_CREATE_VCPU")
+        fd = self._ioctl(I.KVM_CREATE_VCPU, vcpu_id)
         self.backend.label(fd, f"anon_inode:kvm-vcpu:{vcpu_id}")
         v = Vcpu(self, fd, vcpu_id)
         self.vcpus[vcpu_id] = v
@@ -598,7 +529,7 @@ class Vm(FdObject):
 
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP (x86: PIC + IOAPIC in the kernel; needed for irqfd)."""
-        self._ioctl(I.KVM_CREATE_IRQCHIP, 0, op="KVM_CREATE_IRQCHIP")
+        self._ioctl(I.KVM_CREATE_IRQCHIP, 0)
         self._irqchip = True
 
     def create_device(self, dev_type: int, *, test: bool = False) -> "KvmDevice | None":
@@ -611,7 +542,7 @@ class Vm(FdObject):
         c = ffi.new("struct kvm_create_device *")
         c.type = int(dev_type)
         c.flags = I.KVM_CREATE_DEVICE_TEST if test else 0
-        self._ioctl(I.KVM_CREATE_DEVICE, c, op="KVM_CREATE_DEVICE")
+        self._ioctl(I.KVM_CREATE_DEVICE, c)
         if test:
             return None
         fd = int(c.fd)
@@ -654,7 +585,7 @@ class Vm(FdObject):
         g = ffi.new("struct kvm_create_guest_memfd *")
         g.size = size
         g.flags = flags
-        fd = self._ioctl(I.KVM_CREATE_GUEST_MEMFD, g, op="KVM_CREATE_GUEST_MEMFD")
+        fd = self._ioctl(I.KVM_CREATE_GUEST_MEMFD, g)
         self.backend.label(fd, "anon_inode:[kvm-gmem]")
         gm = GuestMemfd(self, fd, size)
         self._children.append(gm)
@@ -842,7 +773,7 @@ class MemSlot:
                 r.guest_phys_addr = self.gpa
                 r.memory_size = 0
                 r.userspace_addr = self.hva
-                vm.backend.ioctl(vm._fd, _SET_REGION, r, op="KVM_SET_USER_MEMORY_REGION")
+                vm.backend.ioctl(vm._fd, _SET_REGION, r)
         self.deleted = True
         vm._forget(self)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import error_from_errno
 from ..mockkernel.core import KernelError, MockKernel
-from . import O_RDWR_CLOEXEC
+from . import O_RDWR_CLOEXEC, request_name
 from .real import RealBackend
 
 log = logging.getLogger("pyvfio.mock")
@@ -60,12 +60,13 @@ class MockBackend(RealBackend):
         except KernelError as e:
             self._raise(e, "close", path=path)
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str, hint: str | None = None) -> int:
+    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str | None = None,
+              hint: str | None = None) -> int:
         try:
             with self.kernel.lock:
                 return self.kernel.fget(fd).ioctl(request, arg)
         except KernelError as e:
-            self._raise(e, op, fd, hint=hint)
+            self._raise(e, op or request_name(request), fd, hint=hint)
             raise AssertionError("unreachable")
 
     def mmap(self, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import error_from_errno, from_oserror
 from ..uapi import ffi, lib
-from . import O_RDWR_CLOEXEC
+from . import O_RDWR_CLOEXEC, request_name
 
 MAP_FAILED = (1 << 64) - 1
 
@@ -50,13 +50,18 @@ class RealBackend:
         return self._paths.get(fd)
 
     # -- ioctl ------------------------------------------------------------------------------
-    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str, hint: str | None = None) -> int:
-        """ioctl(2) with ``arg`` a cdata pointer or an integer; returns the ioctl's value."""
+    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str | None = None,
+              hint: str | None = None) -> int:
+        """ioctl(2) with ``arg`` a cdata pointer or an integer; returns the ioctl's value.
+
+        Errors carry ``op`` (default: the request's name) and ``hint``.
+        """
         if isinstance(arg, int):
             arg = ffi.cast("unsigned long", arg)  # a variadic argument must be typed cdata
         ret = lib.ioctl(fd, request, arg)  # request is a fixed `unsigned long` parameter
         if ret < 0:
-            raise error_from_errno(ffi.errno, op=op, path=self._paths.get(fd), hint=hint)
+            raise error_from_errno(ffi.errno, op=op or request_name(request),
+                                   path=self._paths.get(fd), hint=hint)
         return int(ret)
 
     # -- memory -----------------------------------------------------------------------------

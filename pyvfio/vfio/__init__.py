@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import ioctls
-from .._fd import Bundle
+from ..core.fd import Bundle
 from ..seam import Backend, get_backend
 from .container import EXTENSIONS, IOMMU_TYPES, Container, IommuBase, register_iommu
 from .group import Group, GroupFlags, GroupStatus

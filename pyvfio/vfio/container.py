@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .. import ioctls
 from ..errors import ArgumentError, StateError, UnsupportedError, register_hint
 from ..seam import Backend, get_backend
-from .._fd import FdObject
+from ..core.fd import FdObject
 
 if TYPE_CHECKING:
     from .group import Group
@@ -62,7 +62,7 @@ class IommuBase:
         self.type = iommu_type
         self.backend = container.backend
 
-    def ioctl(self, request: int, arg: Any, *, op: str, hint: str | None = None) -> int:
+    def ioctl(self, request: int, arg: Any, *, op: str | None = None, hint: str | None = None) -> int:
         """Issue an IOMMU request on the container fd."""
         return self.backend.ioctl(self.container.fileno(), request, arg, op=op, hint=hint)
 
@@ -122,7 +122,7 @@ class Container(FdObject):
     # -- queries ------------------------------------------------------------------------------
     def api_version(self) -> int:
         """VFIO_GET_API_VERSION: the kernel's VFIO API version (0 on every released kernel)."""
-        return self.backend.ioctl(self.fileno(), ioctls.VFIO_GET_API_VERSION, 0, op="VFIO_GET_API_VERSION")
+        return self.backend.ioctl(self.fileno(), ioctls.VFIO_GET_API_VERSION, 0)
 
     def check_extension(self, ext: int | str) -> int:
         """VFIO_CHECK_EXTENSION: >0 when ``ext`` (number or name, e.g. "TYPE1v2") is supported.
@@ -161,7 +161,7 @@ class Container(FdObject):
         if not self.groups:
             raise StateError("VFIO_SET_IOMMU needs a group attached to the container first "
                              "(the kernel answers EINVAL otherwise)")
-        self.backend.ioctl(self.fileno(), ioctls.VFIO_SET_IOMMU, num, op="VFIO_SET_IOMMU")
+        self.backend.ioctl(self.fileno(), ioctls.VFIO_SET_IOMMU, num)
         self.iommu = cls(self, num)
         return self.iommu
 

@@ -44,7 +44,7 @@ from ..errors import (
     register_hint,
 )
 from ..seam import Backend, get_backend
-from .._fd import FdObject
+from ..core.fd import FdObject
 from ..eventfd import EventFd
 from ..uapi import ffi
 from .caps import InfoCapability, get_info

@@ -28,7 +28,7 @@ from .. import ioctls
 from ..errors import ArgumentError, NotFoundError, PyvfioError, StateError, register_hint
 from ..seam import Backend, get_backend
 from ..uapi import ffi
-from .._fd import FdObject
+from ..core.fd import FdObject
 
 if TYPE_CHECKING:
     from .container import Container
@@ -177,7 +177,7 @@ class Group(FdObject):
         """VFIO_GROUP_GET_STATUS: viability and whether a container is set."""
         st = ffi.new("struct vfio_group_status *")
         st.argsz = ffi.sizeof("struct vfio_group_status")
-        self.backend.ioctl(self.fileno(), ioctls.VFIO_GROUP_GET_STATUS, st, op="VFIO_GROUP_GET_STATUS")
+        self.backend.ioctl(self.fileno(), ioctls.VFIO_GROUP_GET_STATUS, st)
         return GroupStatus(GroupFlags(st.flags))
 
     @property

@@ -217,7 +217,7 @@ class _SpaprBase(MappingTable, IommuBase):
             return self._info
         info = ffi.new("struct vfio_iommu_spapr_tce_info *")
         info.argsz = _SZ_INFO
-        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_GET_INFO, info, op="VFIO_IOMMU_SPAPR_TCE_GET_INFO")
+        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_GET_INFO, info)
         ddw = None
         if info.flags & ioctls.VFIO_IOMMU_SPAPR_INFO_DDW:
             ddw = DdwInfo(int(info.ddw.pgsizes), int(info.ddw.max_dynamic_windows_supported),
@@ -261,7 +261,7 @@ class _SpaprBase(MappingTable, IommuBase):
         m.iova = iova
         m.size = size
         try:
-            return self.ioctl(ioctls.VFIO_IOMMU_MAP_DMA, m, op="VFIO_IOMMU_MAP_DMA")
+            return self.ioctl(ioctls.VFIO_IOMMU_MAP_DMA, m)
         except PyvfioError as e:
             e.hint = _MAP_HINTS.get(e.errno or 0) or e.hint
             raise
@@ -276,7 +276,7 @@ class _SpaprBase(MappingTable, IommuBase):
         u.iova = iova
         u.size = size
         try:
-            self.ioctl(ioctls.VFIO_IOMMU_UNMAP_DMA, u, op="VFIO_IOMMU_UNMAP_DMA")
+            self.ioctl(ioctls.VFIO_IOMMU_UNMAP_DMA, u)
         except PyvfioError as e:
             e.hint = _MAP_HINTS.get(e.errno or 0) or e.hint
             raise
@@ -378,7 +378,7 @@ class _SpaprBase(MappingTable, IommuBase):
         arg = ffi.new("struct vfio_eeh_pe_op *")
         arg.argsz = _SZ_EEH
         arg.op = op
-        return self.ioctl(ioctls.VFIO_EEH_PE_OP, arg, op="VFIO_EEH_PE_OP")
+        return self.ioctl(ioctls.VFIO_EEH_PE_OP, arg)
 
     def __iter__(self) -> Iterator[DmaMapping]:
         return iter(list(self.mappings.values()))
@@ -400,12 +400,12 @@ class SpaprTceIommu(_SpaprBase):
         Errors: EBUSY (already enabled), ENODEV (no group), ENOMEM (window over
         RLIMIT_MEMLOCK without CAP_IPC_LOCK: see hint).
         """
-        self.ioctl(ioctls.VFIO_IOMMU_ENABLE, 0, op="VFIO_IOMMU_ENABLE")
+        self.ioctl(ioctls.VFIO_IOMMU_ENABLE, 0)
         self.enabled = True
 
     def disable(self) -> None:
         """VFIO_IOMMU_DISABLE (idempotent): give the accounting back; MAP gets EPERM after."""
-        self.ioctl(ioctls.VFIO_IOMMU_DISABLE, 0, op="VFIO_IOMMU_DISABLE")
+        self.ioctl(ioctls.VFIO_IOMMU_DISABLE, 0)
         self.enabled = False
 
     def _require_enabled(self) -> None:
@@ -452,7 +452,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         r.argsz = _SZ_REG
         r.vaddr = vaddr
         r.size = size
-        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY, r, op="VFIO_IOMMU_SPAPR_REGISTER_MEMORY")
+        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY, r)
 
     def unregister_memory(self, vaddr: int, size: int) -> None:
         """VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY as is.
@@ -479,7 +479,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         c.page_shift = page_shift
         c.window_size = window_size
         c.levels = levels
-        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_CREATE, c, op="VFIO_IOMMU_SPAPR_TCE_CREATE")
+        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_CREATE, c)
         return int(c.start_addr)
 
     def tce_remove(self, start_addr: int) -> None:
@@ -488,7 +488,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         r = ffi.new("struct vfio_iommu_spapr_tce_remove *")
         r.argsz = _SZ_REMOVE
         r.start_addr = start_addr
-        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_REMOVE, r, op="VFIO_IOMMU_SPAPR_TCE_REMOVE")
+        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_REMOVE, r)
 
     # -- registered memory ----------------------------------------------------------------------
     def register(self, buffer: Any, *, size: int | None = None, offset: int = 0) -> RegisteredMemory:

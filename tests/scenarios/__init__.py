@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pyvfio.seam import Backend
+from pyvfio.seam import Backend, request_name
 
 
 @dataclass
@@ -125,7 +125,8 @@ class CountingBackend:
         self._inner = inner
         self.ops: list[str] = []
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str, hint: str | None = None) -> int:
+    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str | None = None, hint: str | None = None) -> int:
+        op = op or request_name(request)
         self.ops.append(op)
         return self._inner.ioctl(fd, request, arg, op=op, hint=hint)
 
@@ -140,7 +141,8 @@ class FaultyBackend(CountingBackend):
         super().__init__(inner)
         self.fail = dict(fail)
 
-    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str, hint: str | None = None) -> int:
+    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str | None = None, hint: str | None = None) -> int:
+        op = op or request_name(request)
         if op in self.fail:
             from pyvfio.errors import error_from_errno
 

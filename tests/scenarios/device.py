@@ -336,7 +336,7 @@ def scenario_reset_and_features(env: Env) -> dict[str, Any]:
             dev.reset()
         assert counting.ops == before and "VFIO_DEVICE_FLAGS_RESET" in (ei.value.hint or "")
         with pytest.raises(InvalidArgumentError):
-            dev.backend.ioctl(dev.fileno(), I.VFIO_DEVICE_RESET, 0, op="VFIO_DEVICE_RESET")
+            dev.backend.ioctl(dev.fileno(), I.VFIO_DEVICE_RESET, 0)
         with pytest.raises(UnsupportedError) as ei:
             dev.hot_reset_info()
         assert ei.value.errno == errno.ENODEV and ei.value.hint

@@ -153,7 +153,7 @@ def _raw_get(be, container_fd: int, iova: int, size: int, words: np.ndarray, pgs
     g.bitmap.pgsize = pgsize
     g.bitmap.size = words.nbytes if nbytes is None else nbytes
     g.bitmap.data = ffi.cast("uint64_t *", words.ctypes.data)
-    be.ioctl(container_fd, ioctls.VFIO_IOMMU_DIRTY_PAGES, d, op="VFIO_IOMMU_DIRTY_PAGES")
+    be.ioctl(container_fd, ioctls.VFIO_IOMMU_DIRTY_PAGES, d)
 
 
 def scenario_holes_and_bisection(env: Env) -> None:

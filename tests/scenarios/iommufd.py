@@ -117,7 +117,7 @@ def scenario_cdev_and_ranges(env: Env) -> None:
         c = ffi.new("struct iommu_ioas_iova_ranges *")
         c.size, c.ioas_id, c.num_iovas = ffi.sizeof(c[0]), ioas.id, 0
         with pytest.raises(PyvfioError) as ei:
-            be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_IOVA_RANGES, c, op="IOMMU_IOAS_IOVA_RANGES")
+            be.ioctl(fd.fileno(), ioctls.IOMMU_IOAS_IOVA_RANGES, c)
         assert ei.value.errno == errno.EMSGSIZE
         assert c.num_iovas == len(info.iova_ranges) >= 2
         assert c.out_iova_alignment == PAGE
@@ -300,7 +300,7 @@ def scenario_object_rules(env: Env) -> None:
         info = ffi.new("struct vfio_device_info *")
         info.argsz = ffi.sizeof(info[0])
         with pytest.raises(InvalidArgumentError):
-            be.ioctl(raw, ioctls.VFIO_DEVICE_GET_INFO, info, op="VFIO_DEVICE_GET_INFO")
+            be.ioctl(raw, ioctls.VFIO_DEVICE_GET_INFO, info)
     finally:
         be.close(raw)
     with Group(number, backend=be):
@@ -316,7 +316,7 @@ def scenario_object_rules(env: Env) -> None:
         b = ffi.new("struct vfio_device_bind_iommufd *")
         b.argsz, b.iommufd = ffi.sizeof(b[0]), fd.fileno()
         with pytest.raises(InvalidArgumentError):
-            be.ioctl(dev.device.fileno(), ioctls.VFIO_DEVICE_BIND_IOMMUFD, b, op="VFIO_DEVICE_BIND_IOMMUFD")
+            be.ioctl(dev.device.fileno(), ioctls.VFIO_DEVICE_BIND_IOMMUFD, b)
         dev.detach()  # not attached: no-op
         with pytest.raises(NotFoundError):
             dev.attach(0x7FFF0000)

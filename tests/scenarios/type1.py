@@ -73,7 +73,7 @@ def scenario_state_machine(env: Env) -> None:
     be = env.backend()
     with Container(backend=be) as c:
         with pytest.raises(InvalidArgumentError) as ei:
-            be.ioctl(c.fileno(), ioctls.VFIO_SET_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU, op="VFIO_SET_IOMMU")
+            be.ioctl(c.fileno(), ioctls.VFIO_SET_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU)
         assert ei.value.errno == errno.EINVAL
         m = ffi.new("struct vfio_iommu_type1_dma_map *")
         m.argsz = ffi.sizeof(m[0])
@@ -81,7 +81,7 @@ def scenario_state_machine(env: Env) -> None:
         with DmaBuffer(PAGE, hugepages=None) as buf:
             m.vaddr, m.iova, m.size = buf.addr, 0x100000, PAGE
             with pytest.raises(InvalidArgumentError):
-                be.ioctl(c.fileno(), ioctls.VFIO_IOMMU_MAP_DMA, m, op="VFIO_IOMMU_MAP_DMA")
+                be.ioctl(c.fileno(), ioctls.VFIO_IOMMU_MAP_DMA, m)
         g = c.attach(Group.from_bdf(env.bdf, backend=be))
         with pytest.raises(BusyError) as busy:
             Group(g.number, backend=be)
@@ -90,14 +90,14 @@ def scenario_state_machine(env: Env) -> None:
             g.get_device_fd(env.bdf)
         c.set_iommu("TYPE1v2")
         with pytest.raises(InvalidArgumentError):
-            be.ioctl(c.fileno(), ioctls.VFIO_SET_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU, op="VFIO_SET_IOMMU")
+            be.ioctl(c.fileno(), ioctls.VFIO_SET_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU)
         with pytest.raises(OSError) as nodev:
             g.get_device_fd("0000:00:1f.7")
         assert nodev.value.errno == errno.ENODEV
         g.unset_container()
         assert not g.status().container_set
         with pytest.raises(InvalidArgumentError):
-            be.ioctl(g.fileno(), ioctls.VFIO_GROUP_UNSET_CONTAINER, 0, op="VFIO_GROUP_UNSET_CONTAINER")
+            be.ioctl(g.fileno(), ioctls.VFIO_GROUP_UNSET_CONTAINER, 0)
         g.close()
 
 

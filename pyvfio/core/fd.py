@@ -9,8 +9,9 @@ from __future__ import annotations
 import weakref
 from typing import Any, Self
 
-from .errors import StateError
-from .seam import Backend
+from ..errors import StateError
+from ..ioctls import Request
+from ..seam import Backend
 
 
 def _close_quietly(backend: Backend, fd: int) -> None:
@@ -67,8 +68,9 @@ class FdObject:
         finally:
             self._close_fd()
 
-    def _ioctl(self, request: int, arg: Any = 0, *, op: str, hint: str | None = None) -> int:
-        return self.backend.ioctl(self.fileno(), request, arg, op=op, hint=hint)
+    def _ioctl(self, request: Request, arg: Any = 0, *, hint: str | None = None) -> int:
+        """``ioctl(fd, request, arg)`` through the backend; errors name ``request.name`` as op."""
+        return self.backend.ioctl(self.fileno(), request, arg, hint=hint)
 
     def __enter__(self) -> Self:
         return self
