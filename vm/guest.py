@@ -72,8 +72,8 @@ def unavailable_reason(kernel: Kernel | None = None) -> str | None:
         return f"{QEMU} is not installed: run tools/dev setup"
     if (kernel or cached_kernel("amd64")) is None:
         return "the guest kernel is not cached: run tools/dev setup"
-    if find_busybox() is None or shutil.which("cpio") is None:
-        return "busybox-static/cpio are not installed: run tools/dev setup"
+    if find_busybox() is None:
+        return "busybox-static is not installed: run tools/dev setup"
     return None
 
 
