@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .kernel import LINUX_SOURCE, Kernel, PrivateApt, cache_root
+from .kernel import LINUX_SOURCE, Kernel, cache_root, private_apt
 
 IOMMUFD_FRAGMENT = """\
 # pyvfio iommufd guest kernel: on top of x86_64_defconfig, everything built in
@@ -155,8 +155,9 @@ def fetch_source() -> Path:
         shutil.rmtree(src_root)
     src_root.mkdir(parents=True)
     _say(f"downloading {pkg}={version} (150 MB)")
-    deb = PrivateApt("amd64").download(pkg, version, src_root)
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(src_root / "deb")], check=True)
+    apt = private_apt("amd64")
+    [deb] = apt.download({pkg: version}, src_root)
+    apt.extract(deb, src_root / "deb")
     tarballs = list((src_root / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
     if not tarballs:
         raise RuntimeError(f"{deb.name} holds no linux-source tarball")

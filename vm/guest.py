@@ -15,23 +15,21 @@ same path as on the host).  QEMU dying, a kernel panic or a time-out is a failur
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import json
 import os
 import platform
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, Sequence
 
+from .build_kernel import cached_iommufd_kernel
 from .initramfs import build_initramfs, find_busybox
 from .kernel import Kernel, cached_kernel
+from .qemu import EXIT_FAILURE, EXIT_TIMEOUT, GuestResult, GuestUnavailable, QemuRun
+
+__all__ = ["GuestRun", "run", "unavailable_reason", "qemu_command", "GuestResult",
+           "GuestUnavailable", "EXIT_FAILURE", "EXIT_TIMEOUT", "VARIANTS", "DEVICE_KINDS"]
 
 VARIANTS = ("intel", "amd", "virtio", "none")
 DEVICE_KINDS = ("edu", "e1000e", "nvme")
@@ -65,61 +63,6 @@ _ENV_DROP = {"PWD", "OLDPWD", "SHLVL", "_", "DISPLAY", "SSH_AUTH_SOCK", "SSH_CON
 # enumerated, never to carry traffic, so they get no backend on purpose
 _EXPECTED_QEMU_NOISE = ("has no peer\n",)
 
-EXIT_TIMEOUT = 124  # `python -m vm run` exit code when the guest timed out
-EXIT_FAILURE = 125  # ... when the guest failed without an exit code (QEMU died, panic, no boot)
-
-
-class GuestUnavailable(RuntimeError):
-    """No guest can be started here (non-x86 host, QEMU or the kernel missing)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class GuestResult:
-    """What a guest run produced.
-
-    status: "ok" (the job ran and returned exit_code), "timeout", "qemu-died" (QEMU ended
-    without the job's exit code: killed, crashed, refused its arguments), "panic" (the guest
-    kernel panicked).  exit_code is None unless status is "ok".
-    """
-
-    status: str
-    exit_code: int | None
-    console_tail: str
-    duration: float
-    results_dir: Path
-    qemu_returncode: int | None = None
-    boot_seconds: float | None = None  # host time until the agent's first line
-    variant: str = "intel"
-
-    @property
-    def ok(self) -> bool:
-        """The job ran and exited 0."""
-        return self.status == "ok" and self.exit_code == 0
-
-    @property
-    def guest_info(self) -> dict | None:
-        p = self.results_dir / "guest-info.json"
-        return json.loads(p.read_text()) if p.exists() else None
-
-    @property
-    def restore(self) -> list[dict] | None:
-        """What the agent did to unbind/restore the devices after the job (best effort)."""
-        p = self.results_dir / "restore.json"
-        return json.loads(p.read_text()) if p.exists() else None
-
-    def describe(self) -> str:
-        if self.status == "ok":
-            return f"guest ({self.variant}) job exited {self.exit_code} after {self.duration:.1f} s"
-        what = {"timeout": "timed out", "qemu-died": "QEMU exited without the job's exit code",
-                "panic": "guest kernel panicked"}.get(self.status, self.status)
-        return (f"guest ({self.variant}) {what} after {self.duration:.1f} s "
-                f"(qemu rc {self.qemu_returncode}); console tail:\n{self.console_tail}")
-
-    def host_exit_code(self) -> int:
-        if self.status == "ok":
-            return int(self.exit_code or 0)
-        return EXIT_TIMEOUT if self.status == "timeout" else EXIT_FAILURE
-
 
 def unavailable_reason(kernel: Kernel | None = None) -> str | None:
     """Why no guest can start here, or None when one can."""
@@ -129,14 +72,13 @@ def unavailable_reason(kernel: Kernel | None = None) -> str | None:
         return f"{QEMU} is not installed: run tools/dev setup"
     if (kernel or cached_kernel("amd64")) is None:
         return "the guest kernel is not cached: run tools/dev setup"
-    if find_busybox() is None or shutil.which("cpio") is None:
-        return "busybox-static/cpio are not installed: run tools/dev setup"
+    if find_busybox() is None:
+        return "busybox-static is not installed: run tools/dev setup"
     return None
 
 
 def _guest_kernel(iommufd: bool) -> Kernel:
     if iommufd:
-        from .build_kernel import cached_iommufd_kernel
         k = cached_iommufd_kernel()
         if k is None:
             raise GuestUnavailable("the iommufd kernel is not built: run python -m vm build-kernel")
@@ -178,8 +120,8 @@ def qemu_command(kernel: Kernel, initrd: Path, results_dir: Path, *, iommu: str,
     return cmd
 
 
-class GuestRun:
-    """One guest run, started with start() and finished with wait() (or run() for both)."""
+class GuestRun(QemuRun):
+    """One x86 guest run, started with start() and finished with wait() (or run() for both)."""
 
     def __init__(self, argv: Sequence[str], *, iommu: str = "intel", timeout: float = 300.0,
                  devices: Sequence[str] = ("edu", "e1000e"), bind: Sequence[str] = ("edu",),
@@ -188,19 +130,16 @@ class GuestRun:
                  stream: IO[str] | None | bool = True, tail_lines: int = 60,
                  iommufd: bool = False, memory: str = "1G", smp: int = 1,
                  python: str | None = None) -> None:
-        if not argv:
-            raise ValueError("argv must name a command")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
         devices = list(dict.fromkeys(["edu", *devices]))
         for b in bind:
             if b not in devices:
                 raise ValueError(f"cannot bind {b!r}: it is not among the devices {devices}")
         if iommu not in VARIANTS:
             raise ValueError(f"iommu must be one of {', '.join(VARIANTS)}, not {iommu!r}")
+        super().__init__(argv, timeout=timeout, variant=iommu, results_dir=results_dir,
+                         stream=stream, tail_lines=tail_lines)
         self.argv = [str(a) for a in argv]
         self.iommu = iommu
-        self.timeout = timeout
         self.devices = devices
         self.bind = list(bind)
         self.cwd = str(Path(cwd or os.getcwd()).resolve())
@@ -209,38 +148,12 @@ class GuestRun:
         self.memory = memory
         self.smp = smp
         self.python = python or sys.executable
-        if results_dir is None:
-            self.results_dir = Path(tempfile.mkdtemp(prefix=f"pyvfio-guest-{iommu}-"))
-        else:
-            self.results_dir = Path(results_dir).resolve()
-            self.results_dir.mkdir(parents=True, exist_ok=True)
-        if stream is True:
-            self._out: IO[str] | None = sys.stdout
-        elif stream is False:
-            self._out = None
-        else:
-            self._out = stream
-        self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-        self._proc: subprocess.Popen | None = None
-        self._reader: threading.Thread | None = None
-        self._t0 = 0.0
-        self.boot_seconds: float | None = None
-        self._line_callbacks: list[Callable[[str], None]] = []
 
-    # -- public --------------------------------------------------------------------------------
-    @property
-    def pid(self) -> int | None:
-        """QEMU's process id once started."""
-        return self._proc.pid if self._proc else None
+    # -- the x86 machine -----------------------------------------------------------------------
+    def unavailable_reason(self) -> str | None:
+        return unavailable_reason()
 
-    def on_line(self, callback: Callable[[str], None]) -> None:
-        """Call callback(line) for every console line (from the reader thread)."""
-        self._line_callbacks.append(callback)
-
-    def start(self) -> "GuestRun":
-        reason = unavailable_reason()
-        if reason:
-            raise GuestUnavailable(reason)
+    def _prepare(self) -> list[str]:
         kernel = _guest_kernel(self.iommufd)
         initrd = build_initramfs(kernel)
         for stale in ("exit_code", "guest-info.json", "restore.json"):
@@ -253,94 +166,22 @@ class GuestRun:
                "bind": self.bind, "results_dir": str(self.results_dir),
                "allow_unsafe_interrupts": self.iommu == "virtio"}
         (self.results_dir / "job.json").write_text(json.dumps(job, indent=1))
-        cmd = qemu_command(kernel, initrd, self.results_dir, iommu=self.iommu,
-                           devices=self.devices, memory=self.memory, smp=self.smp,
-                           python=self.python)
-        (self.results_dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
-        self._console = open(self.results_dir / "console.log", "w", errors="replace")
-        self._t0 = time.monotonic()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        return self
+        return qemu_command(kernel, initrd, self.results_dir, iommu=self.iommu,
+                            devices=self.devices, memory=self.memory, smp=self.smp,
+                            python=self.python)
 
-    def wait(self) -> GuestResult:
-        assert self._proc is not None, "start() first"
-        remaining = self.timeout - (time.monotonic() - self._t0)
-        timed_out = False
-        try:
-            self._proc.wait(timeout=max(remaining, 0))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            self._kill()
-        if self._reader:
-            self._reader.join(timeout=10)
-        duration = time.monotonic() - self._t0
-        self._console.close()
-        tail = "\n".join(self._tail)
-        exit_code = None
+    def _drop(self, line: str) -> bool:
+        return line.endswith(_EXPECTED_QEMU_NOISE)
+
+    def _job_exit_code(self) -> int | None:
+        """The agent's ``exit_code`` file in the results share (written last, atomically)."""
         ec = self.results_dir / "exit_code"
-        if ec.exists():
-            try:
-                exit_code = int(ec.read_text().strip())
-            except ValueError:
-                exit_code = None
-        if timed_out:
-            status = "timeout"
-        elif exit_code is not None:
-            status = "ok"
-        elif "Kernel panic" in tail:
-            status = "panic"
-        else:
-            status = "qemu-died"
-        if status != "ok":
-            exit_code = None
-        return GuestResult(status=status, exit_code=exit_code, console_tail=tail,
-                           duration=duration, results_dir=self.results_dir,
-                           qemu_returncode=self._proc.returncode, boot_seconds=self.boot_seconds,
-                           variant=self.iommu)
-
-    def kill(self) -> None:
-        """Kill QEMU now (wait() then reports the run as failed)."""
-        self._kill()
-
-    def run(self) -> GuestResult:
-        self.start()
+        if not ec.exists():
+            return None
         try:
-            return self.wait()
-        except BaseException:
-            self._kill()
-            raise
-
-    # -- internals -----------------------------------------------------------------------------
-    def _kill(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._proc.wait()
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for raw in self._proc.stdout:
-            line = raw.decode("utf-8", "replace").replace("\r", "")
-            if line.endswith(_EXPECTED_QEMU_NOISE):
-                continue
-            if self.boot_seconds is None and line.startswith("pyvfio-guest: up"):
-                self.boot_seconds = time.monotonic() - self._t0
-            self._console.write(line)
-            self._console.flush()
-            self._tail.append(line.rstrip("\n"))
-            if self._out is not None:
-                try:
-                    self._out.write(line)
-                    self._out.flush()
-                except (OSError, ValueError):
-                    pass
-            for cb in self._line_callbacks:
-                cb(line)
+            return int(ec.read_text().strip())
+        except ValueError:
+            return None
 
 
 def run(argv: Sequence[str], **kw) -> GuestResult:

@@ -1,8 +1,8 @@
 """Guest kernels: pinned Debian kernel packages, fetched with a private apt configuration and cached.
 
 The pins below are the one place where guest kernel versions live.  A kernel is fetched as a
-.deb (``apt-get download`` with its own sources list, lists and cache directories, so the host's
-apt state is never touched), extracted with ``dpkg-deb -x`` into
+.deb through a private apt configuration (vm/apt.py: its own sources list, lists and cache
+directories, so the host's apt state is never touched), extracted with ``dpkg-deb -x`` into
 ``<cache>/kernels/<arch>-<release>/`` and indexed with ``depmod -b``.  It is never installed on
 the host.  Backports point releases roll and old pool files disappear: when a pin stops being
 downloadable, ``fetch_kernel`` fails with a message naming the versions apt does offer.
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from .apt import AptError, PrivateApt
 
 # --- the pins (one place) -------------------------------------------------------------------
 
@@ -46,11 +47,7 @@ KERNELS: dict[str, KernelPin] = {
 #: Debian's kernel source package used for the iommufd kernel build (vm/build_kernel.py).
 LINUX_SOURCE = ("linux-source-6.12", "6.12.95-1~bpo12+1")
 
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
-DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-
-
-class KernelFetchError(RuntimeError):
+class KernelFetchError(AptError):
     """A pinned package could not be downloaded or extracted."""
 
 
@@ -114,83 +111,10 @@ def cached_kernel(arch: str = "amd64", release: str | None = None) -> Kernel | N
                   cfg if cfg.exists() else None)
 
 
-# --- private apt ----------------------------------------------------------------------------
-
-
-class PrivateApt:
-    """apt-get with its own sources list, lists and cache: the host's apt state is untouched."""
-
-    def __init__(self, arch: str, suites: tuple[str, ...] = ("bookworm-backports",),
-                 mirror: str = DEBIAN_MIRROR) -> None:
-        self.arch = arch
-        self.dir = cache_root() / "apt" / arch
-        self.suites = suites
-        self.mirror = mirror
-
-    def _opts(self) -> list[str]:
-        d = self.dir
-        return [
-            "-o", f"Dir::Etc::SourceList={d / 'sources.list'}",
-            "-o", "Dir::Etc::SourceParts=/dev/null",
-            "-o", f"Dir::State::Lists={d / 'lists'}",
-            "-o", f"Dir::State::Status={d / 'status'}",
-            "-o", f"Dir::Cache={d / 'cache'}",
-            "-o", f"APT::Architectures={self.arch}",
-            "-o", f"APT::Architecture={self.arch}",
-            "-o", "Debug::NoLocking=1",
-        ]
-
-    def _prepare(self) -> None:
-        d = self.dir
-        for sub in ("lists/partial", "cache/archives/partial"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
-        (d / "status").touch()
-        lines = [f"deb [signed-by={DEBIAN_KEYRING}] {self.mirror} {s} main" for s in self.suites]
-        (d / "sources.list").write_text("\n".join(lines) + "\n")
-
-    def update(self) -> None:
-        self._prepare()
-        _run(["apt-get", *self._opts(), "-qq", "update"])
-
-    def versions(self, package: str) -> list[str]:
-        out = subprocess.run(["apt-cache", *self._opts(), "madison", package],
-                             capture_output=True, text=True).stdout
-        return [ln.split("|")[1].strip() for ln in out.splitlines() if "|" in ln]
-
-    def search(self, pattern: str) -> list[str]:
-        out = subprocess.run(["apt-cache", *self._opts(), "search", "--names-only", pattern],
-                             capture_output=True, text=True).stdout
-        return [ln.split(" - ")[0] for ln in out.splitlines()]
-
-    def download(self, package: str, version: str, dest: Path) -> Path:
-        """Download package=version into dest (a directory); return the .deb path."""
-        self._prepare()
-        if not any((self.dir / "lists").glob("*Packages*")):
-            self.update()
-        dest.mkdir(parents=True, exist_ok=True)
-        cmd = ["apt-get", *self._opts(), "-qq", "download", f"{package}={version}"]
-        r = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
-        if r.returncode != 0:
-            # lists may be stale: refresh once and retry
-            self.update()
-            r = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
-        if r.returncode != 0:
-            family = re.sub(r"\d+\.\d+\.\d+.*", "", package)  # linux-image-6.12.95+deb12-amd64 -> linux-image-
-            offered = ", ".join(sorted(self.search("^" + re.escape(family)))[-8:]) or "none"
-            raise KernelFetchError(
-                f"apt-get download {package}={version} failed: {r.stderr.strip()}\n"
-                f"versions offered for {package}: {', '.join(self.versions(package)) or 'none'}; "
-                f"some packages offered: {offered}. Update the pin in vm/kernel.py.")
-        debs = sorted(dest.glob(f"{package}_*.deb"))
-        if not debs:
-            raise KernelFetchError(f"apt-get download produced no .deb for {package} in {dest}")
-        return debs[-1]
-
-
-def _run(cmd: list[str], **kw) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if r.returncode != 0:
-        raise KernelFetchError(f"{' '.join(cmd[:3])}... failed ({r.returncode}): {r.stderr.strip()}")
+def private_apt(arch: str, suites: tuple[str, ...] = ("bookworm-backports",)) -> PrivateApt:
+    """The private apt configuration for kernels and kernel sources: ``<cache>/apt/<arch>``."""
+    return PrivateApt(arch, suites, directory=cache_root() / "apt" / arch, error=KernelFetchError,
+                      pins="the pin in vm/kernel.py")
 
 
 def fetch_kernel(arch: str = "amd64", pin: KernelPin | None = None, *, quiet: bool = True) -> Kernel:
@@ -202,15 +126,19 @@ def fetch_kernel(arch: str = "amd64", pin: KernelPin | None = None, *, quiet: bo
     root = kernel_dir(pin.arch, pin.release)
     if not quiet:
         print(f"fetching guest kernel {pin.package}={pin.version} ({pin.arch})", file=sys.stderr)
-    apt = PrivateApt(pin.arch, (pin.suite,))
+    apt = private_apt(pin.arch, (pin.suite,))
     with tempfile.TemporaryDirectory(prefix="pyvfio-kernel-", dir=cache_root()
                                      if cache_root().exists() else None) as tmp:
-        deb = apt.download(pin.package, pin.version, Path(tmp))
+        [deb] = apt.download({pin.package: pin.version}, Path(tmp))
         staging = Path(tmp) / "tree"
-        _run(["dpkg-deb", "-x", str(deb), str(staging)])
+        apt.extract(deb, staging)
         moddir = staging / "lib" / "modules" / pin.release
         if moddir.exists():
-            _run(["depmod", "-b", str(staging), pin.release])
+            r = subprocess.run(["depmod", "-b", str(staging), pin.release], capture_output=True,
+                               text=True)
+            if r.returncode != 0:
+                raise KernelFetchError(f"depmod -b {staging} failed ({r.returncode}): "
+                                       f"{r.stderr.strip()}")
         (staging / ".pin").write_text(f"{pin.package}={pin.version}\n")
         (staging / ".complete").write_text("")
         if root.exists():

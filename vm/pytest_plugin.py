@@ -35,11 +35,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
+
+from vm.suite import GUEST_PYTEST_OPTIONS, REPORT, SuiteRun
 
 DEFAULT_VARIANTS = ("intel", "amd", "virtio")
 ALL_VARIANTS = ("intel", "amd", "virtio", "none")
@@ -362,73 +365,52 @@ class _HostController:
             tr.write_line(text)
 
     def _run(self, session: pytest.Session, key: tuple[str, tuple[str, ...], bool]) -> _GuestSession:
+        """One guest boot for every selected twin of ``key``, read back through vm/suite.py."""
         from vm.guest import GuestRun, GuestUnavailable
+        from vm.power.suite import run_pytest
 
         variant, bind, iommufd = key
         nodeids = [i.nodeid for i in session.items
                    if isinstance(i, GuestTwin) and (i.variant, i.bind, i.iommufd) == key]
-        import tempfile
-
         results = Path(tempfile.mkdtemp(prefix=f"pyvfio-guest-{variant}-"))
-        rootdir = str(self.config.rootpath)
-        argv = [sys.executable, "-m", "pytest", "-p", "vm.pytest_plugin", "-p", "no:cacheprovider",
-                "-q", "-rfEs", "--color=no", "-o", "faulthandler_timeout=120", "--rootdir", rootdir, f"--junitxml={results / 'junit.xml'}"]
-        if self.config.inipath:
-            argv += ["-c", str(self.config.inipath)]
-        argv += nodeids
-        env = dict(os.environ)
-        # entry-point plugin discovery reads every dist-info over 9p: 10 s under TCG; the guest
-        # run loads only this plugin (and the conftest files)
-        env.update(PYVFIO_GUEST_REPORT=str(results / "report.json"),
-                   PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
-        env.pop("PYTEST_ADDOPTS", None)
+        timeout = self.config.getoption("--guest-timeout")
         stream = sys.stdout if self.config.getoption("capture") == "no" else False
+        start: Callable[[], SuiteRun]
         if variant == "power":
-            return self._run_power(nodeids, results, stream)
-        label = f"{variant}{'+iommufd' if iommufd else ''}"
+            # the POWER guest runs its own copy of the project (vm/power/suite.py)
+            label, who = "power", "POWER guest"
+
+            def start() -> SuiteRun:
+                return run_pytest(nodeids, timeout=timeout, results_dir=results, stream=stream)
+        else:
+            label, who = f"{variant}{'+iommufd' if iommufd else ''}", "guest"
+            rootdir = str(self.config.rootpath)
+            argv = [sys.executable, "-m", "pytest", *GUEST_PYTEST_OPTIONS, "--color=no",
+                    "-o", "faulthandler_timeout=120", "--rootdir", rootdir,
+                    f"--junitxml={results / 'junit.xml'}"]
+            if self.config.inipath:
+                argv += ["-c", str(self.config.inipath)]
+            argv += nodeids
+            env = dict(os.environ)
+            # entry-point plugin discovery reads every dist-info over 9p: 10 s under TCG; the guest
+            # run loads only this plugin (and the conftest files)
+            env.update(PYVFIO_GUEST_REPORT=str(results / REPORT),
+                       PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+            env.pop("PYTEST_ADDOPTS", None)
+
+            def start() -> SuiteRun:
+                res = GuestRun(argv, iommu=variant, timeout=timeout, devices=SESSION_DEVICES,
+                               bind=bind, cwd=rootdir, env=env, results_dir=results,
+                               stream=stream, iommufd=iommufd).run()
+                return SuiteRun.collect(res, who=who)
         self._say(f"\npyvfio guest [{label}]: booting for {len(nodeids)} test(s), "
                   f"bind {','.join(bind)}; console in {results / 'console.log'}")
         t0 = time.monotonic()
         try:
-            res = GuestRun(argv, iommu=variant, timeout=self.config.getoption("--guest-timeout"),
-                           devices=SESSION_DEVICES, bind=bind, cwd=rootdir, env=env,
-                           results_dir=results, stream=stream, iommufd=iommufd).run()
+            run = start()
         except GuestUnavailable as e:
-            return _GuestSession(error=f"guest could not start: {e}")
-        report_path = results / "report.json"
-        report = json.loads(report_path.read_text()) if report_path.exists() else {}
-        line = (f"[{label}] {res.status}, pytest exit {res.exit_code}: boot {res.boot_seconds or 0:.1f} s, "
-                f"total {res.duration:.1f} s (host wall {time.monotonic() - t0:.1f} s) for "
-                f"{len(nodeids)} test(s); results {results}")
+            return _GuestSession(error=f"{who} could not start: {e}")
+        line = run.summary(label, len(nodeids), time.monotonic() - t0)
         self.timings.append(line)
         self._say(f"pyvfio guest {line}")
-        error = None
-        if res.status != "ok":
-            error = f"guest run failed: {res.describe()}"
-        elif res.exit_code not in (0, 1):
-            error = (f"guest pytest exited {res.exit_code} (not 0/1: usage error, internal error, "
-                     f"interrupted or no tests); console tail:\n{res.console_tail}")
-        elif not report:
-            error = f"guest wrote no report; console tail:\n{res.console_tail}"
-        return _GuestSession(result=res, report=report, error=error)
-
-    def _run_power(self, nodeids: list[str], results: Path, stream: Any) -> _GuestSession:
-        """One POWER (pseries) boot for every selected power item (vm/power/suite.py)."""
-        from vm.guest import GuestUnavailable
-        from vm.power.suite import run_pytest
-
-        self._say(f"\npyvfio guest [power]: booting for {len(nodeids)} test(s), bind edu; "
-                  f"results in {results}")
-        t0 = time.monotonic()
-        try:
-            run = run_pytest(nodeids, timeout=self.config.getoption("--guest-timeout"),
-                             results_dir=results, stream=stream)
-        except GuestUnavailable as e:
-            return _GuestSession(error=f"POWER guest could not start: {e}")
-        res = run.result
-        line = (f"[power] {res.status}, pytest exit {res.exit_code}: total {res.duration:.1f} s "
-                f"(host wall {time.monotonic() - t0:.1f} s) for {len(nodeids)} test(s); "
-                f"results {results}")
-        self.timings.append(line)
-        self._say(f"pyvfio guest {line}")
-        return _GuestSession(result=res, report=run.report, error=run.error())
+        return _GuestSession(result=run.result, report=run.report, error=run.error())

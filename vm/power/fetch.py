@@ -8,8 +8,8 @@
 - ``READY``            written last; its presence means everything above is complete.
 
 The kernel itself is fetched and cached by vm/kernel.py (``fetch_kernel("ppc64el")``).  The .debs
-come from a private apt configuration (its own sources, lists, cache; APT::Architectures
-is ppc64el only) so the host's apt state is never touched.  Nothing is printed when the cache is
+come from a private apt configuration (vm/apt.py: its own sources, lists, cache;
+APT::Architectures is ppc64el only) so the host's apt state is never touched.  Nothing is printed when the cache is
 already complete.
 """
 
@@ -20,7 +20,6 @@ import fcntl
 import lzma
 import os
 import shutil
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -28,10 +27,11 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import kernel
+from ..apt import AptError, PrivateApt
 from . import pins
 
 
-class FetchError(RuntimeError):
+class FetchError(AptError):
     """The guest's kernel or userland could not be fetched or prepared."""
 
 
@@ -40,104 +40,22 @@ def _log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# private apt
+# private apt (vm/apt.py) and extraction
 # ---------------------------------------------------------------------------------------------
 
 def apt_dir() -> Path:
     return pins.cache_root() / "apt"
 
 
-def apt_options() -> list[str]:
-    """``-o`` options that make apt-get/apt-cache use only the private ppc64el configuration."""
-    d = apt_dir()
-    return [
-        "-o", f"APT::Architecture={pins.ARCH}",
-        "-o", f"APT::Architectures={pins.ARCH}",
-        "-o", f"Dir::Etc::SourceList={d / 'sources.list'}",
-        "-o", "Dir::Etc::SourceParts=/dev/null",
-        "-o", "Dir::Etc::Preferences=/dev/null",
-        "-o", "Dir::Etc::PreferencesParts=/dev/null",
-        "-o", f"Dir::State::Lists={d / 'lists'}",
-        "-o", f"Dir::Cache={d / 'cache'}",
-        "-o", "Dir::State::status=/dev/null",
-        "-o", "Debug::NoLocking=1",
-        "-o", "Acquire::Retries=3",
-        "-o", "APT::Sandbox::User=root",
-    ]
-
-
-def _write_sources() -> None:
-    d = apt_dir()
-    for sub in ("lists/partial", "cache/archives/partial"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    text = "".join(f"deb [signed-by={pins.KEYRING}] {pins.SUITE_URL} {s} main\n" for s in pins.SUITES)
-    f = d / "sources.list"
-    if not f.exists() or f.read_text() != text:
-        f.write_text(text)
-        for old in (d / "lists").glob("*_Packages*"):
-            old.unlink()
-
-
-def _apt(cmd: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([cmd, "-q", *apt_options(), *args], cwd=cwd, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def apt_update() -> None:
-    _write_sources()
-    _log("apt-get update (private ppc64el lists)")
-    r = _apt("apt-get", "update")
-    if r.returncode != 0:
-        raise FetchError(f"apt-get update (ppc64el) failed:\n{r.stdout[-3000:]}")
-
-
-def _deb_name(pkg: str, version: str) -> str:
-    # apt's file names quote ':' in epochs as %3a and drop nothing else we use.
-    ver = version.replace(":", "%3a")
-    arch = "*"
-    return f"{pkg}_{ver}_{arch}.deb"
+def private_apt() -> PrivateApt:
+    """The private ppc64el apt configuration of the userland: ``<cache>/power/apt``."""
+    return PrivateApt(pins.ARCH, pins.SUITES, directory=apt_dir(), mirror=pins.SUITE_URL,
+                      keyring=pins.KEYRING, error=FetchError, pins="vm/power/pins.py", log=_log)
 
 
 def download(packages: dict[str, str], dest: Path) -> list[Path]:
     """Download exact ``name=version`` .debs into ``dest`` (skips those already there)."""
-    dest.mkdir(parents=True, exist_ok=True)
-
-    def have(pkg: str, ver: str) -> Path | None:
-        hits = sorted(dest.glob(_deb_name(pkg, ver)))
-        return hits[0] if hits else None
-
-    missing = [f"{p}={v}" for p, v in packages.items() if have(p, v) is None]
-    if missing:
-        _write_sources()
-        if not any((apt_dir() / "lists").glob("*_Packages*")):
-            apt_update()
-        _log(f"downloading {len(missing)} ppc64el package(s)")
-        r = _apt("apt-get", "download", *missing, cwd=dest)
-        if r.returncode != 0:
-            apt_update()  # lists may be stale (point releases roll); try once more
-            r = _apt("apt-get", "download", *missing, cwd=dest)
-        if r.returncode != 0:
-            raise FetchError(
-                "apt-get download failed; a pinned version may have left the archive: update "
-                f"vm/power/pins.py.\n{r.stdout[-3000:]}")
-    out = []
-    for p, v in packages.items():
-        got = have(p, v)
-        if got is None:
-            raise FetchError(f"{p}={v} was not downloaded")
-        out.append(got)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# extraction
-# ---------------------------------------------------------------------------------------------
-
-def _dpkg_x(deb: Path, into: Path) -> None:
-    r = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
-    if r.returncode != 0:
-        raise FetchError(f"dpkg-deb -x {deb.name}: {r.stdout}")
+    return private_apt().download(packages, dest)
 
 
 def _merge_into(src: Path, dst: Path) -> None:
@@ -159,8 +77,9 @@ def _merge_into(src: Path, dst: Path) -> None:
 
 def build_root(debs: list[Path], root: Path) -> None:
     """Extract ``debs`` into ``root`` as a merged-/usr tree, pruned, with .pyc precompiled."""
+    apt = private_apt()
     for deb in debs:
-        _dpkg_x(deb, root)
+        apt.extract(deb, root)
     for top in ("bin", "sbin", "lib", "lib64"):
         p = root / top
         if p.is_dir() and not p.is_symlink():

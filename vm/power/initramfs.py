@@ -3,8 +3,8 @@
 The kernel unpacks concatenated newc cpio archives in order, so a run's initrd is
 ``base.cpio`` (userland, VFIO modules, /init; cached under a content hash) followed by
 ``payload.cpio`` (the project's files with host-compiled .pyc, the command to run; built per run).
-Archives are written here in Python (``newc``, mtime 0, root-owned) so the bytes depend only on the
-inputs.
+Archives are written by vm/initramfs.py's CpioWriter (``newc``, mtime 0, root-owned) so the bytes
+depend only on the inputs.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Iterable
 
+from ..initramfs import CpioWriter
 from . import pins
 from .fetch import module_depends
 
@@ -28,82 +29,6 @@ BUILDER_VERSION = "2"
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 GUEST_SRC = "/src"                 # where the project's files appear in the guest
 GUEST_RUN = "/run/pyvfio"          # cmd, env written per run
-
-S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o040000, 0o100000, 0o120000, 0o020000
-
-
-class CpioWriter:
-    """Writes a newc ("070701") cpio archive; parents are emitted before their children."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self._out = out
-        self._ino = 1
-        self._dirs: set[str] = {""}
-        self._links: set[str] = set()
-
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
-               nlink: int = 1) -> None:
-        name = name.strip("/")
-        if name:
-            self._parents(name)
-        bname = name.encode() + b"\0" if name else b".\0"
-        fields = (self._ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(bname), 0)
-        self._ino += 1
-        hdr = b"070701" + b"".join(b"%08X" % f for f in fields) + bname
-        self._out.write(hdr + b"\0" * (-len(hdr) % 4))
-        self._out.write(data + b"\0" * (-len(data) % 4))
-
-    def _parents(self, name: str) -> None:
-        parts = name.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d in self._links:
-                # The kernel would replace the symlink with a directory (merged /usr breaks).
-                raise ValueError(f"{name}: parent {d} is a symlink in this archive; use its target")
-            if d not in self._dirs:
-                self._dirs.add(d)
-                self._entry(d, S_IFDIR | 0o755, nlink=2)
-
-    def dir(self, name: str, mode: int = 0o755) -> None:
-        name = name.strip("/")
-        if name not in self._dirs:
-            self._dirs.add(name)
-            self._entry(name, S_IFDIR | mode, nlink=2)
-
-    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        self._entry(name, S_IFREG | mode, data)
-
-    def symlink(self, name: str, target: str) -> None:
-        self._entry(name, S_IFLNK | 0o777, target.encode())
-        self._links.add(name.strip("/"))
-
-    def chardev(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
-        self._entry(name, S_IFCHR | mode, rdev=(major, minor))
-
-    def tree(self, root: Path, prefix: str = "") -> None:
-        """Every directory, regular file and symlink below ``root`` (sorted, modes kept)."""
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, root)
-            base = prefix.strip("/") if rel == "." else f"{prefix.strip('/')}/{rel}".strip("/")
-            if base:
-                self.dir(base, os.stat(dirpath).st_mode & 0o7777)
-            for n in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
-                p = os.path.join(dirpath, n)
-                name = f"{base}/{n}" if base else n
-                st = os.lstat(p)
-                if os.path.islink(p):
-                    self.symlink(name, os.readlink(p))
-                elif os.path.isfile(p):
-                    with open(p, "rb") as f:
-                        self.file(name, f.read(), st.st_mode & 0o7777)
-            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-
-    def trailer(self) -> None:
-        self._entry("TRAILER!!!", 0, nlink=1)
-        pad = -self._out.tell() % 512 if hasattr(self._out, "tell") else 0
-        self._out.write(b"\0" * pad)
-
 
 # ---------------------------------------------------------------------------------------------
 # base archive

@@ -11,12 +11,13 @@ import hashlib
 from pathlib import Path
 from typing import Final
 
+from ..apt import DEBIAN_KEYRING, DEBIAN_MIRROR
 from ..kernel import KERNELS, cache_root as _project_cache
 
-SUITE_URL: Final = "http://deb.debian.org/debian"
+SUITE_URL: Final = DEBIAN_MIRROR
 # bookworm-security is left out on purpose: its ppc64el lists were caught mid-sync once.
 SUITES: Final = ("bookworm", "bookworm-updates", "bookworm-backports")
-KEYRING: Final = "/usr/share/keyrings/debian-archive-keyring.gpg"
+KEYRING: Final = DEBIAN_KEYRING
 ARCH: Final = "ppc64el"
 TRIPLET: Final = "powerpc64le-linux-gnu"
 

@@ -11,7 +11,7 @@ loads VFIO, binds the edu device to vfio-pci and runs the command in /src as roo
 write files (junit XML, logs) to $PYVFIO_RESULTS (/results).  There is no 9p with x-vof, so
 everything comes back on the console (hvc0): the results folder as base64 between marker lines,
 then ``PYVFIO-EXIT=<n>``.  QEMU dying, a kernel panic, a failed /init or a time-out is a failure
-(``status != "ok"``) carrying the tail of the console.  The result is vm.guest's GuestResult with
+(``status != "ok"``) carrying the tail of the console.  The result is vm.qemu's GuestResult with
 ``variant="power"``.
 """
 
@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import io
 import os
 import re
 import shlex
 import shutil
-import signal
-import subprocess
-import sys
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, Sequence
 
-from ..guest import EXIT_FAILURE, EXIT_TIMEOUT, GuestResult, GuestUnavailable
+from ..kernel import cached_kernel
+from ..qemu import EXIT_FAILURE, EXIT_TIMEOUT, GuestResult, GuestUnavailable, QemuRun
 from . import fetch, initramfs, pins
 
 __all__ = ["PowerRun", "run", "unavailable_reason", "qemu_command", "GuestResult",
@@ -45,8 +41,7 @@ VARIANT = "power"
 GUEST_RESULTS = "/results"
 REPO = Path(__file__).resolve().parents[2]
 EXIT_RE = re.compile(r"^PYVFIO-EXIT=(\d+)\s*$")
-READY, BEGIN, END, INIT_ERROR = ("pyvfio-guest: up", "PYVFIO-RESULTS-BEGIN", "PYVFIO-RESULTS-END",
-                                 "PYVFIO-INIT-ERROR")
+BEGIN, END, INIT_ERROR = "PYVFIO-RESULTS-BEGIN", "PYVFIO-RESULTS-END", "PYVFIO-INIT-ERROR"
 
 
 def unavailable_reason() -> str | None:
@@ -55,7 +50,6 @@ def unavailable_reason() -> str | None:
         return f"{pins.QEMU} is not installed: run tools/dev setup (package qemu-system-ppc)"
     if not fetch.is_ready():
         return f"the POWER guest userland is not prepared in {pins.cache_dir()}: run tools/dev setup"
-    from ..kernel import cached_kernel
     if cached_kernel("ppc64el") is None:
         return "the ppc64el guest kernel is not cached: run tools/dev setup"
     return None
@@ -63,7 +57,7 @@ def unavailable_reason() -> str | None:
 
 def qemu_command(vmlinux: Path, initrd: Path, *, memory: str = "1G", edu: bool = True,
                  extra_append: Sequence[str] = ()) -> list[str]:
-    """The QEMU argv of one POWER guest run (machine line from shared/guest-recipes.md)."""
+    """The QEMU argv of one POWER guest run (pseries with the x-vof firmware)."""
     append = ["console=hvc0", "quiet", "panic=-1", "oops=panic", "rdinit=/init", *extra_append]
     cmd = [pins.QEMU, "-accel", "tcg", "-M", pins.MACHINE, "-cpu", "power9", "-m", memory,
            "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
@@ -74,7 +68,7 @@ def qemu_command(vmlinux: Path, initrd: Path, *, memory: str = "1G", edu: bool =
     return cmd
 
 
-class PowerRun:
+class PowerRun(QemuRun):
     """One POWER guest run: start() then wait(), or run() for both."""
 
     def __init__(self, argv: Sequence[str], *, timeout: float = 180.0,
@@ -87,49 +81,22 @@ class PowerRun:
         ``env`` is added to the guest's environment (the host's environment is not passed: the
         guest is another architecture).
         """
-        if not argv:
-            raise ValueError("argv must name a command")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if shell:
-            if len(argv) != 1:
-                raise ValueError("shell=True takes exactly one command line")
-            self.command = str(argv[0])
-        else:
-            self.command = shlex.join(str(a) for a in argv)
+        if shell and argv and len(argv) != 1:
+            raise ValueError("shell=True takes exactly one command line")
+        super().__init__(argv, timeout=timeout, variant=VARIANT, results_dir=results_dir,
+                         stream=stream, tail_lines=tail_lines)
+        self.command = str(argv[0]) if shell else shlex.join(str(a) for a in argv)
         self.argv = list(argv)
-        self.timeout = timeout
         self.env = dict(env or {})
         self.repo = Path(repo or REPO)
         self.memory = memory
         self.edu = edu
         self.bind = tuple(bind) if edu else ()
-        if results_dir is None:
-            self.results_dir = Path(tempfile.mkdtemp(prefix="pyvfio-guest-power-"))
-        else:
-            self.results_dir = Path(results_dir).resolve()
-            self.results_dir.mkdir(parents=True, exist_ok=True)
-        self._out: IO[str] | None = sys.stdout if stream is True else (None if stream is False
-                                                                        else stream)
-        self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-        self._proc: subprocess.Popen | None = None
-        self._reader: threading.Thread | None = None
-        self._t0 = 0.0
-        self.boot_seconds: float | None = None
         self.exit_code: int | None = None
         self.init_error: str | None = None
         self._b64: list[str] | None = None
         self._results_b64: str | None = None
         self._initrd: Path | None = None
-        self._line_callbacks: list[Callable[[str], None]] = []
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def on_line(self, callback: Callable[[str], None]) -> None:
-        """Call callback(line) for every console line (results payload lines excluded)."""
-        self._line_callbacks.append(callback)
 
     def job(self) -> dict:
         """vm/agent.py's job description: it binds edu, runs ``sh /run/pyvfio/cmd`` in /src."""
@@ -140,10 +107,11 @@ class PowerRun:
                 "env": env, "variant": VARIANT, "bind": list(self.bind),
                 "results_dir": GUEST_RESULTS, "allow_unsafe_interrupts": False}
 
-    def start(self) -> "PowerRun":
-        reason = unavailable_reason()
-        if reason:
-            raise GuestUnavailable(reason)
+    # -- the POWER machine ---------------------------------------------------------------------
+    def unavailable_reason(self) -> str | None:
+        return unavailable_reason()
+
+    def _prepare(self) -> list[str]:
         cache = fetch.prepare()
         base = initramfs.base_archive(cache)
         payload = initramfs.payload_archive(self.repo, self.command, self.job())
@@ -157,76 +125,49 @@ class PowerRun:
         os.close(fd)
         self._initrd = Path(name)
         initramfs.write_initrd(base, payload, self._initrd)
-        for stale in ("exit_code", "console.log"):
-            (self.results_dir / stale).unlink(missing_ok=True)
-        cmd = qemu_command(fetch.vmlinux(), self._initrd, memory=self.memory, edu=self.edu)
-        (self.results_dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
+        for stale_name in ("exit_code", "console.log"):
+            (self.results_dir / stale_name).unlink(missing_ok=True)
         (self.results_dir / "job.sh").write_text(self.command + "\n")
-        self._console = open(self.results_dir / "console.log", "w", errors="replace")
-        self._t0 = time.monotonic()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        return self
+        return qemu_command(fetch.vmlinux(), self._initrd, memory=self.memory, edu=self.edu)
 
-    def wait(self) -> GuestResult:
-        assert self._proc is not None, "start() first"
-        timed_out = False
-        try:
-            self._proc.wait(timeout=max(self.timeout - (time.monotonic() - self._t0), 0))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            self._kill()
-        finally:
-            if self._reader:
-                self._reader.join(timeout=10)
-            self._console.close()
-            if self._initrd is not None:
-                self._initrd.unlink(missing_ok=True)
-        duration = time.monotonic() - self._t0
+    def _watch(self, line: str) -> bool:
+        """The hvc0 protocol: results payload (hidden), init errors, the exit line."""
+        s = line.strip()
+        if self._b64 is not None:
+            if s == END:
+                self._results_b64 = "".join(self._b64)
+                self._b64 = None
+            else:
+                self._b64.append(s)
+            return False
+        if s == BEGIN:
+            self._b64 = []
+            return False
+        if s.startswith(INIT_ERROR):
+            self.init_error = s
+        m = EXIT_RE.match(s)
+        if m:
+            self.exit_code = int(m.group(1))
+        return True
+
+    def _cleanup(self) -> None:
+        if self._initrd is not None:
+            self._initrd.unlink(missing_ok=True)
+
+    def _collect(self) -> None:
         extract_error = self._extract_results()
         if extract_error:
             self._tail.append(f"[host] results payload unusable: {extract_error}")
-        tail = "\n".join(self._tail)
-        if timed_out:
-            status = "timeout"
-        elif self.init_error is not None:
-            status = "guest-init-failed"
-        elif self.exit_code is not None:
-            status = "ok"
-        elif "Kernel panic" in tail:
-            status = "panic"
-        else:
-            status = "qemu-died"
-        exit_code = self.exit_code if status == "ok" else None
+
+    def _job_exit_code(self) -> int | None:
+        return self.exit_code
+
+    def _early_failure(self) -> str | None:
+        return "guest-init-failed" if self.init_error is not None else None
+
+    def _finish(self, status: str, exit_code: int | None) -> None:
         if exit_code is not None:
             (self.results_dir / "exit_code").write_text(f"{exit_code}\n")
-        return GuestResult(status=status, exit_code=exit_code, console_tail=tail,
-                           duration=duration, results_dir=self.results_dir,
-                           qemu_returncode=self._proc.returncode, boot_seconds=self.boot_seconds,
-                           variant=VARIANT)
-
-    def run(self) -> GuestResult:
-        self.start()
-        try:
-            return self.wait()
-        except BaseException:
-            self._kill()
-            raise
-
-    def kill(self) -> None:
-        """Kill QEMU now (wait() then reports the run as failed)."""
-        self._kill()
-
-    # -- internals -----------------------------------------------------------------------------
-    def _kill(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._proc.wait()
 
     def _extract_results(self) -> str | None:
         if self._results_b64 is None:
@@ -238,40 +179,6 @@ class PowerRun:
         except (binascii.Error, tarfile.TarError, OSError, EOFError) as e:
             return f"{type(e).__name__}: {e}"
         return None
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for raw in self._proc.stdout:
-            line = raw.decode("utf-8", "replace").replace("\r", "")
-            self._console.write(line)
-            s = line.strip()
-            if self._b64 is not None:
-                if s == END:
-                    self._results_b64 = "".join(self._b64)
-                    self._b64 = None
-                else:
-                    self._b64.append(s)
-                continue
-            if s == BEGIN:
-                self._b64 = []
-                continue
-            if s.startswith(READY) and self.boot_seconds is None:
-                self.boot_seconds = time.monotonic() - self._t0
-            elif s.startswith(INIT_ERROR):
-                self.init_error = s
-            m = EXIT_RE.match(s)
-            if m:
-                self.exit_code = int(m.group(1))
-            self._tail.append(line.rstrip("\n"))
-            if self._out is not None:
-                try:
-                    self._out.write(line)
-                    self._out.flush()
-                except (OSError, ValueError):
-                    pass
-            for cb in self._line_callbacks:
-                cb(line)
-        self._console.flush()
 
 
 def run(argv: Sequence[str], **kw) -> GuestResult:

@@ -1,6 +1,6 @@
 """The POWER (pseries) test bed, vm/power/: its archive writer and pins on the host, and real boots
 that prove the exit code, the results folder and failures come back. The tests that run inside
-the POWER guest (tests/test_power_bed_guest.py, the ``[real]`` half of tests/test_spapr.py) are
+the POWER guest (tests/testbed/test_power_bed_guest.py, the ``[real]`` half of the SPAPR tests) are
 marked ``power_guest`` and proxied there by vm/pytest_plugin.py in one boot.
 
 Real boots skip where no POWER guest can start, and fail under PYVFIO_REQUIRE_GUEST=1 (CI).
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from vm.initramfs import CpioWriter
 from vm.power import fetch, initramfs, pins, runner
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- host-only: the cpio writer, payload bytecode, pins -------------------------------------
@@ -39,7 +40,7 @@ def test_cpio_writer_round_trips_through_gnu_cpio(tmp_path):
     import io
 
     buf = io.BytesIO()
-    w = initramfs.CpioWriter(buf)
+    w = CpioWriter(buf)
     w.file("a/b/c.txt", b"hello\n", 0o640)
     w.file("a/odd", b"x" * 5, 0o755)  # a size that needs padding
     w.symlink("a/link", "b/c.txt")
@@ -62,7 +63,7 @@ def test_cpio_writer_refuses_a_path_through_an_archived_symlink():
     """The kernel would replace the symlink /lib -> usr/lib with a directory (broken merged-/usr)."""
     import io
 
-    w = initramfs.CpioWriter(io.BytesIO())
+    w = CpioWriter(io.BytesIO())
     w.symlink("lib", "usr/lib")
     with pytest.raises(ValueError, match="symlink"):
         w.file("lib/modules/x.ko", b"")
@@ -104,6 +105,15 @@ def test_pins_digest_tracks_the_kernel_pin():
     assert not str(pins.cache_root()).startswith(str(REPO))
 
 
+def test_vm_power_is_an_alias_of_vm_power_subcommand():
+    """``python -m vm.power ARGS`` runs ``python -m vm power ARGS``."""
+    outs = [subprocess.run([sys.executable, "-m", *mod, "status"], cwd=REPO, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for mod in (["vm.power"], ["vm", "power"])]
+    assert outs[0].returncode == outs[1].returncode
+    assert outs[0].stdout == outs[1].stdout and "power guest: " in outs[0].stdout
+
+
 def test_qemu_command_is_the_recipe_machine(tmp_path):
     cmd = runner.qemu_command(tmp_path / "vmlinux", tmp_path / "initrd")
     line = " ".join(cmd)
@@ -130,7 +140,7 @@ def power_guest():
 def test_failing_command_exit_code_and_results_come_back(power_guest, tmp_path):
     """Through the CLI: the job's exit code is the CLI's, files in $PYVFIO_RESULTS come back."""
     r = subprocess.run(
-        [sys.executable, "-m", "vm.power", "run", "--quiet", "--timeout", "120",
+        [sys.executable, "-m", "vm", "power", "run", "--quiet", "--timeout", "120",
          "--results-dir", str(tmp_path), "--", "sh", "-c",
          'uname -m > "$PYVFIO_RESULTS/uname"; echo "$PYVFIO_GUEST" > "$PYVFIO_RESULTS/variant"; '
          "exit 7"],

@@ -19,7 +19,7 @@ from _pytest.outcomes import Skipped
 
 from vm.pytest_plugin import GuestTestFailure, _GuestSession, _HostController
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = ("intel", ("edu",), False)
 
 
