@@ -21,7 +21,28 @@ def _close_quietly(backend: Backend, fd: int) -> None:
         pass
 
 
-class FdObject:
+class Closeable:
+    """The close protocol every resource owner of pyvfio follows.
+
+    Subclasses provide ``closed`` and an idempotent ``close()`` (children first); this base adds
+    the context manager, so ``with`` always ends in ``close()``.
+    """
+
+    @property
+    def closed(self) -> bool:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FdObject(Closeable):
     """Owns one fd opened through ``backend``.
 
     ``fileno()``, ``closed``, idempotent ``close()`` (children first, then the fd) and context
@@ -72,14 +93,8 @@ class FdObject:
         """``ioctl(fd, request, arg)`` through the backend; errors name ``request.name`` as op."""
         return self.backend.ioctl(self.fileno(), request, arg, hint=hint)
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Bundle:
+class Bundle(Closeable):
     """Kernel objects set up together (what an ``open_device`` returns) whose lifetime is one
     root :class:`FdObject`'s: ``closed``, ``close()`` and the context manager go to ``_root``,
     which closes the others first."""
@@ -92,9 +107,3 @@ class Bundle:
 
     def close(self) -> None:
         self._root.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
