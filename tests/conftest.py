@@ -37,6 +37,8 @@ import pytest
 import scenarios
 from scenarios import Env
 
+from pyvfio.seam import get_backend
+
 # The QEMU guest test bed: @pytest.mark.guest tests are proxied into guests (vm/pytest_plugin.py).
 pytest_plugins = ["vm.pytest_plugin"]
 
@@ -87,10 +89,16 @@ def mock_env(be) -> Env:
 
 
 @pytest.fixture
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The backend a test of the matrix runs on: its ``@pytest.mark.backends`` parameter. (This
+    fixture itself runs only for a test that uses ``env`` without the mark.)"""
+    pytest.fail(f"{request.node.nodeid} uses env or backend_name but has no @pytest.mark.backends(...)",
+                pytrace=False)
+
+
+@pytest.fixture
 def kvm_env() -> Env:
     """``env`` on the ``kvm`` backend: the real kernel of this host."""
-    from pyvfio.seam import get_backend
-
     return Env("real", lambda: get_backend("real"))
 
 
@@ -111,8 +119,8 @@ def env(request: pytest.FixtureRequest, backend_name: str) -> Env:
         return request.getfixturevalue("kvm_env")
     if backend_name in _guest_variants(request.config):
         return request.getfixturevalue("guest_env")
-    raise pytest.UsageError(f"{request.node.nodeid}: no env for backend {backend_name!r} "
-                            "(the test module must give its own env fixture)")
+    pytest.fail(f"{request.node.nodeid}: no env for backend {backend_name!r} (the test module must "
+                "give its own env fixture)", pytrace=False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

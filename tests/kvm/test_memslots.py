@@ -10,7 +10,7 @@ import time
 import tracemalloc
 
 import pytest
-from scenarios.kvm import make_backend, mock_ioctls
+from scenarios.kvm import mock_ioctls
 
 from pyvfio import ioctls as I
 from pyvfio.errors import (
