@@ -4,13 +4,40 @@ Real-kernel policy: tests marked ``kvm`` need /dev/kvm on the host; tests marked
 QEMU guests through vm/pytest_plugin.py. Where the machine cannot provide them they skip with the
 reason printed, unless PYVFIO_REQUIRE_KVM / PYVFIO_REQUIRE_GUEST is 1 (``tools/dev test`` and CI),
 where a missing real kernel is a failure.
+
+The backend matrix: a test written once takes the ``env`` fixture (a :class:`scenarios.Env`) and
+names where it runs with ``@pytest.mark.backends(...)``::
+
+    @pytest.mark.backends("mock", "intel", "amd")               # mock kernel + two guest variants
+    @pytest.mark.backends("mock", "intel", iommufd=True)        # guest kwargs: bind=, iommufd=
+    @pytest.mark.backends("mock-exact", "mock-pinned", "intel") # mock flavours (``mock_env`` reads them)
+    pytestmark = pytest.mark.backends("mock", "kvm")            # mock kernel + the host's /dev/kvm
+
+Each name becomes one parameter, first in the test id (``test_scenario[mock-edu_round_trip]``,
+``test_scenario[intel-edu_round_trip]``):
+
+* ``mock`` and ``mock-<flavour>``: ``env`` is the ``mock_env`` fixture (default: conftest's ``be``);
+* ``kvm``: the real backend on the host, marked ``kvm`` (``env`` is ``kvm_env``);
+* ``power``: marked ``power_guest``, run in the POWER guest (the test module gives ``env``);
+* a guest variant (intel, amd, virtio, none): marked ``guest(variants=[v], **kwargs)`` with
+  ``guest_variant=v``, so vm/pytest_plugin.py proxies it into that guest, where the same node id
+  runs for real with ``env`` = ``guest_env``.
+
+A test module overrides ``mock_env`` / ``guest_env`` (or ``env`` itself) where its machine needs more
+than the defaults. Only tests that use ``env`` or ``backend_name`` are parametrized, so a module
+level mark leaves the module's other tests alone.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
+import scenarios
+from scenarios import Env
+
+from pyvfio.seam import get_backend
 
 # The QEMU guest test bed: @pytest.mark.guest tests are proxied into guests (vm/pytest_plugin.py).
 pytest_plugins = ["vm.pytest_plugin"]
@@ -22,6 +49,78 @@ def _kvm_unavailable() -> str | None:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "/dev/kvm is not readable and writable by this user"
     return None
+
+
+def _guest_variants(config: pytest.Config) -> tuple[str, ...]:
+    """The guest test bed's IOMMU variants (vm/pytest_plugin.py, loaded as a plugin here)."""
+    return config.pluginmanager.get_plugin("vm.pytest_plugin").ALL_VARIANTS
+
+
+def _backend_param(name: str, guest_kwargs: dict[str, Any], variants: tuple[str, ...]) -> Any:
+    if name in variants:
+        return pytest.param(name, name, id=name, marks=pytest.mark.guest(variants=[name], **guest_kwargs))
+    if name == "kvm":
+        return pytest.param(name, None, id=name, marks=pytest.mark.kvm)
+    if name == "power":
+        return pytest.param(name, None, id=name, marks=pytest.mark.power_guest)
+    if name == "mock" or name.startswith("mock-"):
+        return pytest.param(name, None, id=name)
+    raise pytest.UsageError(f"pytest.mark.backends: unknown backend {name!r}; known mock, mock-<flavour>, "
+                            f"kvm, power, {', '.join(variants)}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is None or not {"env", "backend_name"} & set(metafunc.fixturenames):
+        return
+    if not marker.args:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: pytest.mark.backends needs backend names")
+    if "guest_variant" not in metafunc.fixturenames:
+        metafunc.fixturenames.append("guest_variant")
+    variants = _guest_variants(metafunc.config)
+    metafunc.parametrize(["backend_name", "guest_variant"],
+                         [_backend_param(name, dict(marker.kwargs), variants) for name in marker.args])
+
+
+@pytest.fixture
+def mock_env(be) -> Env:
+    """``env`` on a ``mock`` backend: conftest's mock kernel (``be``)."""
+    return Env("mock", lambda: be)
+
+
+@pytest.fixture
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The backend a test of the matrix runs on: its ``@pytest.mark.backends`` parameter. (This
+    fixture itself runs only for a test that uses ``env`` without the mark.)"""
+    pytest.fail(f"{request.node.nodeid} uses env or backend_name but has no @pytest.mark.backends(...)",
+                pytrace=False)
+
+
+@pytest.fixture
+def kvm_env() -> Env:
+    """``env`` on the ``kvm`` backend: the real kernel of this host."""
+    return Env("real", lambda: get_backend("real"))
+
+
+@pytest.fixture
+def guest_env(request: pytest.FixtureRequest, guest_info, guest_variant) -> Env:
+    """``env`` on a guest variant: the real kernel of the guest and the edu the agent bound."""
+    marker = request.node.get_closest_marker("guest")
+    iommufd = bool(marker.kwargs.get("iommufd", False)) if marker else False
+    return scenarios.guest_env(guest_info, guest_variant, iommufd=iommufd)
+
+
+@pytest.fixture
+def env(request: pytest.FixtureRequest, backend_name: str) -> Env:
+    """Where a test of the backend matrix runs (``@pytest.mark.backends``)."""
+    if backend_name == "mock" or backend_name.startswith("mock-"):
+        return request.getfixturevalue("mock_env")
+    if backend_name == "kvm":
+        return request.getfixturevalue("kvm_env")
+    if backend_name in _guest_variants(request.config):
+        return request.getfixturevalue("guest_env")
+    pytest.fail(f"{request.node.nodeid}: no env for backend {backend_name!r} (the test module must "
+                "give its own env fixture)", pytrace=False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,8 +1,9 @@
 """Scenario functions written once and run on both kernels.
 
 A scenario takes an :class:`Env` (which backend, which device, how to read locked memory) and
-asserts what the kernel did. tests/test_vfio_type1_mock.py runs each on a fresh mock kernel;
-tests/test_vfio_type1_guest.py runs the same functions inside the QEMU guests (real VFIO).
+asserts what the kernel did. tests/vfio/test_type1.py runs each ``scenario_*`` of
+tests/scenarios/type1.py as ``test_scenario``, parametrized by ``@pytest.mark.backends`` (see
+tests/conftest.py): on a fresh mock kernel and inside the QEMU guests (real VFIO).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class Env:
     @property
     def is_mock(self) -> bool:
         return self.kind == "mock"
+
+
+def scenario_id(scenario: Callable[..., Any]) -> str:
+    """The test id of a scenario function: its name without ``scenario_``."""
+    return scenario.__name__.removeprefix("scenario_")
 
 
 def guest_env(guest_info: dict[str, Any], guest_variant: str, *, iommufd: bool = False) -> Env:

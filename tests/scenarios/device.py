@@ -3,8 +3,8 @@ features), identical on the mock and in the guest.
 
 Each ``scenario_*`` function takes an :class:`~scenarios.Env` and asserts what the kernel and the
 device did, with the values the x86 guest's kernel (6.12, vfio-pci) and QEMU's devices give: the
-mock must give the same. tests/test_vfio_device_mock.py and tests/test_vfio_device_guest.py run
-them. ``env.facts["devices"]`` lists the vfio-pci bound devices as ``{"name", "bdf"}``.
+mock must give the same. tests/vfio/test_device.py runs them on both (``[mock-...]``,
+``[intel-...]``, ``[amd-...]``). ``env.facts["devices"]`` lists the vfio-pci bound devices as ``{"name", "bdf"}``.
 """
 
 from __future__ import annotations

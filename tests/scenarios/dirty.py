@@ -10,8 +10,8 @@ Which pages are dirty depends on who tracks, so every scenario computes its expe
 * ``"exact"`` — the mock kernel by default: its IOMMU marks exactly the pages the simulated
   edu DMA engine wrote since the last report (what a hardware dirty bit gives);
 
-the mock can also be switched to ``"pinned"`` (tests/test_dirty_mock.py runs every scenario both
-ways), which proves the mock reproduces the real kernel's answer for the same calls. Errnos,
+the mock can also be switched to ``"pinned"`` (tests/vfio/test_dirty.py runs every scenario both
+ways, as ``[mock-exact-...]`` and ``[mock-pinned-...]``), which proves the mock reproduces the real kernel's answer for the same calls. Errnos,
 window plans and the holes rule (words the kernel does not cover are left as they were) are the
 same for both.
 """

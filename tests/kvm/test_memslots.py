@@ -10,6 +10,7 @@ import time
 import tracemalloc
 
 import pytest
+from scenarios.kvm import mock_ioctls
 
 from pyvfio import ioctls as I
 from pyvfio.errors import (
@@ -23,21 +24,22 @@ from pyvfio.errors import (
 )
 from pyvfio.kvm import GuestMemory, Kvm, MemFlag, guestcode
 from pyvfio.seam.mock import MockBackend
-from test_kvm_support import backend, kvm, make_backend, mock_ioctls, vm  # noqa: F401
+
+pytestmark = pytest.mark.backends("mock", "kvm")
 
 PAGE = mmap.PAGESIZE
 MiB = 1 << 20
 
 
 @pytest.fixture
-def mem(backend):  # noqa: F811
+def mem(backend):
     m = GuestMemory.anonymous(4 * MiB, backend=backend)
     yield m
     m.users = 0
     m.close()
 
 
-def test_add_memslot_validates_before_the_syscall(vm, mem):  # noqa: F811
+def test_add_memslot_validates_before_the_syscall(vm, mem):
     s0 = vm.add_memslot(mem, 0x100000, MiB)
     before = mock_ioctls(vm)
     cases = [
@@ -73,7 +75,7 @@ def test_add_memslot_validates_before_the_syscall(vm, mem):  # noqa: F811
     assert s1.id == 1 and [s.id for s in vm.memslots] == [0, 1]
 
 
-def test_readonly_flag_depends_on_the_arch(backend, mem):  # noqa: F811
+def test_readonly_flag_depends_on_the_arch(backend, mem):
     with Kvm(backend=backend) as k, k.create_vm() as vm:
         s = vm.add_memslot(mem, 0, MiB, readonly=True)
         assert s.readonly and s.flags == MemFlag.READONLY
@@ -86,7 +88,7 @@ def test_readonly_flag_depends_on_the_arch(backend, mem):  # noqa: F811
     m2.close()
 
 
-def test_move_toggle_delete_bookkeeping(vm, mem):  # noqa: F811
+def test_move_toggle_delete_bookkeeping(vm, mem):
     a = vm.add_memslot(mem, 0x000000, MiB)
     b = vm.add_memslot(mem, 0x200000, MiB, offset=MiB, log_dirty=True)
     assert mem.users == 2
@@ -115,7 +117,7 @@ def test_move_toggle_delete_bookkeeping(vm, mem):  # noqa: F811
     assert mem.users == 0 and a.deleted and c.deleted
 
 
-def test_kernel_refusal_books_nothing(vm, mem):  # noqa: F811
+def test_kernel_refusal_books_nothing(vm, mem):
     """A slot made behind pyvfio's back makes the kernel answer EEXIST: no id or user leaks."""
     vm.set_user_memory_region(5, 0, 0x800000, MiB, mem.addr)
     with pytest.raises(ExistsError) as info:
@@ -125,7 +127,7 @@ def test_kernel_refusal_books_nothing(vm, mem):  # noqa: F811
     assert vm.add_memslot(mem, 0, MiB).id == 0
 
 
-def _guest_writes(vm, mem, slot_gpa, pages, code_gpa=0):  # noqa: F811
+def _guest_writes(vm, mem, slot_gpa, pages, code_gpa=0):
     """Run a program (placed at gpa code_gpa + 0x1000 inside ``mem``) storing into ``pages``."""
     prog = guestcode.write_pages([slot_gpa + p * PAGE + 0x20 for p in pages], 0x5A)
     mem.write(0x1000, prog)
@@ -135,7 +137,7 @@ def _guest_writes(vm, mem, slot_gpa, pages, code_gpa=0):  # noqa: F811
     v.close()
 
 
-def test_memfd_backing_sees_guest_writes(vm):  # noqa: F811
+def test_memfd_backing_sees_guest_writes(vm):
     m = GuestMemory.memfd(MiB, backend=vm.backend)
     try:
         s = vm.add_memslot(m, 0, log_dirty=True)
@@ -167,7 +169,7 @@ def hugepages(n: int):
             f.write(str(old))
 
 
-def test_hugetlbfs_backing(vm):  # noqa: F811
+def test_hugetlbfs_backing(vm):
     with hugepages(2):
         m = GuestMemory.hugetlb(2 * MiB, backend=vm.backend)
         try:
@@ -181,7 +183,7 @@ def test_hugetlbfs_backing(vm):  # noqa: F811
             m.close()
 
 
-def test_readonly_slot_write_exits_as_mmio(backend):  # noqa: F811
+def test_readonly_slot_write_exits_as_mmio(backend):
     from pyvfio.kvm import VcpuExitError
 
     with Kvm(backend=backend) as k, k.create_vm() as vm:
@@ -200,7 +202,7 @@ def test_readonly_slot_write_exits_as_mmio(backend):  # noqa: F811
         rom.close()
 
 
-def test_guest_memfd_slot(backend):  # noqa: F811
+def test_guest_memfd_slot(backend):
     with Kvm(backend=backend) as k, k.create_vm() as vm:
         if not vm.check_extension(I.KVM_CAP_GUEST_MEMFD):
             pytest.skip("no KVM_CAP_GUEST_MEMFD on this kernel")
@@ -222,7 +224,7 @@ def test_guest_memfd_slot(backend):  # noqa: F811
             vm.create_guest_memfd(MiB)
 
 
-def test_no_leaks_on_close_and_errors(backend, no_fd_leak):  # noqa: F811
+def test_no_leaks_on_close_and_errors(backend, no_fd_leak):
     m = GuestMemory.memfd(MiB, backend=backend)
     k = Kvm(backend=backend)
     vm = k.create_vm()
@@ -238,7 +240,7 @@ def test_no_leaks_on_close_and_errors(backend, no_fd_leak):  # noqa: F811
     m.close()
 
 
-def test_32764_memslots_created_and_deleted(backend, capsys):  # noqa: F811
+def test_32764_memslots_created_and_deleted(backend, capsys):
     """The reported maximum of memslots, each one page, created then deleted; bookkeeping measured."""
     with Kvm(backend=backend) as k, k.create_vm() as vm:
         n = vm.max_slots
@@ -270,7 +272,7 @@ def test_32764_memslots_created_and_deleted(backend, capsys):  # noqa: F811
         mem.close()
 
 
-def test_open_errors_are_typed(backend, no_fd_leak):  # noqa: F811
+def test_open_errors_are_typed(backend, no_fd_leak):
     from pyvfio.errors import NotFoundError
 
     with pytest.raises(NotFoundError) as info:

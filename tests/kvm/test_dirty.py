@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scenarios.kvm import DATA_PAGES, Guest, mock_ioctls
 
 from pyvfio import ioctls as I
 from pyvfio.errors import AlignmentError, ArgumentError, RangeError
 from pyvfio.services.bitmap import DirtyBitmap
 from pyvfio.kvm import GuestMemory, guestcode
-from test_kvm_support import DATA_PAGES, Guest, backend, kvm, mock_ioctls, vm  # noqa: F401
+
+pytestmark = pytest.mark.backends("mock", "kvm")
 
 PAGE_SETS = [
     [0],
@@ -25,7 +27,7 @@ PAGE_SETS = [
 
 
 @pytest.fixture
-def guest(vm):  # noqa: F811
+def guest(vm):
     g = Guest(vm)
     yield g
     g.close()
@@ -55,7 +57,7 @@ def test_writes_after_a_get_are_reported_by_the_next(guest):
     assert guest.slot.get_dirty_log().pages().tolist() == [5, 100]
 
 
-def test_manual_protect_pages_stay_dirty_until_cleared(vm):  # noqa: F811
+def test_manual_protect_pages_stay_dirty_until_cleared(vm):
     vm.enable_manual_dirty_log_protect()
     g = Guest(vm)
     try:
@@ -88,7 +90,7 @@ def test_manual_protect_pages_stay_dirty_until_cleared(vm):  # noqa: F811
         g.close()
 
 
-def test_manual_protect_initially_set(vm):  # noqa: F811
+def test_manual_protect_initially_set(vm):
     vm.enable_manual_dirty_log_protect(initially_set=True)
     g = Guest(vm)
     try:
@@ -102,7 +104,7 @@ def test_manual_protect_initially_set(vm):  # noqa: F811
         g.close()
 
 
-def test_dirty_logging_toggle_and_move(vm):  # noqa: F811
+def test_dirty_logging_toggle_and_move(vm):
     g = Guest(vm, log_dirty=False)
     try:
         s = g.slot
@@ -123,7 +125,7 @@ def test_dirty_logging_toggle_and_move(vm):  # noqa: F811
         g.close()
 
 
-def test_dirty_ring_harvest_and_reset(kvm):  # noqa: F811
+def test_dirty_ring_harvest_and_reset(kvm):
     if not kvm.check_extension(I.KVM_CAP_DIRTY_LOG_RING):
         pytest.skip("no KVM_CAP_DIRTY_LOG_RING on this kernel (mock-tested only)")
     with kvm.create_vm() as vm:
@@ -153,7 +155,7 @@ def test_dirty_ring_harvest_and_reset(kvm):  # noqa: F811
             g.close()
 
 
-def test_small_slot_first_instruction_stores_to_the_next_page(kvm):  # noqa: F811
+def test_small_slot_first_instruction_stores_to_the_next_page(kvm):
     """The layout of the one dirty-log miss seen once in an early C probe on this host: a
     4-page slot holding the code in page 0, whose first instruction stores to page 1. Repeated
     on fresh VMs; every log must be exactly [1] (pyvfio never reproduced the miss)."""

@@ -1,9 +1,12 @@
 """sPAPR TCE v1/v2 through pyvfio, written once and run on two kernels:
 
 * ``[mock]``: pyvfio.mockkernel.spapr's POWER-shaped machine (everywhere);
-* ``[real]``: the real Linux 6.12 kernel in the POWER9 pseries guest, with edu DMA through the
-  TCE tables (marked ``power_guest``: vm/pytest_plugin.py runs every ``[real]`` test in one POWER
+* ``[power]``: the real Linux 6.12 kernel in the POWER9 pseries guest, with edu DMA through the
+  TCE tables (marked ``power_guest``: vm/pytest_plugin.py runs every ``[power]`` test in one POWER
   guest boot and each host item reports its guest outcome).
+
+(``pytestmark = pytest.mark.backends("mock", "power")``: the backend matrix of tests/conftest.py,
+with this module's own ``env``.)
 
 Each scenario asserts the same outcome on both, which is how the mock is held to the kernel.
 """
@@ -34,6 +37,8 @@ PATTERN = bytes((i * 7 + 3) & 0xFF for i in range(XFER))
 #: Buffers whose registration the 6.12 kernel leaked on purpose in a test: kept mapped for the
 #: life of the process, so no later buffer reuses the address of a stale registration.
 _LEAKED: list[DmaBuffer] = []
+
+pytestmark = pytest.mark.backends("mock", "power")
 
 
 @dataclass
@@ -70,11 +75,11 @@ class Env:
         raise AssertionError("no VmLck in /proc/self/status")
 
 
-@pytest.fixture(params=["mock", pytest.param("real", marks=pytest.mark.power_guest)])
-def env(request):
-    if request.param == "real":
+@pytest.fixture
+def env(backend_name):
+    if backend_name == "power":
         if os.environ.get("PYVFIO_GUEST") != "power":
-            pytest.fail("the [real] sPAPR tests run only inside the POWER guest "
+            pytest.fail("the [power] sPAPR tests run only inside the POWER guest "
                         "(vm/pytest_plugin.py proxies them there)", pytrace=False)
         from pyvfio.seam.real import RealBackend
 

@@ -12,11 +12,13 @@ import mmap
 import os
 
 import pytest
+from scenarios.kvm import err
 
 from pyvfio import ioctls as I
 from pyvfio.kvm import GuestMemory
 from pyvfio.services.bitmap import bytes_for
-from test_kvm_support import backend, err, kvm, vm  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.backends("mock", "kvm")
 
 PAGE = mmap.PAGESIZE
 LOG = I.KVM_MEM_LOG_DIRTY_PAGES
@@ -25,7 +27,7 @@ GMEM = I.KVM_MEM_GUEST_MEMFD
 
 
 @pytest.fixture
-def mem(backend):  # noqa: F811
+def mem(backend):
     m = GuestMemory.anonymous(1 << 20, backend=backend)
     yield m
     m.users = 0
@@ -33,14 +35,14 @@ def mem(backend):  # noqa: F811
 
 
 # -- memslots -----------------------------------------------------------------------------------
-def test_memslot_flags_rules(vm, mem):  # noqa: F811
+def test_memslot_flags_rules(vm, mem):
     r = vm.set_user_memory_region
     assert err(r, 0, 0x8, 0, PAGE, mem.addr) == "EINVAL"          # unknown flag
     assert err(r, 0, GMEM, 0, PAGE, mem.addr) == "EINVAL"         # GUEST_MEMFD needs REGION2
     assert err(r, 0, LOG | RO, 0, PAGE, mem.addr) == "ok"        # READONLY exists on x86
 
 
-def test_memslot_alignment_and_range_rules(vm, mem):  # noqa: F811
+def test_memslot_alignment_and_range_rules(vm, mem):
     r = vm.set_user_memory_region
     assert err(r, 0, 0, 0x800, PAGE, mem.addr) == "EINVAL"        # gpa not page aligned
     assert err(r, 0, 0, 0, PAGE + 1, mem.addr) == "EINVAL"        # size not page aligned
@@ -52,7 +54,7 @@ def test_memslot_alignment_and_range_rules(vm, mem):  # noqa: F811
     assert err(r, 0, 0, (1 << 52) - PAGE, 0, mem.addr) == "ok"
 
 
-def test_memslot_id_rules(vm, mem):  # noqa: F811
+def test_memslot_id_rules(vm, mem):
     r = vm.set_user_memory_region
     nslots = vm.max_slots
     assert nslots == 32764
@@ -65,7 +67,7 @@ def test_memslot_id_rules(vm, mem):  # noqa: F811
     assert err(r, nslots - 1, 0, 0, 0, mem.addr) == "EINVAL"      # ... twice
 
 
-def test_memslot_modify_rules(vm, mem):  # noqa: F811
+def test_memslot_modify_rules(vm, mem):
     r = vm.set_user_memory_region
     size = 0x40000
     assert err(r, 0, 0, 0, size, mem.addr) == "ok"
@@ -78,7 +80,7 @@ def test_memslot_modify_rules(vm, mem):  # noqa: F811
     assert err(r, 0, 0, 0x100000, size, mem.addr) == "ok"         # logging off
 
 
-def test_memslot_overlap_rules(vm, mem):  # noqa: F811
+def test_memslot_overlap_rules(vm, mem):
     r = vm.set_user_memory_region
     assert err(r, 0, 0, 0x10000, 0x10000, mem.addr) == "ok"
     assert err(r, 1, 0, 0x1F000, 0x2000, mem.addr) == "EEXIST"    # tail overlap
@@ -90,7 +92,7 @@ def test_memslot_overlap_rules(vm, mem):  # noqa: F811
 
 
 # -- dirty logs ----------------------------------------------------------------------------------
-def test_get_dirty_log_rules(vm, mem):  # noqa: F811
+def test_get_dirty_log_rules(vm, mem):
     r = vm.set_user_memory_region
     buf = mem.addr + 0x80000
     assert err(r, 0, 0, 0, 0x40000, mem.addr) == "ok"
@@ -103,7 +105,7 @@ def test_get_dirty_log_rules(vm, mem):  # noqa: F811
     assert err(vm.get_dirty_log, 0, buf) == "ok"
 
 
-def test_dirty_bitmap_size_rule(vm, backend):  # noqa: F811
+def test_dirty_bitmap_size_rule(vm, backend):
     """GET writes ALIGN(npages, 64) / 8 bytes: a buffer one word short faults (EFAULT)."""
     npages = 184
     need = bytes_for(npages)
@@ -128,7 +130,7 @@ def test_dirty_bitmap_size_rule(vm, backend):  # noqa: F811
         data.close()
 
 
-def test_clear_dirty_log_alignment_rules(vm, mem):  # noqa: F811
+def test_clear_dirty_log_alignment_rules(vm, mem):
     npages = 184  # 2 * 64 + 56
     buf = mem.addr + 0xF0000
     vm.set_user_memory_region(0, LOG, 0, npages * PAGE, mem.addr)
@@ -148,7 +150,7 @@ def test_clear_dirty_log_alignment_rules(vm, mem):  # noqa: F811
     assert err(c, 0, 0, 0, buf) == "ok"               # empty
 
 
-def test_manual_protect_cap_rules(vm):  # noqa: F811
+def test_manual_protect_cap_rules(vm):
     cap = I.KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
     assert vm.check_extension(cap) == 3
     assert err(vm.enable_cap, cap, I.KVM_DIRTY_LOG_INITIALLY_SET) == "EINVAL"  # needs ENABLE
@@ -159,7 +161,7 @@ def test_manual_protect_cap_rules(vm):  # noqa: F811
     assert err(vm.enable_cap, cap, 0) == "ok"
 
 
-def test_dirty_ring_rules(kvm, mem):  # noqa: F811
+def test_dirty_ring_rules(kvm, mem):
     ring = I.KVM_CAP_DIRTY_LOG_RING
     limit = kvm.check_extension(ring)
     if not limit:
@@ -181,7 +183,7 @@ def test_dirty_ring_rules(kvm, mem):  # noqa: F811
 
 
 # -- VM, vCPU, irqchip ----------------------------------------------------------------------------
-def test_vm_and_vcpu_rules(kvm):  # noqa: F811
+def test_vm_and_vcpu_rules(kvm):
     assert err(kvm.create_vm, 1) == "EINVAL"  # no such VM type here
     with kvm.create_vm() as vm:
         assert err(vm.create_vcpu, 4096) == "EINVAL"
@@ -194,7 +196,7 @@ def test_vm_and_vcpu_rules(kvm):  # noqa: F811
 
 
 # -- the KVM VFIO device ------------------------------------------------------------------------
-def test_vfio_device_rules(vm):  # noqa: F811
+def test_vfio_device_rules(vm):
     assert err(vm.create_device, I.KVM_DEV_TYPE_VFIO, test=True) == "ok"
     assert err(vm.create_device, 99, test=True) == "ENODEV"
     dev = vm.create_vfio_device()
@@ -219,19 +221,19 @@ def test_vfio_device_rules(vm):  # noqa: F811
 
 
 # -- ioeventfd / irqfd ---------------------------------------------------------------------------
-def _ioeventfd(vm, **kw):  # noqa: F811
+def _ioeventfd(vm, **kw):
     from pyvfio.uapi import ffi
 
     return err(vm._ioctl, I.KVM_IOEVENTFD, ffi.new("struct kvm_ioeventfd *", kw))
 
 
-def _irqfd(vm, **kw):  # noqa: F811
+def _irqfd(vm, **kw):
     from pyvfio.uapi import ffi
 
     return err(vm._ioctl, I.KVM_IRQFD, ffi.new("struct kvm_irqfd *", kw))
 
 
-def test_ioeventfd_rules(vm):  # noqa: F811
+def test_ioeventfd_rules(vm):
     ev, ev2 = os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC)
     null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -258,7 +260,7 @@ def test_ioeventfd_rules(vm):  # noqa: F811
             os.close(fd)
 
 
-def test_irqfd_rules(kvm):  # noqa: F811
+def test_irqfd_rules(kvm):
     ev, rs = os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC)
     null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -281,7 +283,7 @@ def test_irqfd_rules(kvm):  # noqa: F811
 
 
 # -- guest_memfd / REGION2 ----------------------------------------------------------------------
-def test_guest_memfd_rules(vm, mem):  # noqa: F811
+def test_guest_memfd_rules(vm, mem):
     if not (vm.check_extension(I.KVM_CAP_GUEST_MEMFD) and vm.check_extension(I.KVM_CAP_USER_MEMORY2)):
         pytest.skip("no guest_memfd / KVM_SET_USER_MEMORY_REGION2 on this kernel")
     from pyvfio.uapi import ffi

@@ -10,19 +10,20 @@ from pyvfio import ioctls as I
 from pyvfio.errors import ArgumentError, ExistsError, InvalidArgumentError, NotFoundError, StateError
 from pyvfio.kvm import GuestMemory, Kvm, guestcode
 from pyvfio.seam.mock import MockBackend
-from test_kvm_support import backend, kvm, vm  # noqa: F401
+
+pytestmark = pytest.mark.backends("mock", "kvm")
 
 PAGE = 4096
 
 
-def _run(vm, code, prog):  # noqa: F811
+def _run(vm, code, prog):
     code.write(0x1000, prog)
     v = vm.vcpus.get(0) or vm.create_vcpu(0)
     v.setup_real_mode(0x1000)
     return v.run_until_halt()
 
 
-def test_pio_ioeventfd_takes_the_guest_write(vm):  # noqa: F811
+def test_pio_ioeventfd_takes_the_guest_write(vm):
     code = GuestMemory.anonymous(0x10000, backend=vm.backend)
     vm.add_memslot(code, 0)
     prog = guestcode.out(0x20, 7) + guestcode.out(0x21, 1) + guestcode.out(0x20, 9) + guestcode.HLT
@@ -42,7 +43,7 @@ def test_pio_ioeventfd_takes_the_guest_write(vm):  # noqa: F811
     code.close()
 
 
-def test_mmio_ioeventfd_takes_a_store_to_unbacked_gpa(vm):  # noqa: F811
+def test_mmio_ioeventfd_takes_a_store_to_unbacked_gpa(vm):
     from pyvfio.kvm import VcpuExitError
 
     code = GuestMemory.anonymous(0x10000, backend=vm.backend)
@@ -57,7 +58,7 @@ def test_mmio_ioeventfd_takes_a_store_to_unbacked_gpa(vm):  # noqa: F811
     code.close()
 
 
-def test_ioeventfd_argument_checks_and_errors(vm):  # noqa: F811
+def test_ioeventfd_argument_checks_and_errors(vm):
     with pytest.raises(ArgumentError):
         vm.ioeventfd(0x1000, 3)
     with pytest.raises(ArgumentError):
@@ -73,7 +74,7 @@ def test_ioeventfd_argument_checks_and_errors(vm):  # noqa: F811
     vm.ioeventfd(0x1000, 4).close()
 
 
-def test_irqfd_binding(kvm):  # noqa: F811
+def test_irqfd_binding(kvm):
     with kvm.create_vm() as vm:
         with pytest.raises(InvalidArgumentError) as info:
             vm.irqfd(5)
@@ -98,7 +99,7 @@ def test_irqfd_binding(kvm):  # noqa: F811
 
 
 # -- the KVM VFIO device -------------------------------------------------------------------------
-def test_vfio_device_refuses_non_vfio_files_for_real(kvm):  # noqa: F811
+def test_vfio_device_refuses_non_vfio_files_for_real(kvm):
     """On the host (no VFIO): the device exists, and FILE_ADD of a non-VFIO fd is EINVAL."""
     with kvm.create_vm() as vm:
         dev = vm.create_vfio_device()

@@ -20,7 +20,7 @@ import pytest
 from pyvfio import ioctls
 from pyvfio.uapi import kvm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SETS = ("installed", "pinned-amd64", "pinned-ppc64le")
 
 

@@ -9,6 +9,7 @@ import mmap
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scenarios.kvm import make_backend
 
 from pyvfio import ioctls as I
 from pyvfio.errors import (
@@ -22,7 +23,8 @@ from pyvfio.errors import (
 )
 from pyvfio.kvm import GuestMemory, Kvm, guestcode
 from pyvfio.seam.mock import MockBackend
-from test_kvm_support import BACKENDS, make_backend
+
+pytestmark = pytest.mark.backends("mock", "kvm")
 
 PAGE = mmap.PAGESIZE
 MEM = 64 * PAGE
@@ -59,11 +61,10 @@ requests = st.lists(
     min_size=1, max_size=12)
 
 
-@pytest.mark.parametrize("name", BACKENDS)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(reqs=requests)
-def test_validation_matches_the_kernel(name, reqs):
-    kvm, mem = _env(name)
+def test_validation_matches_the_kernel(backend_name, reqs):
+    kvm, mem = _env(backend_name)
     with kvm.create_vm() as vm:
         for gpa, size, flags, offset, slot in reqs:
             if size and offset + size > MEM:
@@ -122,12 +123,11 @@ def test_enable_dirty_ring_checks():
             vm.create_vcpu().dirty_ring
 
 
-@pytest.mark.parametrize("name", BACKENDS)
-def test_dirty_ring_full_exits_until_harvested_and_reset(name):
+def test_dirty_ring_full_exits_until_harvested_and_reset(backend_name):
     """A 4 KiB ring holds 256 entries and the kernel keeps 64 in reserve: once 192 pages are
     published, KVM_RUN exits with KVM_EXIT_DIRTY_RING_FULL until userspace harvests and resets
     (the run that fills the ring still ends at its HLT)."""
-    be = make_backend(name)
+    be = make_backend(backend_name)
     with Kvm(backend=be) as kvm, kvm.create_vm() as vm:
         if not kvm.check_extension(I.KVM_CAP_DIRTY_LOG_RING):
             pytest.skip("no KVM_CAP_DIRTY_LOG_RING on this kernel")

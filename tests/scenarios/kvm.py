@@ -1,9 +1,10 @@
-"""Fixtures and helpers shared by the tests/test_kvm_*.py files (no tests here).
+"""Helpers shared by the tests/kvm/ files (their fixtures are in tests/kvm/conftest.py).
 
-Every KVM scenario runs twice: on the mock kernel and on the host's real /dev/kvm (marked
-``kvm``: skipped with the reason where /dev/kvm is missing, a failure under PYVFIO_REQUIRE_KVM=1).
-Expected errnos are the kernel's (virt/kvm/kvm_main.c); the same expectation on both backends
-is what makes the mock trustworthy.
+Every KVM scenario runs twice: on the mock kernel and on the host's real /dev/kvm (``[mock]`` and
+``[kvm]`` of ``@pytest.mark.backends("mock", "kvm")``; the latter marked ``kvm``: skipped with the
+reason where /dev/kvm is missing, a failure under PYVFIO_REQUIRE_KVM=1). Expected errnos are the
+kernel's (virt/kvm/kvm_main.c); the same expectation on both backends is what makes the mock
+trustworthy.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import errno
 import mmap
 from typing import Any, Callable
 
-import pytest
 
 from pyvfio.errors import PyvfioError
-from pyvfio.kvm import GuestMemory, Kvm, MemSlot, Vm, guestcode
+from pyvfio.kvm import GuestMemory, MemSlot, Vm, guestcode
 from pyvfio.seam import get_backend
-
-BACKENDS = ["mock", pytest.param("real", marks=pytest.mark.kvm)]
 
 #: Guest layout used by the vCPU tests: code slot at gpa 0 (entry 0x1000), data slot below 1 MiB.
 CODE_GPA, CODE_SIZE, ENTRY = 0x0, 0x10000, 0x1000
@@ -27,30 +25,13 @@ PAGE = mmap.PAGESIZE
 
 
 def make_backend(name: str) -> Any:
+    """A fresh backend for the backend named ``name``: a new mock kernel for ``mock``, else the
+    real one (``kvm``)."""
     if name == "mock":
         from pyvfio.seam.mock import MockBackend
 
         return MockBackend()
     return get_backend("real")
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Any:
-    return make_backend(request.param)
-
-
-@pytest.fixture
-def kvm(backend: Any):
-    k = Kvm(backend=backend)
-    yield k
-    k.close()
-
-
-@pytest.fixture
-def vm(kvm: Kvm):
-    v = kvm.create_vm()
-    yield v
-    v.close()
 
 
 def err(fn: Callable[..., Any], *args: Any, **kw: Any) -> str:

@@ -126,5 +126,5 @@ def test_import_needs_no_compiler() -> None:
     code = ("import pyvfio.uapi, pyvfio.ioctls; "
             "print(pyvfio.uapi.ffi.sizeof('struct kvm_run'), hex(pyvfio.ioctls.VFIO_IOMMU_MAP_DMA))")
     out = subprocess.run([sys.executable, "-c", code], env={"PATH": "/nonexistent"},
-                         capture_output=True, text=True, check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+                         capture_output=True, text=True, check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
     assert out.stdout.split() == ["2352", hex(ioctls.VFIO_IOMMU_MAP_DMA)]
