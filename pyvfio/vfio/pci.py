@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ArgumentError, RangeError
-from . import device as _d
+from .device_info import PciRegion
 
 if TYPE_CHECKING:  # pragma: no cover
     from .device import Device
 
-CONFIG = _d.PciRegion.CONFIG
+CONFIG = PciRegion.CONFIG
 PCI_STD_HEADER_SIZEOF = 0x40
 PCI_CFG_SPACE_SIZE = 0x100
 PCI_CFG_SPACE_EXP_SIZE = 0x1000
