@@ -33,6 +33,9 @@ class DmaMapping:
 
     ``iommu`` is the :class:`MappingTable` that made it. ``state`` is free for extensions
     (dirty tracking keeps per-mapping data there).
+
+    Threads: ``unmap()`` once, from one thread; the attributes are read-only after creation
+    (``update_vaddr`` rewrites ``buffer``/``vaddr`` and must not race with readers).
     """
 
     __slots__ = ("iommu", "iova", "size", "vaddr", "flags", "buffer", "state", "_live",

@@ -36,6 +36,10 @@ class IommuFd(FdObject):
     """An open /dev/iommu (an iommufd context).
 
     Errors at open: NotFoundError when the kernel has no iommufd (CONFIG_IOMMUFD).
+
+    Threads: ``option``, ``get_hw_info`` and ``destroy`` may run concurrently (fresh argument
+    per call). ``ioas_alloc``, ``hwpt_alloc``, ``bind`` and ``close`` append to / unwind the
+    child lists unlocked: one thread at a time (list appends alone are atomic under the GIL).
     """
 
     def __init__(self, *, backend: Backend | str | None = None, path: str = IOMMU_PATH) -> None:

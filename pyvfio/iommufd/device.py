@@ -80,6 +80,9 @@ class IommufdDevice:
     Built by :meth:`IommuFd.bind`. Errors of the bind: BusyError when the device's VFIO group is
     open (the legacy path owns it), PermissionDeniedError without interrupt remapping (hint:
     iommufd's allow_unsafe_interrupts).
+
+    Threads: ``attach``/``detach``/``close`` change :attr:`pt_id`/:attr:`attached_to` unlocked:
+    one thread; the :attr:`device`'s own calls follow :class:`~pyvfio.vfio.device.Device`.
     """
 
     def __init__(self, iommufd: IommuFd, bdf: str) -> None:

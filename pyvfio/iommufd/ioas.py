@@ -133,7 +133,11 @@ def _cmd(ctype: str) -> Any:
 
 
 class HwPagetable:
-    """A HWPT made by :meth:`IommuFd.hwpt_alloc`; attach devices to it by its ``id``."""
+    """A HWPT made by :meth:`IommuFd.hwpt_alloc`; attach devices to it by its ``id``.
+
+    Threads: ``get_dirty_bitmap``/``dirty_pages`` may run concurrently (fresh arguments; with
+    the default ``clear=True`` each bit is reported to one caller only); ``destroy``: one thread.
+    """
 
     def __init__(self, iommufd: IommuFd, hwpt_id: int, ioas: "Ioas", *, dirty_tracking: bool) -> None:
         self.iommufd = iommufd
@@ -208,6 +212,11 @@ class Ioas(MappingTable):
     Two levels like :class:`~pyvfio.vfio.type1.Type1Iommu`: ``map_raw``/``unmap_raw`` are one
     ioctl each with no checks; ``map``/``unmap``/``unmap_all``/``copy`` check arguments first and
     return :class:`DmaMapping` handles that keep their buffer alive until unmapped.
+
+    Threads: ``map_raw``/``unmap_raw``/``map``/``unmap``/``copy`` pack a fresh argument per call
+    and may run concurrently for distinct IOVAs (the kernel serialises the IOAS; kernel-chosen
+    IOVAs never collide). ``info`` fills a cache (a race stores the same answer).
+    ``allow_iovas``, ``unmap_all`` and ``close`` must not overlap other calls.
     """
 
     def __init__(self, iommufd: IommuFd, ioas_id: int) -> None:

@@ -52,6 +52,8 @@ class IommuBase:
     Subclasses register the IOMMU types they implement with :func:`register_iommu`. They get
     the container and the type; ``close()`` must drop every mapping they made (it runs before
     the container lets go of its groups).
+
+    Threads: see each subclass; the base holds no mutable state of its own.
     """
 
     #: The VFIO_SET_IOMMU arguments this class implements.
@@ -97,6 +99,10 @@ class Container(FdObject):
     ``VFIO_API_VERSION`` (UnsupportedError). ``backend`` is a Backend or "real"/"mock".
 
     Errors: NotFoundError (no /dev/vfio/vfio: vfio module not loaded), PermissionDeniedError.
+
+    Threads: queries (``api_version``, ``check_extension``, ``extensions``) may run concurrently
+    with anything. ``attach``, ``set_iommu`` and ``close`` change :attr:`groups` / :attr:`iommu`
+    without a lock: call them from one thread, before or after the threads that use the IOMMU.
     """
 
     def __init__(self, *, backend: Backend | str | None = None, path: str = CONTAINER_PATH) -> None:

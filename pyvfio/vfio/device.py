@@ -73,6 +73,8 @@ class RegionMapping:
 
     Safety: the memory is the device's. After ``close()`` the address is invalid; memoryviews
     taken from :attr:`buffer` must not be used after that.
+
+    Threads: loads and stores may run from any thread; ``close()`` must not race with them.
     """
 
     def __init__(self, device: "Device", index: int, offset: int, size: int, addr: int, prot: int) -> None:
@@ -203,6 +205,12 @@ class Device(FdObject):
     Built by ``Group.open_device(bdf)``: ``Device(fd, group=group, name=bdf, backend=backend)``.
     The object owns ``fd`` and closes it once (``path`` is ``name``). Mappings and the eventfds
     the device created for interrupts are children, released first.
+
+    Threads: info queries, region ``read``/``write`` (pread/pwrite at an offset) and
+    ``set_irqs`` may run concurrently; each packs its own argument. ``region_info`` fills a
+    per-index cache (a race stores the same answer twice). ``mmap``, ``enable_irq`` /
+    ``disable_irq`` (which own eventfds) and ``close`` change the children sets without a lock:
+    do not run them concurrently with each other or with accesses through what they release.
     """
 
     def __init__(self, fd: int, *, group: Any = None, name: str | None = None,

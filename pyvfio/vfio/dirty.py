@@ -107,6 +107,10 @@ class Type1DirtyPages:
 
     Build it with :func:`dirty_pages`. ``tracking`` mirrors what this object asked for (the
     kernel keeps one tracking state per container).
+
+    Threads: every request packs its own argument, so ``get_bitmap`` and ``unmap_dma`` may run
+    concurrently (the kernel serialises the container); ``start``/``stop`` flip the
+    container-wide tracking state: one thread.
     """
 
     def __init__(self, iommu: Type1Iommu) -> None:
@@ -244,6 +248,9 @@ class DmaLogging:
 
     ``page_size`` is what START settled on (the driver may round the requested size up);
     ``ranges`` what was asked. ``close()`` stops logging if this object started it.
+
+    Threads: ``report`` may run concurrently with itself; ``start``/``stop``/``close`` change
+    :attr:`active` unlocked: one thread.
     """
 
     def __init__(self, device: Any) -> None:

@@ -102,6 +102,10 @@ class Group(FdObject):
     Opens ``/dev/vfio/<number>``. Errors: NotFoundError (no such group: no device of the IOMMU
     group is bound to vfio-pci), BusyError (already open: the hint names the holder),
     PermissionDeniedError.
+
+    Threads: ``status``/``viable``/``get_device_fd`` may run concurrently (one ioctl each, no
+    shared state). ``set_container``, ``unset_container``, ``open_device`` and ``close`` update
+    :attr:`devices` and the container's group list without a lock: one thread at a time.
     """
 
     def __init__(self, number: int, *, backend: Backend | str | None = None) -> None:

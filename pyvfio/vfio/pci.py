@@ -131,7 +131,11 @@ class BarInfo:
 
 
 class PciConfig:
-    """Accessors over a device's CONFIG region (pread/pwrite at ``7 << 40`` for vfio-pci)."""
+    """Accessors over a device's CONFIG region (pread/pwrite at ``7 << 40`` for vfio-pci).
+
+    Threads: reads may run concurrently; read-modify-write helpers (``update_command``,
+    ``bus_master``) are not atomic: one writer at a time.
+    """
 
     def __init__(self, device: "Device") -> None:
         self.device = device

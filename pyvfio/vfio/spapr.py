@@ -158,7 +158,10 @@ class DmaWindow:
 class RegisteredMemory:
     """Memory pre-registered with a v2 container: ``vaddr``, ``size``, the ``buffer`` it keeps
     alive and the pyvfio ``mappings`` that use it. ``unregister()`` (or leaving the ``with``
-    block) unpins it; BusyError while mappings remain."""
+    block) unpins it; BusyError while mappings remain.
+
+    Threads: the handle is only read after creation; unregister it from one thread.
+    """
 
     __slots__ = ("iommu", "vaddr", "size", "buffer", "mappings", "_live", "__weakref__")
 
@@ -204,7 +207,14 @@ def _pow2(x: int) -> bool:
 
 
 class _SpaprBase(MappingTable, IommuBase):
-    """What v1 and v2 share: TCE_GET_INFO, windows, MAP/UNMAP, EEH."""
+    """What v1 and v2 share: TCE_GET_INFO, windows, MAP/UNMAP, EEH.
+
+    Threads: ``map_dma``/``unmap_dma`` pack a fresh argument per call and may run
+    concurrently. ``map``/``unmap`` of distinct IOVAs may too, but their overlap check reads
+    :attr:`mappings` unlocked: two threads mapping overlapping ranges at once are not refused
+    by pyvfio (the kernel then replaces TCEs). ``info``/``windows`` fill caches (a race stores
+    the same answer). Window and registration changes, ``unmap_all`` and ``close``: one thread.
+    """
 
     def __init__(self, container: Container, iommu_type: int) -> None:
         super().__init__(container, iommu_type)
@@ -388,7 +398,10 @@ class _SpaprBase(MappingTable, IommuBase):
 
 @register_iommu
 class SpaprTceIommu(_SpaprBase):
-    """sPAPR TCE v1: ENABLE (accounts the 32-bit window), MAP/UNMAP pin per page, DISABLE."""
+    """sPAPR TCE v1: ENABLE (accounts the 32-bit window), MAP/UNMAP pin per page, DISABLE.
+
+    Threads: as :class:`_SpaprBase`; ``enable``/``disable`` from one thread, before mapping.
+    """
 
     TYPES = (ioctls.VFIO_SPAPR_TCE_IOMMU,)
 
@@ -433,7 +446,11 @@ class SpaprTceIommu(_SpaprBase):
 
 @register_iommu
 class SpaprTceV2Iommu(_SpaprBase):
-    """sPAPR TCE v2: registered (pre-pinned) memory, MAP/UNMAP into windows, created windows."""
+    """sPAPR TCE v2: registered (pre-pinned) memory, MAP/UNMAP into windows, created windows.
+
+    Threads: as :class:`_SpaprBase`; ``register``/``unregister`` and ``create_window`` /
+    ``remove_window`` update :attr:`regions` and the window list unlocked: one thread at a time.
+    """
 
     TYPES = (ioctls.VFIO_SPAPR_TCE_v2_IOMMU,)
 
