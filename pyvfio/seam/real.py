@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from typing import Any
@@ -65,7 +66,7 @@ class RealBackend:
             try:
                 return _fcntl_ioctl(fd, request, arg, True)
             except OSError as e:
-                raise error_from_errno(e.errno, op=op or request_name(request),
+                raise error_from_errno(e.errno or errno.EIO, op=op or request_name(request),
                                        path=self._paths.get(fd), hint=hint) from None
         if isinstance(arg, int):
             arg = ffi.cast("unsigned long", arg)  # a variadic argument must be typed cdata
