@@ -197,6 +197,33 @@ class Request(int):
         self.struct = struct
         return self
 
+    @property
+    def arg_struct(self) -> str | None:
+        """The kernel name of the argument type: ``struct`` (encoded in the number) or, for
+        ``_IO`` requests, the ``ARG_STRUCTS`` entry (None: no argument)."""
+        if self.struct:
+            return self.struct
+        return ARG_STRUCTS.get(self.name.partition("(")[0])
+
+    @property
+    def cdecl(self) -> str:
+        """The C type of a pointer to the argument (``"struct vfio_iommu_type1_dma_map *"``), as
+        ``ffi.from_buffer``/``ffi.cast`` take it; ``"char *"`` when there is no argument."""
+        arg = self.arg_struct
+        if arg is None:
+            return "char *"
+        if arg in _SCALAR_ARGS:
+            return f"{arg} *"
+        return f"struct {arg} *"
+
+    def variant(self, mode: str) -> Request:
+        """This request number under a distinct object named ``NAME(mode)``, for requests whose
+        flags select an operation (``VFIO_IOMMU_DIRTY_PAGES(START)``): errors and hints then
+        name the mode. Not entered in the request tables."""
+        other = Request(int(self), self.dir_kind, self.ioc_type, self.nr, self.struct)
+        other.name = f"{self.name}({mode})"
+        return other
+
     def reencode(self, layout: IocLayout) -> int:
         """This request's number under another architecture's layout."""
         size = SIZEOF[self.struct] if self.struct else 0
@@ -207,6 +234,10 @@ class Request(int):
     def __repr__(self) -> str:
         arg = f", {self.struct}" if self.struct else ""
         return f"<{self.name or 'request'} _{self.dir_kind}({self.ioc_type:#x}, {self.nr:#x}{arg}) = {int(self):#x}>"
+
+
+#: ``ARG_STRUCTS`` entries that are C scalar types, not struct names.
+_SCALAR_ARGS: Final = frozenset({"int", "char", "__u32", "__u64", "__s32"})
 
 
 def _IO(type: int, nr: int) -> Request:  # noqa: N802

@@ -7,10 +7,14 @@ Close order: devices → HWPTs → IOASes (their mappings) → the /dev/iommu fd
 
 from __future__ import annotations
 
-from .device import CDEV_DIR, IommufdDevice, OpenedIommufdDevice, cdev_path, open_device
-from .ioas import IOMMU_PATH, HwCaps, HwInfo, HwInfoType, HwPagetable, Ioas, IoasInfo, IommuFd
+from ..core.iova import IovaRange
+from ..core.mapping import DmaFlags, DmaMapping, ShortUnmapError
+from .context import IOMMU_PATH, IommuFd, OpenedIommufdDevice, open_device
+from .device import CDEV_DIR, IommufdDevice, cdev_path
+from .ioas import HwCaps, HwInfo, HwInfoType, HwPagetable, Ioas, IoasInfo
 
 __all__ = [
     "IommuFd", "Ioas", "IoasInfo", "HwPagetable", "HwInfo", "HwInfoType", "HwCaps",
     "IommufdDevice", "OpenedIommufdDevice", "cdev_path", "open_device", "IOMMU_PATH", "CDEV_DIR",
+    "IovaRange", "DmaMapping", "DmaFlags", "ShortUnmapError",
 ]

@@ -28,20 +28,22 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import ioctls as I
-from ..core.fd import Bundle
-from ..errors import NotFoundError, PyvfioError, register_hint
+from ..errors import NotFoundError, register_hint
 from ..seam import Backend, get_backend
 from ..uapi import ffi
+from ..util.bdf import normalize_bdf
 from ..vfio.device import Device
-from ..vfio.group import _check_bdf
-from .ioas import HwInfo, HwPagetable, Ioas, IommuFd
+from .ioas import HwInfo, HwPagetable, Ioas
+
+if TYPE_CHECKING:
+    from .context import IommuFd
 
 CDEV_DIR = "/dev/vfio/devices"
 
-__all__ = ["IommufdDevice", "OpenedIommufdDevice", "cdev_path", "open_device", "CDEV_DIR"]
+__all__ = ["IommufdDevice", "cdev_path", "CDEV_DIR"]
 
 
 def cdev_path(bdf: str, *, backend: Backend | str | None = None) -> str:
@@ -51,7 +53,7 @@ def cdev_path(bdf: str, *, backend: Backend | str | None = None) -> str:
     VFIO_DEVICE_CDEV.
     """
     be = get_backend(backend)
-    bdf = _check_bdf(bdf)
+    bdf = normalize_bdf(bdf)
     ddir = os.path.join(be.sysfs_root, "bus", "pci", "devices", bdf)
     vdir = os.path.join(ddir, "vfio-dev")
     try:
@@ -78,12 +80,15 @@ class IommufdDevice:
     Built by :meth:`IommuFd.bind`. Errors of the bind: BusyError when the device's VFIO group is
     open (the legacy path owns it), PermissionDeniedError without interrupt remapping (hint:
     iommufd's allow_unsafe_interrupts).
+
+    Threads: ``attach``/``detach``/``close`` change :attr:`pt_id`/:attr:`attached_to` unlocked:
+    one thread; the :attr:`device`'s own calls follow :class:`~pyvfio.vfio.device.Device`.
     """
 
     def __init__(self, iommufd: IommuFd, bdf: str) -> None:
         self.iommufd = iommufd
         self.backend = iommufd.backend
-        self.bdf = _check_bdf(bdf)
+        self.bdf = normalize_bdf(bdf)
         self.path = cdev_path(self.bdf, backend=self.backend)
         self.pt_id: int | None = None
         self.attached_to: Ioas | HwPagetable | None = None
@@ -103,8 +108,9 @@ class IommufdDevice:
     def closed(self) -> bool:
         return self.device.closed
 
-    def _ioctl(self, name: str, arg: Any) -> int:
-        return self.backend.ioctl(self.device.fileno(), getattr(I, name), arg, op=name)
+    def _ioctl(self, request: I.Request, arg: Any) -> int:
+        """``request`` on the device's cdev fd (owned by :attr:`device`)."""
+        return self.backend.ioctl(self.device.fileno(), request, arg)
 
     def attach(self, target: "Ioas | HwPagetable | int") -> int:
         """VFIO_DEVICE_ATTACH_IOMMUFD_PT: to an IOAS (the kernel reuses or makes an automatic
@@ -114,7 +120,7 @@ class IommufdDevice:
         a = ffi.new("struct vfio_device_attach_iommufd_pt *")
         a.argsz = ffi.sizeof(a[0])
         a.pt_id = pt
-        self._ioctl("VFIO_DEVICE_ATTACH_IOMMUFD_PT", a)
+        self._ioctl(I.VFIO_DEVICE_ATTACH_IOMMUFD_PT, a)
         self._invalidate()  # the previous attachment's IOAS widens again
         self.pt_id = int(a.pt_id)
         self.attached_to = None if isinstance(target, int) else target
@@ -126,7 +132,7 @@ class IommufdDevice:
         automatic HWPT goes away with its last device."""
         d = ffi.new("struct vfio_device_detach_iommufd_pt *")
         d.argsz = ffi.sizeof(d[0])
-        self._ioctl("VFIO_DEVICE_DETACH_IOMMUFD_PT", d)
+        self._ioctl(I.VFIO_DEVICE_DETACH_IOMMUFD_PT, d)
         self._invalidate()
         self.pt_id = None
         self.attached_to = None
@@ -165,50 +171,16 @@ class IommufdDevice:
         return f"<IommufdDevice {self.bdf} {self.path} dev_id={getattr(self, 'dev_id', '?')} pt={self.pt_id}>"
 
 
-class OpenedIommufdDevice(Bundle):
-    """What :func:`open_device` returns: ``iommufd``, ``ioas`` (also as ``iommu``, what
-    DmaMapper and the scenarios take), ``bound`` (the IommufdDevice) and ``device``."""
-
-    def __init__(self, iommufd: IommuFd, ioas: Ioas, bound: IommufdDevice) -> None:
-        self._root = self.iommufd = iommufd
-        self.ioas = ioas
-        self.iommu = ioas
-        self.bound = bound
-        self.device = bound.device
-
-    def __repr__(self) -> str:
-        return f"<OpenedIommufdDevice {self.bound.bdf} ioas={self.ioas.id} pt={self.bound.pt_id}>"
-
-
-def open_device(bdf: str, *, backend: Backend | str | None = None) -> OpenedIommufdDevice:
-    """Open PCI device ``bdf`` the iommufd way in one call: /dev/iommu, IOAS_ALLOC, the cdev
-    bound (BIND_IOMMUFD) and attached to the IOAS. Every completed step is undone if a later
-    one fails."""
-    be = get_backend(backend)
-    fd = IommuFd(backend=be)
-    try:
-        ioas = fd.ioas_alloc()
-        bound = fd.bind(bdf)
-        bound.attach(ioas)
-    except BaseException:
-        try:
-            fd.close()
-        except PyvfioError:
-            pass
-        raise
-    return OpenedIommufdDevice(fd, ioas, bound)
-
-
-register_hint("VFIO_DEVICE_BIND_IOMMUFD", errno.EBUSY,
+register_hint(I.VFIO_DEVICE_BIND_IOMMUFD.name, errno.EBUSY,
               "the device's VFIO group is open through /dev/vfio/N (the legacy container path): "
               "close it first; a device is used either through its group or through its cdev")
-register_hint("VFIO_DEVICE_BIND_IOMMUFD", errno.EPERM,
+register_hint(I.VFIO_DEVICE_BIND_IOMMUFD.name, errno.EPERM,
               "the platform cannot isolate MSIs (no interrupt remapping): set "
               "/sys/module/iommufd/parameters/allow_unsafe_interrupts to Y if you accept that")
-register_hint("VFIO_DEVICE_BIND_IOMMUFD", errno.EINVAL,
+register_hint(I.VFIO_DEVICE_BIND_IOMMUFD.name, errno.EINVAL,
               "the device fd is already bound, or it came from a VFIO group (only cdev fds bind)")
-register_hint("VFIO_DEVICE_ATTACH_IOMMUFD_PT", errno.EADDRINUSE,
+register_hint(I.VFIO_DEVICE_ATTACH_IOMMUFD_PT.name, errno.EADDRINUSE,
               "a mapping (or an allowed IOVA range) sits where the device needs a reserved range "
               "(the MSI window) or outside the IOMMU aperture: unmap it before attaching")
-register_hint("VFIO_DEVICE_ATTACH_IOMMUFD_PT", errno.ENOMEM,
+register_hint(I.VFIO_DEVICE_ATTACH_IOMMUFD_PT.name, errno.ENOMEM,
               "pinning the IOAS's mappings would exceed RLIMIT_MEMLOCK")

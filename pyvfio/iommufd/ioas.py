@@ -1,7 +1,5 @@
-"""/dev/iommu: the iommufd context, IO address spaces (IOAS) and hardware page tables (HWPT).
-
-:class:`IommuFd` owns the /dev/iommu fd and every object made through it. Its children close
-first: bound devices (their cdev fds) → HWPTs → IOASes (their mappings) → the fd.
+"""iommufd IO address spaces (IOAS) and hardware page tables (HWPT), made by an
+:class:`~pyvfio.iommufd.IommuFd` (which closes them: HWPTs before IOASes).
 
 :class:`Ioas` is what VFIO's type1 container is for the legacy path: ``map``/``unmap`` return
 the same :class:`~pyvfio.vfio.type1.DmaMapping` handles, and ``info()`` answers with the usable
@@ -16,6 +14,7 @@ charged to VmPin, plus locked_vm without CAP_IPC_LOCK) while the IOAS has a doma
 Example (mock)::
 
     >>> from pyvfio.seam.mock import MockBackend
+    >>> from pyvfio.iommufd import IommuFd
     >>> from pyvfio.services.dma import DmaBuffer
     >>> with IommuFd(backend=MockBackend()) as fd:
     ...     ioas = fd.ioas_alloc()
@@ -37,23 +36,22 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from .. import ioctls as I
-from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, StateError,
-                      UnsupportedError, register_hint)
-from ..seam import Backend, get_backend
+from ..core.buffer import buffer_span, pin
+from ..core.iova import IovaRange
+from ..core.mapping import DmaFlags, DmaMapping, MappingTable, ShortUnmapError
+from ..errors import AlignmentError, ArgumentError, PyvfioError, RangeError, StateError, register_hint
 from ..uapi import ffi
-from ..core.fd import FdObject
-from ..vfio.type1 import DmaFlags, DmaMapping, IovaRange, MappingTable, ShortUnmapError, _buffer_span
+from ..util.proc import memlock_limit, vmlck, vmpin
+
 
 if TYPE_CHECKING:
-    from .device import IommufdDevice
+    from .context import IommuFd
 
-IOMMU_PATH = "/dev/iommu"
 PAGE_SIZE = _mmap.PAGESIZE
 U64_MAX = (1 << 64) - 1
 _MAX_RANGES_RETRIES = 4
 
-__all__ = ["IommuFd", "Ioas", "HwPagetable", "HwInfo", "HwCaps", "HwInfoType", "IoasInfo",
-           "IOMMU_PATH"]
+__all__ = ["Ioas", "HwPagetable", "HwInfo", "HwCaps", "HwInfoType", "IoasInfo"]
 
 
 class HwInfoType(enum.IntEnum):
@@ -120,25 +118,10 @@ class IoasInfo:
         return any(r.contains(iova, size) for r in self.iova_ranges)
 
 
-def _status_bytes(key: str) -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _memlock_hint(size: int) -> str:
     """The ENOMEM hint of a map (or an attach that pins): the limit and the amounts."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    lim = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
-    return (f"pinning {size} bytes would exceed RLIMIT_MEMLOCK ({lim}; VmLck {_status_bytes('VmLck')}, "
-            f"VmPin {_status_bytes('VmPin')} bytes). Without CAP_IPC_LOCK iommufd charges pins to the "
+    return (f"pinning {size} bytes would exceed RLIMIT_MEMLOCK ({memlock_limit()}; VmLck {vmlck()}, "
+            f"VmPin {vmpin()} bytes). Without CAP_IPC_LOCK iommufd charges pins to the "
             "user's locked memory (IOMMU_OPTION_RLIMIT_MODE 0) or to this process's VmLck (mode 1): "
             "raise the limit (ulimit -l, prlimit --memlock) or run with CAP_IPC_LOCK")
 
@@ -149,160 +132,12 @@ def _cmd(ctype: str) -> Any:
     return c
 
 
-class IommuFd(FdObject):
-    """An open /dev/iommu (an iommufd context).
-
-    Errors at open: NotFoundError when the kernel has no iommufd (CONFIG_IOMMUFD).
-    """
-
-    def __init__(self, *, backend: Backend | str | None = None, path: str = IOMMU_PATH) -> None:
-        be = get_backend(backend)
-        self._fd = -1
-        try:
-            fd = be.open(path)
-        except PyvfioError as e:
-            if e.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
-                e.hint = (f"{path} does not exist: the kernel lacks CONFIG_IOMMUFD (Debian's kernels "
-                          "do; use python -m vm build-kernel for a guest kernel with it)")
-            raise
-        self._adopt_fd(be, fd, path)
-        self.ioases: list[Ioas] = []
-        self.hwpts: list[HwPagetable] = []
-        self.devices: list["IommufdDevice"] = []
-
-    def ioctl(self, name: str, arg: Any) -> int:
-        return self.backend.ioctl(self.fileno(), getattr(I, name), arg, op=name)
-
-    # -- objects ---------------------------------------------------------------------------
-    def ioas_alloc(self) -> "Ioas":
-        """IOMMU_IOAS_ALLOC: a new, empty IO address space (spans all IOVAs until a device
-        attaches). Returns an :class:`Ioas` owned by this context."""
-        c = _cmd("struct iommu_ioas_alloc")
-        self.ioctl("IOMMU_IOAS_ALLOC", c)
-        ioas = Ioas(self, int(c.out_ioas_id))
-        self.ioases.append(ioas)
-        return ioas
-
-    def destroy(self, object_id: int) -> None:
-        """IOMMU_DESTROY of any object id. ENOENT: no such object; EBUSY: still in use (an IOAS
-        under a HWPT, a HWPT with a device attached, a bound device)."""
-        c = _cmd("struct iommu_destroy")
-        c.id = object_id
-        self.ioctl("IOMMU_DESTROY", c)
-
-    def get_hw_info(self, dev_id: int) -> HwInfo:
-        """IOMMU_GET_HW_INFO for a bound device: the IOMMU's type, capabilities (DIRTY_TRACKING)
-        and driver data. Calls again when the kernel has more data than the first buffer."""
-        size = 64
-        for _ in range(_MAX_RANGES_RETRIES):
-            data = ffi.new("char[]", size)
-            c = _cmd("struct iommu_hw_info")
-            c.dev_id = dev_id
-            c.data_len = size
-            c.data_uptr = int(ffi.cast("uintptr_t", data))
-            self.ioctl("IOMMU_GET_HW_INFO", c)
-            if c.data_len <= size:
-                try:
-                    t: HwInfoType | int = HwInfoType(c.out_data_type)
-                except ValueError:
-                    t = int(c.out_data_type)
-                return HwInfo(t, HwCaps(int(c.out_capabilities)), int(c.out_max_pasid_log2),
-                              bytes(ffi.buffer(data, int(c.data_len))))
-            size = int(c.data_len)
-        raise PyvfioError(errno.EPROTO, "GET_HW_INFO data keeps growing", op="IOMMU_GET_HW_INFO",
-                          path=self.path)
-
-    def hwpt_alloc(self, dev_id: int, ioas: "Ioas", *, dirty_tracking: bool = False,
-                   nest_parent: bool = False, probe: bool = True) -> "HwPagetable":
-        """IOMMU_HWPT_ALLOC: a paging HWPT (an IOMMU domain) for device ``dev_id`` over ``ioas``.
-
-        ``dirty_tracking`` asks for IOMMU_HWPT_ALLOC_DIRTY_TRACKING; with ``probe`` (default)
-        GET_HW_INFO is asked first and UnsupportedError raised, before the allocation, when the
-        IOMMU lacks DIRTY_TRACKING (QEMU's vIOMMUs do). EOPNOTSUPP from the kernel is
-        UnsupportedError too. The HWPT holds the IOAS (IOMMU_DESTROY of it gives EBUSY) until
-        :meth:`HwPagetable.destroy`.
-        """
-        flags = 0
-        if dirty_tracking:
-            if probe and not self.get_hw_info(dev_id).dirty_tracking:
-                raise UnsupportedError(
-                    errno.EOPNOTSUPP, "the IOMMU has no dirty tracking", op="IOMMU_HWPT_ALLOC",
-                    path=self.path, hint="GET_HW_INFO reports no IOMMU_HW_CAP_DIRTY_TRACKING for this "
-                    "device (QEMU's vIOMMUs do not emulate it); track dirty pages with the type1 "
-                    "container or the device's DMA logging instead")
-            flags |= I.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
-        if nest_parent:
-            flags |= I.IOMMU_HWPT_ALLOC_NEST_PARENT
-        c = _cmd("struct iommu_hwpt_alloc")
-        c.flags, c.dev_id, c.pt_id = flags, dev_id, ioas.id
-        c.data_type = I.IOMMU_HWPT_DATA_NONE
-        self.ioctl("IOMMU_HWPT_ALLOC", c)
-        hwpt = HwPagetable(self, int(c.out_hwpt_id), ioas, dirty_tracking=dirty_tracking)
-        self.hwpts.append(hwpt)
-        return hwpt
-
-    # -- options ---------------------------------------------------------------------------
-    def option(self, option_id: int, *, object_id: int = 0, value: int | None = None) -> int:
-        """IOMMU_OPTION: GET (``value`` None) or SET; returns the value."""
-        c = _cmd("struct iommu_option")
-        c.option_id, c.object_id = option_id, object_id
-        c.op = I.IOMMU_OPTION_OP_GET if value is None else I.IOMMU_OPTION_OP_SET
-        if value is not None:
-            c.val64 = value
-        self.ioctl("IOMMU_OPTION", c)
-        return int(c.val64)
-
-    @property
-    def rlimit_mode(self) -> int:
-        """IOMMU_OPTION_RLIMIT_MODE: 0 charges pins to the user's locked_vm, 1 to the process's
-        (VmLck, what VFIO type1 does). Setting needs CAP_SYS_RESOURCE (EPERM) and a context with
-        no object yet (EBUSY)."""
-        return self.option(I.IOMMU_OPTION_RLIMIT_MODE)
-
-    @rlimit_mode.setter
-    def rlimit_mode(self, value: int) -> None:
-        if value not in (0, 1):
-            raise ArgumentError(f"rlimit_mode is 0 (per user) or 1 (per process), not {value!r}")
-        self.option(I.IOMMU_OPTION_RLIMIT_MODE, value=value)
-
-    # -- devices ---------------------------------------------------------------------------
-    def bind(self, bdf: str) -> "IommufdDevice":
-        """Open the device's cdev (/dev/vfio/devices/vfioN, found through sysfs) and
-        VFIO_DEVICE_BIND_IOMMUFD it to this context. See :class:`IommufdDevice`."""
-        from .device import IommufdDevice
-
-        dev = IommufdDevice(self, bdf)
-        self.devices.append(dev)
-        return dev
-
-    def _device_closed(self, dev: "IommufdDevice") -> None:
-        if dev in self.devices:
-            self.devices.remove(dev)
-
-    # -- lifetime --------------------------------------------------------------------------
-    def close(self) -> None:
-        """Close bound devices, destroy HWPTs, unmap and destroy IOASes, close the fd
-        (idempotent); the first error is raised after everything was attempted."""
-        if self.closed:
-            return
-        errors: list[BaseException] = []
-        for group in (self.devices, self.hwpts, self.ioases):
-            while group:
-                obj = group.pop()
-                try:
-                    obj.close()
-                except Exception as e:  # keep unwinding
-                    errors.append(e)
-        self._close_fd()
-        if errors:
-            raise errors[0]
-
-    def __repr__(self) -> str:
-        return f"<IommuFd fd={getattr(self, '_fd', -1)} ioas={len(self.ioases)} devices={len(self.devices)}>"
-
-
 class HwPagetable:
-    """A HWPT made by :meth:`IommuFd.hwpt_alloc`; attach devices to it by its ``id``."""
+    """A HWPT made by :meth:`IommuFd.hwpt_alloc`; attach devices to it by its ``id``.
+
+    Threads: ``get_dirty_bitmap``/``dirty_pages`` may run concurrently (fresh arguments; with
+    the default ``clear=True`` each bit is reported to one caller only); ``destroy``: one thread.
+    """
 
     def __init__(self, iommufd: IommuFd, hwpt_id: int, ioas: "Ioas", *, dirty_tracking: bool) -> None:
         self.iommufd = iommufd
@@ -311,13 +146,17 @@ class HwPagetable:
         self.dirty_tracking_capable = dirty_tracking
         self.closed = False
 
+    def _ioctl(self, request: I.Request, arg: Any) -> int:
+        """``request`` on the iommufd's fd (the HWPT is an object id inside it)."""
+        return self.iommufd.backend.ioctl(self.iommufd.fileno(), request, arg)
+
     def set_dirty_tracking(self, enable: bool) -> None:
         """IOMMU_HWPT_SET_DIRTY_TRACKING; enabling clears the dirty bits first.
         UnsupportedError (EOPNOTSUPP) for a HWPT allocated without DIRTY_TRACKING."""
         c = _cmd("struct iommu_hwpt_set_dirty_tracking")
         c.hwpt_id = self.id
         c.flags = I.IOMMU_HWPT_DIRTY_TRACKING_ENABLE if enable else 0
-        self.iommufd.ioctl("IOMMU_HWPT_SET_DIRTY_TRACKING", c)
+        self._ioctl(I.IOMMU_HWPT_SET_DIRTY_TRACKING, c)
 
     def get_dirty_bitmap(self, iova: int, length: int, *, page_size: int = PAGE_SIZE,
                          clear: bool = True, out: np.ndarray | None = None) -> np.ndarray:
@@ -341,7 +180,7 @@ class HwPagetable:
         c.hwpt_id, c.iova, c.length, c.page_size = self.id, iova, length, page_size
         c.flags = 0 if clear else I.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR
         c.data = int(ffi.cast("uintptr_t", ffi.from_buffer(words)))
-        self.iommufd.ioctl("IOMMU_HWPT_GET_DIRTY_BITMAP", c)
+        self._ioctl(I.IOMMU_HWPT_GET_DIRTY_BITMAP, c)
         return words[:nwords]
 
     def dirty_pages(self, iova: int, length: int, *, page_size: int = PAGE_SIZE,
@@ -373,6 +212,11 @@ class Ioas(MappingTable):
     Two levels like :class:`~pyvfio.vfio.type1.Type1Iommu`: ``map_raw``/``unmap_raw`` are one
     ioctl each with no checks; ``map``/``unmap``/``unmap_all``/``copy`` check arguments first and
     return :class:`DmaMapping` handles that keep their buffer alive until unmapped.
+
+    Threads: ``map_raw``/``unmap_raw``/``map``/``unmap``/``copy`` pack a fresh argument per call
+    and may run concurrently for distinct IOVAs (the kernel serialises the IOAS; kernel-chosen
+    IOVAs never collide). ``info`` fills a cache (a race stores the same answer).
+    ``allow_iovas``, ``unmap_all`` and ``close`` must not overlap other calls.
     """
 
     def __init__(self, iommufd: IommuFd, ioas_id: int) -> None:
@@ -383,10 +227,11 @@ class Ioas(MappingTable):
         self._info: IoasInfo | None = None
         self.closed = False
 
-    def _ioctl(self, name: str, arg: Any) -> int:
+    def _ioctl(self, request: I.Request, arg: Any) -> int:
+        """``request`` on the iommufd's fd (the IOAS is an object id inside it)."""
         if self.closed:
             raise StateError(f"IOAS {self.id} is destroyed")
-        return self.iommufd.ioctl(name, arg)
+        return self.backend.ioctl(self.iommufd.fileno(), request, arg)
 
     def invalidate(self) -> None:
         """Forget the cached IOVA ranges (a device attached or detached)."""
@@ -406,7 +251,7 @@ class Ioas(MappingTable):
             c.ioas_id, c.num_iovas = self.id, room
             c.allowed_iovas = int(ffi.cast("uintptr_t", arr))
             try:
-                self._ioctl("IOMMU_IOAS_IOVA_RANGES", c)
+                self._ioctl(I.IOMMU_IOAS_IOVA_RANGES, c)
             except PyvfioError as e:
                 if e.errno == errno.EMSGSIZE and c.num_iovas > room:
                     room = int(c.num_iovas)
@@ -416,7 +261,7 @@ class Ioas(MappingTable):
             ranges = tuple(IovaRange(int(arr[i].start), int(arr[i].last)) for i in range(n))
             self._info = IoasInfo(ranges, int(c.out_iova_alignment))
             return self._info
-        raise PyvfioError(errno.EPROTO, "IOVA_RANGES keeps growing", op="IOMMU_IOAS_IOVA_RANGES",
+        raise PyvfioError(errno.EPROTO, "IOVA_RANGES keeps growing", op=I.IOMMU_IOAS_IOVA_RANGES.name,
                           path=self.iommufd.path)
 
     @property
@@ -442,7 +287,7 @@ class Ioas(MappingTable):
         c = _cmd("struct iommu_ioas_allow_iovas")
         c.ioas_id, c.num_iovas = self.id, len(pairs)
         c.allowed_iovas = int(ffi.cast("uintptr_t", arr)) if pairs else 0
-        self._ioctl("IOMMU_IOAS_ALLOW_IOVAS", c)
+        self._ioctl(I.IOMMU_IOAS_ALLOW_IOVAS, c)
         self._info = None
 
     # -- raw -------------------------------------------------------------------------------
@@ -460,7 +305,7 @@ class Ioas(MappingTable):
             raise RangeError(f"map arguments out of range: vaddr={vaddr!r} length={length!r} "
                              f"iova={iova!r}") from None
         try:
-            self._ioctl("IOMMU_IOAS_MAP", c)
+            self._ioctl(I.IOMMU_IOAS_MAP, c)
         except PyvfioError as e:
             if e.errno == errno.ENOMEM:
                 e.hint = _memlock_hint(length)
@@ -473,7 +318,7 @@ class Ioas(MappingTable):
         mapped inside it."""
         c = _cmd("struct iommu_ioas_unmap")
         c.ioas_id, c.iova, c.length = self.id, iova, length
-        self._ioctl("IOMMU_IOAS_UNMAP", c)
+        self._ioctl(I.IOMMU_IOAS_UNMAP, c)
         return int(c.length)
 
     # -- checked ---------------------------------------------------------------------------
@@ -498,7 +343,7 @@ class Ioas(MappingTable):
         """Map ``buffer`` (a DmaBuffer, or an int address with ``size=``) at ``iova`` or, with
         ``iova=None``, where the kernel chooses. Fixed IOVAs are checked against the IOAS's
         ranges first. Returns a DmaMapping (its ``iova`` is where it landed)."""
-        vaddr, n = _buffer_span(buffer, size, offset)
+        vaddr, n = buffer_span(buffer, size, offset)
         if not (read or write):
             raise ArgumentError("a mapping needs read=True and/or write=True")
         if n <= 0:
@@ -512,14 +357,12 @@ class Ioas(MappingTable):
         return self._adopt(at, n, vaddr, dflags, buffer)
 
     def _adopt(self, iova: int, n: int, vaddr: int, dflags: DmaFlags, buffer: Any) -> DmaMapping:
-        mapping = DmaMapping(self, iova, n, vaddr, dflags, buffer)  # type: ignore[arg-type]
-        pin = getattr(buffer, "_pin", None)
-        if pin is not None:
-            try:
-                pin(mapping)
-            except BaseException:
-                self.unmap_raw(iova, n)
-                raise
+        mapping = DmaMapping(self, iova, n, vaddr, dflags, buffer)
+        try:
+            pin(buffer, mapping)
+        except BaseException:
+            self.unmap_raw(iova, n)
+            raise
         self.mappings[iova] = mapping
         return mapping
 
@@ -543,7 +386,7 @@ class Ioas(MappingTable):
                    | (I.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0))
         c.dst_ioas_id, c.src_ioas_id = self.id, source.iommu.id
         c.length, c.dst_iova, c.src_iova = n, iova or 0, source.iova + offset
-        self._ioctl("IOMMU_IOAS_COPY", c)
+        self._ioctl(I.IOMMU_IOAS_COPY, c)
         dflags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
         return self._adopt(int(c.dst_iova), n, source.vaddr + offset, dflags, source.buffer)
 
@@ -563,7 +406,7 @@ class Ioas(MappingTable):
         self._forget(mapping)
         if done != mapping.size:
             raise ShortUnmapError(errno.EIO, f"unmapped {done:#x} of {mapping.size:#x} bytes at "
-                                  f"{mapping.iova:#x}", op="IOMMU_IOAS_UNMAP", path=self.iommufd.path)
+                                  f"{mapping.iova:#x}", op=I.IOMMU_IOAS_UNMAP.name, path=self.iommufd.path)
 
     def unmap_all(self) -> int:
         """IOMMU_IOAS_UNMAP with iova 0 and length 2**64-1: everything goes. Returns the bytes
@@ -574,7 +417,7 @@ class Ioas(MappingTable):
             self._forget(m)
         if done < expected:
             raise ShortUnmapError(errno.EIO, f"unmap all removed {done:#x} bytes, pyvfio had "
-                                  f"{expected:#x} mapped", op="IOMMU_IOAS_UNMAP", path=self.iommufd.path)
+                                  f"{expected:#x} mapped", op=I.IOMMU_IOAS_UNMAP.name, path=self.iommufd.path)
         return done
 
     # -- options ---------------------------------------------------------------------------
@@ -618,31 +461,31 @@ class Ioas(MappingTable):
         return f"<Ioas id={self.id} mappings={len(self.mappings)}>"
 
 
-register_hint("IOMMU_IOAS_MAP", errno.EEXIST,
+register_hint(I.IOMMU_IOAS_MAP.name, errno.EEXIST,
               "the IOVA range overlaps an existing mapping of this IOAS: unmap it first or let the "
               "kernel choose the IOVA")
-register_hint("IOMMU_IOAS_MAP", errno.EINVAL,
+register_hint(I.IOMMU_IOAS_MAP.name, errno.EINVAL,
               "zero length, not aligned to the IOAS alignment, or the IOVA is reserved (the MSI "
               "window, outside the IOMMU aperture): see Ioas.info().iova_ranges")
-register_hint("IOMMU_IOAS_MAP", errno.ENOSPC, "no free IOVA block of that size (inside the allowed IOVAs)")
-register_hint("IOMMU_IOAS_MAP", errno.ENOMEM,
+register_hint(I.IOMMU_IOAS_MAP.name, errno.ENOSPC, "no free IOVA block of that size (inside the allowed IOVAs)")
+register_hint(I.IOMMU_IOAS_MAP.name, errno.ENOMEM,
               "pinning would exceed RLIMIT_MEMLOCK (the process lacks CAP_IPC_LOCK): raise the limit "
               "(ulimit -l / prlimit --memlock) or run with CAP_IPC_LOCK")
-register_hint("IOMMU_IOAS_MAP", errno.EFAULT, "the user address range is not mapped in this process")
-register_hint("IOMMU_IOAS_UNMAP", errno.ENOENT,
+register_hint(I.IOMMU_IOAS_MAP.name, errno.EFAULT, "the user address range is not mapped in this process")
+register_hint(I.IOMMU_IOAS_UNMAP.name, errno.ENOENT,
               "iommufd unmaps whole mappings only: the range cuts a mapping, or nothing is mapped in it")
-register_hint("IOMMU_IOAS_COPY", errno.ENOENT, "the source range is not fully mapped in the source IOAS")
-register_hint("IOMMU_IOAS_COPY", errno.EPERM, "WRITEABLE copy of memory the source mapped read-only")
-register_hint("IOMMU_IOAS_ALLOW_IOVAS", errno.EADDRINUSE,
+register_hint(I.IOMMU_IOAS_COPY.name, errno.ENOENT, "the source range is not fully mapped in the source IOAS")
+register_hint(I.IOMMU_IOAS_COPY.name, errno.EPERM, "WRITEABLE copy of memory the source mapped read-only")
+register_hint(I.IOMMU_IOAS_ALLOW_IOVAS.name, errno.EADDRINUSE,
               "an allowed range intersects a reserved one (MSI window or outside the aperture)")
-register_hint("IOMMU_DESTROY", errno.EBUSY,
+register_hint(I.IOMMU_DESTROY.name, errno.EBUSY,
               "the object is still in use: detach devices and destroy HWPTs before their IOAS")
-register_hint("IOMMU_DESTROY", errno.ENOENT, "no object with that id in this iommufd")
-register_hint("IOMMU_OPTION", errno.EPERM, "setting RLIMIT_MODE needs CAP_SYS_RESOURCE")
-register_hint("IOMMU_OPTION", errno.EBUSY, "RLIMIT_MODE can only change before any object exists")
-register_hint("IOMMU_HWPT_ALLOC", errno.EOPNOTSUPP,
+register_hint(I.IOMMU_DESTROY.name, errno.ENOENT, "no object with that id in this iommufd")
+register_hint(I.IOMMU_OPTION.name, errno.EPERM, "setting RLIMIT_MODE needs CAP_SYS_RESOURCE")
+register_hint(I.IOMMU_OPTION.name, errno.EBUSY, "RLIMIT_MODE can only change before any object exists")
+register_hint(I.IOMMU_HWPT_ALLOC.name, errno.EOPNOTSUPP,
               "the IOMMU driver does not offer this (dirty tracking, nesting, user domains)")
-register_hint("IOMMU_HWPT_SET_DIRTY_TRACKING", errno.EOPNOTSUPP,
+register_hint(I.IOMMU_HWPT_SET_DIRTY_TRACKING.name, errno.EOPNOTSUPP,
               "the HWPT was not allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING")
-register_hint("IOMMU_HWPT_GET_DIRTY_BITMAP", errno.EOPNOTSUPP,
+register_hint(I.IOMMU_HWPT_GET_DIRTY_BITMAP.name, errno.EOPNOTSUPP,
               "the HWPT was not allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING")

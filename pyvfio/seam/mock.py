@@ -1,6 +1,7 @@
 """The mock backend: the seam's calls answered by an in-process :class:`MockKernel`.
 
-The mock receives the very cdata the upper layers packed and decodes it with the same ``ffi``.
+The mock receives the very cdata the upper layers packed (or a cdata view over the very bytes
+they packed into a ``bytearray``) and decodes it with the same ``ffi``.
 Anonymous memory, eventfds and plain fds are real (the mock kernel writes to real eventfds to
 signal interrupts, so select/poll work); files opened through the mock kernel are its own.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from ..errors import error_from_errno
 from ..mockkernel.core import KernelError, MockKernel
+from ..uapi import ffi
 from . import O_RDWR_CLOEXEC, request_name
 from .real import RealBackend
 
@@ -62,6 +64,12 @@ class MockBackend(RealBackend):
 
     def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str | None = None,
               hint: str | None = None) -> int:
+        """Served by the mock kernel's file for ``fd``. A packed ``bytearray`` argument (the
+        hot paths' fast entry) becomes a cdata view of the request's argument struct over the
+        very same bytes, so the kernel side decodes what the real kernel would read and its
+        answers land in the caller's buffer."""
+        if arg.__class__ is bytearray:
+            arg = ffi.from_buffer(getattr(request, "cdecl", "char *"), arg)
         try:
             with self.kernel.lock:
                 return self.kernel.fget(fd).ioctl(request, arg)

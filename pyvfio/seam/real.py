@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 from typing import Any
 
@@ -10,6 +12,7 @@ from ..uapi import ffi, lib
 from . import O_RDWR_CLOEXEC, request_name
 
 MAP_FAILED = (1 << 64) - 1
+_fcntl_ioctl = fcntl.ioctl
 
 
 class RealBackend:
@@ -52,10 +55,19 @@ class RealBackend:
     # -- ioctl ------------------------------------------------------------------------------
     def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str | None = None,
               hint: str | None = None) -> int:
-        """ioctl(2) with ``arg`` a cdata pointer or an integer; returns the ioctl's value.
+        """ioctl(2); returns the ioctl's own value. Errors carry ``op`` (default: the request's
+        name) and ``hint``.
 
-        Errors carry ``op`` (default: the request's name) and ``hint``.
+        ``arg`` is a cdata pointer, an integer, or -- the fast entry of the hot paths -- a
+        ``bytearray`` holding the packed argument struct: the kernel reads and writes it in
+        place (``fcntl.ioctl`` with the mutate flag, which returns the ioctl's value).
         """
+        if arg.__class__ is bytearray:
+            try:
+                return _fcntl_ioctl(fd, request, arg, True)
+            except OSError as e:
+                raise error_from_errno(e.errno or errno.EIO, op=op or request_name(request),
+                                       path=self._paths.get(fd), hint=hint) from None
         if isinstance(arg, int):
             arg = ffi.cast("unsigned long", arg)  # a variadic argument must be typed cdata
         ret = lib.ioctl(fd, request, arg)  # request is a fixed `unsigned long` parameter

@@ -6,14 +6,16 @@ context manager and its parent closes it first.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import ioctls
 from ..core.fd import Bundle
+from ..core.iova import IovaRange
+from ..core.mapping import DmaFlags, DmaMapping, ShortUnmapError
 from ..seam import Backend, get_backend
+from .spapr import SpaprTceIommu, SpaprTceV2Iommu  # registers the sPAPR TCE IOMMU classes
 from .container import EXTENSIONS, IOMMU_TYPES, Container, IommuBase, register_iommu
+from .device import Device
 from .group import Group, GroupFlags, GroupStatus
-from .type1 import DmaFlags, DmaMapping, IovaRange, ShortUnmapError, Type1Info, Type1Iommu
+from .type1 import Type1Info, Type1Iommu  # registers the type1 IOMMU class
 
 
 class OpenedDevice(Bundle):
@@ -21,7 +23,7 @@ class OpenedDevice(Bundle):
     it set up, owned together. ``close()`` (or the ``with`` block) closes the container, which
     unwinds the others in order."""
 
-    def __init__(self, container: Container, group: Group, iommu: IommuBase, device: Any) -> None:
+    def __init__(self, container: Container, group: Group, iommu: IommuBase, device: Device) -> None:
         self._root = self.container = container
         self.group = group
         self.iommu = iommu
@@ -68,5 +70,5 @@ def open_device(bdf: str, *, backend: Backend | str | None = None,
 __all__ = [
     "Container", "Group", "GroupFlags", "GroupStatus", "IommuBase", "IOMMU_TYPES", "EXTENSIONS",
     "register_iommu", "Type1Iommu", "Type1Info", "IovaRange", "DmaMapping", "DmaFlags",
-    "ShortUnmapError", "OpenedDevice", "open_device",
+    "ShortUnmapError", "OpenedDevice", "open_device", "Device", "SpaprTceIommu", "SpaprTceV2Iommu",
 ]

@@ -52,6 +52,8 @@ class IommuBase:
     Subclasses register the IOMMU types they implement with :func:`register_iommu`. They get
     the container and the type; ``close()`` must drop every mapping they made (it runs before
     the container lets go of its groups).
+
+    Threads: see each subclass; the base holds no mutable state of its own.
     """
 
     #: The VFIO_SET_IOMMU arguments this class implements.
@@ -62,9 +64,12 @@ class IommuBase:
         self.type = iommu_type
         self.backend = container.backend
 
-    def ioctl(self, request: int, arg: Any, *, op: str | None = None, hint: str | None = None) -> int:
-        """Issue an IOMMU request on the container fd."""
-        return self.backend.ioctl(self.container.fileno(), request, arg, op=op, hint=hint)
+    def _ioctl(self, request: ioctls.Request, arg: Any = 0, *, hint: str | None = None) -> int:
+        """Issue an IOMMU request on the container fd; errors name ``request.name`` as op."""
+        return self.backend.ioctl(self.container.fileno(), request, arg, hint=hint)
+
+    #: The same, public: a raw request on the container fd (what tests of the kernel's rules use).
+    ioctl = _ioctl
 
     @property
     def closed(self) -> bool:
@@ -74,7 +79,9 @@ class IommuBase:
         """Release what this IOMMU object holds (mappings); idempotent."""
 
 
-#: VFIO_SET_IOMMU type -> IOMMU class (type1 and sPAPR modules register themselves).
+#: VFIO_SET_IOMMU type -> IOMMU class. Filled by the modules that define the IOMMU classes
+#: (type1, spapr) through :func:`register_iommu`; ``pyvfio.vfio`` imports them, so the registry is
+#: complete whenever this module is in use.
 IOMMU_TYPES: dict[int, type[IommuBase]] = {}
 
 
@@ -85,15 +92,6 @@ def register_iommu(cls: type[IommuBase]) -> type[IommuBase]:
     return cls
 
 
-def _load_iommu_modules() -> None:
-    from . import type1  # noqa: F401  (registers Type1Iommu)
-
-    try:  # the sPAPR TCE IOMMU lands separately
-        from . import spapr  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        pass
-
-
 class Container(FdObject):
     """An open VFIO container.
 
@@ -101,6 +99,10 @@ class Container(FdObject):
     ``VFIO_API_VERSION`` (UnsupportedError). ``backend`` is a Backend or "real"/"mock".
 
     Errors: NotFoundError (no /dev/vfio/vfio: vfio module not loaded), PermissionDeniedError.
+
+    Threads: queries (``api_version``, ``check_extension``, ``extensions``) may run concurrently
+    with anything. ``attach``, ``set_iommu`` and ``close`` change :attr:`groups` / :attr:`iommu`
+    without a lock: call them from one thread, before or after the threads that use the IOMMU.
     """
 
     def __init__(self, *, backend: Backend | str | None = None, path: str = CONTAINER_PATH) -> None:
@@ -114,7 +116,7 @@ class Container(FdObject):
             if version != ioctls.VFIO_API_VERSION:
                 raise UnsupportedError(
                     errno.EPROTO, f"VFIO API version {version}, pyvfio speaks {ioctls.VFIO_API_VERSION}",
-                    op="VFIO_GET_API_VERSION", path=path)
+                    op=ioctls.VFIO_GET_API_VERSION.name, path=path)
         except BaseException:
             self._close_fd()
             raise
@@ -122,7 +124,7 @@ class Container(FdObject):
     # -- queries ------------------------------------------------------------------------------
     def api_version(self) -> int:
         """VFIO_GET_API_VERSION: the kernel's VFIO API version (0 on every released kernel)."""
-        return self.backend.ioctl(self.fileno(), ioctls.VFIO_GET_API_VERSION, 0)
+        return self._ioctl(ioctls.VFIO_GET_API_VERSION, 0)
 
     def check_extension(self, ext: int | str) -> int:
         """VFIO_CHECK_EXTENSION: >0 when ``ext`` (number or name, e.g. "TYPE1v2") is supported.
@@ -130,8 +132,7 @@ class Container(FdObject):
         Before SET_IOMMU every IOMMU driver is asked; afterwards only the one in use.
         """
         num = _ext_number(ext)
-        return self.backend.ioctl(self.fileno(), ioctls.VFIO_CHECK_EXTENSION, num,
-                                  op="VFIO_CHECK_EXTENSION")
+        return self._ioctl(ioctls.VFIO_CHECK_EXTENSION, num)
 
     def extensions(self) -> dict[str, int]:
         """Every known extension name -> VFIO_CHECK_EXTENSION's answer."""
@@ -151,7 +152,6 @@ class Container(FdObject):
         ENODEV (no driver for that type), EPERM (type1 without interrupt remapping: see hint).
         """
         num = _ext_number(iommu_type)
-        _load_iommu_modules()
         cls = IOMMU_TYPES.get(num)
         if cls is None:
             raise ArgumentError(f"no pyvfio IOMMU class for type {iommu_type!r}; known: "
@@ -161,7 +161,7 @@ class Container(FdObject):
         if not self.groups:
             raise StateError("VFIO_SET_IOMMU needs a group attached to the container first "
                              "(the kernel answers EINVAL otherwise)")
-        self.backend.ioctl(self.fileno(), ioctls.VFIO_SET_IOMMU, num)
+        self._ioctl(ioctls.VFIO_SET_IOMMU, num)
         self.iommu = cls(self, num)
         return self.iommu
 
@@ -210,15 +210,15 @@ def _ext_number(ext: int | str) -> int:
 
 
 register_hint(
-    "VFIO_SET_IOMMU", errno.EPERM,
+    ioctls.VFIO_SET_IOMMU.name, errno.EPERM,
     "the IOMMU lacks interrupt remapping (dmesg: 'No interrupt remapping support'); enable it "
     "(intel-iommu intremap=on, amd-iommu) or, accepting the risk, set "
     "/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts to Y before SET_IOMMU")
 register_hint(
-    "VFIO_SET_IOMMU", errno.EINVAL,
+    ioctls.VFIO_SET_IOMMU.name, errno.EINVAL,
     "VFIO_SET_IOMMU needs at least one group attached (VFIO_GROUP_SET_CONTAINER) and can be "
     "issued only once per container")
 register_hint(
-    "VFIO_SET_IOMMU", errno.ENODEV,
+    ioctls.VFIO_SET_IOMMU.name, errno.ENODEV,
     "no loaded IOMMU driver supports that type (modprobe vfio_iommu_type1, or check the "
     "container's extensions)")

@@ -23,13 +23,11 @@ Example (runs on the mock)::
 
 from __future__ import annotations
 
-import enum
 import errno
 import mmap as _mmap
 import sys
 import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from .. import ioctls as I
 from ..errors import (
@@ -40,7 +38,6 @@ from ..errors import (
     RangeError,
     StateError,
     UnsupportedError,
-    error_from_errno,
     register_hint,
 )
 from ..seam import Backend, get_backend
@@ -48,228 +45,14 @@ from ..core.fd import FdObject
 from ..eventfd import EventFd
 from ..uapi import ffi
 from .caps import InfoCapability, get_info
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .pci import PciConfig
+from .device_info import (DeviceFeature, DeviceFlags, DeviceInfo, HotResetDevice, HotResetInfo,
+                          IrqFlags, IrqInfo, IrqSetFlags, PciIrq, PciRegion, RegionFlags, RegionInfo,
+                          SparseArea)
+from .pci import PciConfig
 
 PAGE_SIZE = _mmap.PAGESIZE
 #: vfio-pci places region ``index`` at file offset ``index << VFIO_PCI_OFFSET_SHIFT``.
 VFIO_PCI_OFFSET_SHIFT = 40
-
-
-# ---------------------------------------------------------------------------------------------
-# flags and indexes
-# ---------------------------------------------------------------------------------------------
-
-
-class DeviceFlags(enum.IntFlag):
-    """``vfio_device_info.flags``."""
-
-    RESET = I.VFIO_DEVICE_FLAGS_RESET
-    PCI = I.VFIO_DEVICE_FLAGS_PCI
-    PLATFORM = I.VFIO_DEVICE_FLAGS_PLATFORM
-    AMBA = I.VFIO_DEVICE_FLAGS_AMBA
-    CCW = I.VFIO_DEVICE_FLAGS_CCW
-    AP = I.VFIO_DEVICE_FLAGS_AP
-    FSL_MC = I.VFIO_DEVICE_FLAGS_FSL_MC
-    CAPS = I.VFIO_DEVICE_FLAGS_CAPS
-    CDX = I.VFIO_DEVICE_FLAGS_CDX
-
-
-class RegionFlags(enum.IntFlag):
-    """``vfio_region_info.flags``."""
-
-    READ = I.VFIO_REGION_INFO_FLAG_READ
-    WRITE = I.VFIO_REGION_INFO_FLAG_WRITE
-    MMAP = I.VFIO_REGION_INFO_FLAG_MMAP
-    CAPS = I.VFIO_REGION_INFO_FLAG_CAPS
-
-
-class IrqFlags(enum.IntFlag):
-    """``vfio_irq_info.flags``."""
-
-    EVENTFD = I.VFIO_IRQ_INFO_EVENTFD
-    MASKABLE = I.VFIO_IRQ_INFO_MASKABLE
-    AUTOMASKED = I.VFIO_IRQ_INFO_AUTOMASKED
-    NORESIZE = I.VFIO_IRQ_INFO_NORESIZE
-
-
-class IrqSetFlags(enum.IntFlag):
-    """``vfio_irq_set.flags``: exactly one DATA_* and one ACTION_*."""
-
-    DATA_NONE = I.VFIO_IRQ_SET_DATA_NONE
-    DATA_BOOL = I.VFIO_IRQ_SET_DATA_BOOL
-    DATA_EVENTFD = I.VFIO_IRQ_SET_DATA_EVENTFD
-    ACTION_MASK = I.VFIO_IRQ_SET_ACTION_MASK
-    ACTION_UNMASK = I.VFIO_IRQ_SET_ACTION_UNMASK
-    ACTION_TRIGGER = I.VFIO_IRQ_SET_ACTION_TRIGGER
-
-
-class PciRegion(enum.IntEnum):
-    """vfio-pci region indexes."""
-
-    BAR0 = I.VFIO_PCI_BAR0_REGION_INDEX
-    BAR1 = I.VFIO_PCI_BAR1_REGION_INDEX
-    BAR2 = I.VFIO_PCI_BAR2_REGION_INDEX
-    BAR3 = I.VFIO_PCI_BAR3_REGION_INDEX
-    BAR4 = I.VFIO_PCI_BAR4_REGION_INDEX
-    BAR5 = I.VFIO_PCI_BAR5_REGION_INDEX
-    ROM = I.VFIO_PCI_ROM_REGION_INDEX
-    CONFIG = I.VFIO_PCI_CONFIG_REGION_INDEX
-    VGA = I.VFIO_PCI_VGA_REGION_INDEX
-
-
-class PciIrq(enum.IntEnum):
-    """vfio-pci interrupt indexes."""
-
-    INTX = I.VFIO_PCI_INTX_IRQ_INDEX
-    MSI = I.VFIO_PCI_MSI_IRQ_INDEX
-    MSIX = I.VFIO_PCI_MSIX_IRQ_INDEX
-    ERR = I.VFIO_PCI_ERR_IRQ_INDEX
-    REQ = I.VFIO_PCI_REQ_IRQ_INDEX
-
-
-class DeviceFeature(enum.IntEnum):
-    """VFIO_DEVICE_FEATURE numbers."""
-
-    PCI_VF_TOKEN = I.VFIO_DEVICE_FEATURE_PCI_VF_TOKEN
-    MIGRATION = I.VFIO_DEVICE_FEATURE_MIGRATION
-    MIG_DEVICE_STATE = I.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE
-    LOW_POWER_ENTRY = I.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY
-    LOW_POWER_ENTRY_WITH_WAKEUP = I.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP
-    LOW_POWER_EXIT = I.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT
-    DMA_LOGGING_START = I.VFIO_DEVICE_FEATURE_DMA_LOGGING_START
-    DMA_LOGGING_STOP = I.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP
-    DMA_LOGGING_REPORT = I.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT
-    MIG_DATA_SIZE = I.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE
-    BUS_MASTER = I.VFIO_DEVICE_FEATURE_BUS_MASTER
-
-
-# ---------------------------------------------------------------------------------------------
-# results
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """VFIO_DEVICE_GET_INFO's answer, with the capability chain parsed."""
-
-    flags: DeviceFlags
-    num_regions: int
-    num_irqs: int
-    caps: tuple[InfoCapability, ...] = ()
-
-    @property
-    def is_pci(self) -> bool:
-        return bool(self.flags & DeviceFlags.PCI)
-
-    @property
-    def reset_supported(self) -> bool:
-        return bool(self.flags & DeviceFlags.RESET)
-
-    @property
-    def pci_atomic_comp(self) -> int | None:
-        """``VFIO_PCI_ATOMIC_COMP*`` flags the root port completes, or None when not reported."""
-        for c in self.caps:
-            if c.id == I.VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP and len(c.data) >= 4:
-                return int.from_bytes(c.data[:4], "little")
-        return None
-
-
-@dataclass(frozen=True)
-class SparseArea:
-    """A mmap-able window of a region (``offset`` inside the region, ``size`` bytes)."""
-
-    offset: int
-    size: int
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.size
-
-
-@dataclass(frozen=True)
-class RegionInfo:
-    """VFIO_DEVICE_GET_REGION_INFO's answer with its capability chain parsed.
-
-    ``sparse_areas`` is None when the region has no SPARSE_MMAP capability (then the whole
-    region is mappable if ``MMAP`` is set); ``type``/``subtype`` come from the TYPE capability.
-    """
-
-    index: int
-    flags: RegionFlags
-    size: int
-    offset: int
-    caps: tuple[InfoCapability, ...] = ()
-    sparse_areas: tuple[SparseArea, ...] | None = None
-    msix_mappable: bool = False
-    type: int | None = None
-    subtype: int | None = None
-
-    @property
-    def readable(self) -> bool:
-        return bool(self.flags & RegionFlags.READ)
-
-    @property
-    def writable(self) -> bool:
-        return bool(self.flags & RegionFlags.WRITE)
-
-    @property
-    def mappable(self) -> bool:
-        return bool(self.flags & RegionFlags.MMAP) and self.size > 0
-
-    @property
-    def name(self) -> str:
-        try:
-            return PciRegion(self.index).name
-        except ValueError:
-            return f"REGION{self.index}"
-
-    def mmap_areas(self) -> tuple[SparseArea, ...]:
-        """The areas that may be mapped: the sparse areas, the whole region, or none."""
-        if not self.mappable:
-            return ()
-        if self.sparse_areas is not None:
-            return self.sparse_areas
-        return (SparseArea(0, self.size),)
-
-
-@dataclass(frozen=True)
-class IrqInfo:
-    """VFIO_DEVICE_GET_IRQ_INFO's answer."""
-
-    index: int
-    flags: IrqFlags
-    count: int
-
-    @property
-    def name(self) -> str:
-        try:
-            return PciIrq(self.index).name
-        except ValueError:
-            return f"IRQ{self.index}"
-
-
-@dataclass(frozen=True)
-class HotResetDevice:
-    """One device a PCI hot reset would affect (``group_id`` or ``devid`` per the header flags)."""
-
-    group_id: int
-    segment: int
-    bus: int
-    devfn: int
-
-    @property
-    def bdf(self) -> str:
-        return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
-
-
-@dataclass(frozen=True)
-class HotResetInfo:
-    """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO's answer."""
-
-    flags: int
-    devices: tuple[HotResetDevice, ...]
 
 
 #: Kernel structs are in CPU byte order.
@@ -290,6 +73,8 @@ class RegionMapping:
 
     Safety: the memory is the device's. After ``close()`` the address is invalid; memoryviews
     taken from :attr:`buffer` must not be used after that.
+
+    Threads: loads and stores may run from any thread; ``close()`` must not race with them.
     """
 
     def __init__(self, device: "Device", index: int, offset: int, size: int, addr: int, prot: int) -> None:
@@ -404,12 +189,12 @@ def _munmap_quietly(backend: Backend, addr: int, size: int) -> None:
 # the device
 # ---------------------------------------------------------------------------------------------
 
-register_hint("VFIO_DEVICE_RESET", errno.EINVAL,
+register_hint(I.VFIO_DEVICE_RESET.name, errno.EINVAL,
               "the device reports no reset method (no FLR, PM reset or slot/bus reset); "
               "check Device.info.reset_supported first")
-register_hint("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", errno.ENODEV,
+register_hint(I.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO.name, errno.ENODEV,
               "neither a slot nor a bus reset is possible for this device (on a root bus?)")
-register_hint("VFIO_DEVICE_SET_IRQS", errno.EINVAL,
+register_hint(I.VFIO_DEVICE_SET_IRQS.name, errno.EINVAL,
               "another interrupt type is enabled (disable it first), the index/start/count is "
               "outside what GET_IRQ_INFO reports, or an fd is not an eventfd")
 
@@ -420,6 +205,12 @@ class Device(FdObject):
     Built by ``Group.open_device(bdf)``: ``Device(fd, group=group, name=bdf, backend=backend)``.
     The object owns ``fd`` and closes it once (``path`` is ``name``). Mappings and the eventfds
     the device created for interrupts are children, released first.
+
+    Threads: info queries, region ``read``/``write`` (pread/pwrite at an offset) and
+    ``set_irqs`` may run concurrently; each packs its own argument. ``region_info`` fills a
+    per-index cache (a race stores the same answer twice). ``mmap``, ``enable_irq`` /
+    ``disable_irq`` (which own eventfds) and ``close`` change the children sets without a lock:
+    do not run them concurrently with each other or with accesses through what they release.
     """
 
     def __init__(self, fd: int, *, group: Any = None, name: str | None = None,
@@ -431,7 +222,7 @@ class Device(FdObject):
         self._irq_eventfds: dict[int, list[EventFd]] = {}
         self._info: DeviceInfo | None = None
         self._regions: dict[int, RegionInfo] = {}
-        self._config: "PciConfig | None" = None
+        self._config: PciConfig | None = None
 
     # -- ownership ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -465,8 +256,6 @@ class Device(FdObject):
     def mappings(self) -> tuple[RegionMapping, ...]:
         return tuple(self._mappings)
 
-    def _ioctl_named(self, name: str, arg: Any, hint: str | None = None) -> int:
-        return self.backend.ioctl(self.fileno(), getattr(I, name), arg, op=name, hint=hint)
 
     # -- info --------------------------------------------------------------------------------
     @property
@@ -482,9 +271,9 @@ class Device(FdObject):
         Calls again with the size the kernel asks for when the chain does not fit.
         Returns :class:`DeviceInfo`. EINVAL: argsz too small (never, pyvfio sets it).
         """
-        op = "VFIO_DEVICE_GET_INFO"
-        _raw, info, caps = get_info(lambda a: self._ioctl_named(op, a), "struct vfio_device_info",
-                                    I.VFIO_DEVICE_FLAGS_CAPS, op=op, path=self.name)
+        _raw, info, caps = get_info(lambda a: self._ioctl(I.VFIO_DEVICE_GET_INFO, a),
+                                    "struct vfio_device_info", I.VFIO_DEVICE_FLAGS_CAPS,
+                                    op=I.VFIO_DEVICE_GET_INFO.name, path=self.name)
         return DeviceInfo(DeviceFlags(info.flags), info.num_regions, info.num_irqs, caps)
 
     # -- regions -----------------------------------------------------------------------------
@@ -497,12 +286,12 @@ class Device(FdObject):
             raise ArgumentError(f"region index {index!r} must be a non-negative int")
         if not refresh and index in self._regions:
             return self._regions[index]
-        op = "VFIO_DEVICE_GET_REGION_INFO"
+        op = I.VFIO_DEVICE_GET_REGION_INFO.name
 
         def fill(ri: Any) -> None:
             ri.index = index
 
-        _raw, ri, caps = get_info(lambda a: self._ioctl_named(op, a), "struct vfio_region_info",
+        _raw, ri, caps = get_info(lambda a: self._ioctl(I.VFIO_DEVICE_GET_REGION_INFO, a), "struct vfio_region_info",
                                   I.VFIO_REGION_INFO_FLAG_CAPS, op=op, path=self.name, fill=fill)
         info = _region_from(index, int(ri.flags), int(ri.size), int(ri.offset), caps)
         self._regions[index] = info
@@ -635,10 +424,9 @@ class Device(FdObject):
 
     # -- PCI config space --------------------------------------------------------------------
     @property
-    def config(self) -> "PciConfig":
+    def config(self) -> PciConfig:
         """Config-space helpers over the vfio-pci CONFIG region."""
         if self._config is None:
-            from .pci import PciConfig
 
             self._config = PciConfig(self)
         return self._config
@@ -651,7 +439,7 @@ class Device(FdObject):
         ii = ffi.new("struct vfio_irq_info *")
         ii.argsz = ffi.sizeof("struct vfio_irq_info")
         ii.index = index
-        self._ioctl_named("VFIO_DEVICE_GET_IRQ_INFO", ii)
+        self._ioctl(I.VFIO_DEVICE_GET_IRQ_INFO, ii)
         return IrqInfo(index, IrqFlags(ii.flags), int(ii.count))
 
     def irqs(self) -> list[IrqInfo]:
@@ -702,7 +490,7 @@ class Device(FdObject):
         s.count = count
         if payload:
             ffi.memmove(s.data, payload, len(payload))
-        self._ioctl_named("VFIO_DEVICE_SET_IRQS", s)
+        self._ioctl(I.VFIO_DEVICE_SET_IRQS, s)
 
     def enable_irq(self, index: int, eventfds: "Iterable[EventFd | int | None] | None" = None, *,
                    count: int | None = None, start: int = 0) -> list[EventFd]:
@@ -783,10 +571,10 @@ class Device(FdObject):
         VFIO_DEVICE_FLAGS_RESET (the kernel would answer EINVAL).
         """
         if not self.info.reset_supported:
-            raise UnsupportedError(errno.EOPNOTSUPP, op="VFIO_DEVICE_RESET", path=self.name,
+            raise UnsupportedError(errno.EOPNOTSUPP, op=I.VFIO_DEVICE_RESET.name, path=self.name,
                                    hint="the device reports no reset method (VFIO_DEVICE_FLAGS_RESET "
                                         "is clear: no FLR, PM reset or slot/bus reset)")
-        self._ioctl_named("VFIO_DEVICE_RESET", 0)
+        self._ioctl(I.VFIO_DEVICE_RESET, 0)
 
     def hot_reset_info(self) -> HotResetInfo:
         """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: the devices a slot/bus reset would affect.
@@ -803,7 +591,7 @@ class Device(FdObject):
             h = ffi.cast("struct vfio_pci_hot_reset_info *", raw)
             h.argsz = size
             try:
-                self._ioctl_named("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", h)
+                self._ioctl(I.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, h)
             except NotFoundError as e:
                 raise UnsupportedError(e.errno or errno.ENODEV, op=e.op, path=e.path, hint=e.hint) from None
             except PyvfioError as e:
@@ -814,7 +602,7 @@ class Device(FdObject):
             devs = tuple(HotResetDevice(int(d.group_id), int(d.segment), int(d.bus), int(d.devfn))
                          for d in (h.devices[i] for i in range(h.count)))
             return HotResetInfo(int(h.flags), devs)
-        raise PyvfioError(errno.EPROTO, op="VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", hint="count kept growing")
+        raise PyvfioError(errno.EPROTO, op=I.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO.name, hint="count kept growing")
 
     # -- features ----------------------------------------------------------------------------
     def probe_feature(self, feature: int, *, get: bool = False, set: bool = False) -> bool:
@@ -830,7 +618,7 @@ class Device(FdObject):
         f.flags = (feature | I.VFIO_DEVICE_FEATURE_PROBE
                    | (I.VFIO_DEVICE_FEATURE_GET if get else 0) | (I.VFIO_DEVICE_FEATURE_SET if set else 0))
         try:
-            self._ioctl_named("VFIO_DEVICE_FEATURE", f)
+            self._ioctl(I.VFIO_DEVICE_FEATURE, f)
         except PyvfioError as e:
             if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
                 return False
@@ -857,7 +645,7 @@ def _region_from(index: int, flags: int, size: int, offset: int,
                 o = 8 + 16 * k
                 if o + 16 > len(c.data):
                     raise PyvfioError(errno.EPROTO, "sparse mmap capability truncated",
-                                      op="VFIO_DEVICE_GET_REGION_INFO")
+                                      op=I.VFIO_DEVICE_GET_REGION_INFO.name)
                 areas.append(SparseArea(int.from_bytes(c.data[o:o + 8], order),
                                         int.from_bytes(c.data[o + 8:o + 16], order)))
             sparse = tuple(a for a in areas if a.size)

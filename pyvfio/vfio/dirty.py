@@ -68,6 +68,12 @@ _CTL = ffi.sizeof("struct vfio_device_feature_dma_logging_control")
 _RNG = ffi.sizeof("struct vfio_device_feature_dma_logging_range")
 _REP = ffi.sizeof("struct vfio_device_feature_dma_logging_report")
 
+# One request object per mode: errors and hints name the mode (VFIO_IOMMU_DIRTY_PAGES(START)).
+_DIRTY_START = I.VFIO_IOMMU_DIRTY_PAGES.variant("START")
+_DIRTY_STOP = I.VFIO_IOMMU_DIRTY_PAGES.variant("STOP")
+_DIRTY_GET_BITMAP = I.VFIO_IOMMU_DIRTY_PAGES.variant("GET_BITMAP")
+_UNMAP_GET_DIRTY_BITMAP = I.VFIO_IOMMU_UNMAP_DMA.variant("GET_DIRTY_BITMAP")
+
 #: Something with ``address`` (int) and ``nbytes`` (int): a DirtyBitmap, or (address, nbytes).
 BitmapLike = Any
 
@@ -90,7 +96,7 @@ def dirty_pages(iommu: IommuBase) -> "Type1DirtyPages":
         return Type1DirtyPages(iommu)
     raise UnsupportedError(
         errno.EOPNOTSUPP, f"the container's IOMMU (type {getattr(iommu, 'type', '?')}) has no "
-        "VFIO_IOMMU_DIRTY_PAGES", op="VFIO_IOMMU_DIRTY_PAGES",
+        "VFIO_IOMMU_DIRTY_PAGES", op=I.VFIO_IOMMU_DIRTY_PAGES.name,
         path=getattr(getattr(iommu, "container", None), "path", None),
         hint="request 0x3b75 is VFIO_IOMMU_SPAPR_REGISTER_MEMORY on sPAPR containers; dirty "
              "tracking exists for type1 (and iommufd HWPTs)")
@@ -101,6 +107,10 @@ class Type1DirtyPages:
 
     Build it with :func:`dirty_pages`. ``tracking`` mirrors what this object asked for (the
     kernel keeps one tracking state per container).
+
+    Threads: every request packs its own argument, so ``get_bitmap`` and ``unmap_dma`` may run
+    concurrently (the kernel serialises the container); ``start``/``stop`` flip the
+    container-wide tracking state: one thread.
     """
 
     def __init__(self, iommu: Type1Iommu) -> None:
@@ -108,20 +118,12 @@ class Type1DirtyPages:
             raise StateError("the IOMMU is closed")
         self.iommu = iommu
         self.tracking = False
-        raw = ffi.new("char[]", _HDR + _GET)
-        self._raw = raw
-        self._arg = ffi.cast("struct vfio_iommu_type1_dirty_bitmap *", raw)
-        self._get = ffi.cast("struct vfio_iommu_type1_dirty_bitmap_get *", self._arg.data)
-        uraw = ffi.new("char[]", _UNMAP + _VBM)
-        self._uraw = uraw
-        self._unmap = ffi.cast("struct vfio_iommu_type1_dma_unmap *", uraw)
-        self._ubm = ffi.cast("struct vfio_bitmap *", self._unmap.data)
 
-    def _flags_only(self, flags: int, op: str) -> None:
-        a = self._arg
+    def _flags_only(self, flags: int, request: I.Request) -> None:
+        a = ffi.new("struct vfio_iommu_type1_dirty_bitmap *")
         a.argsz = _HDR
         a.flags = flags
-        self.iommu.ioctl(I.VFIO_IOMMU_DIRTY_PAGES, a, op=op)
+        self.iommu._ioctl(request, a)
 
     def start(self) -> None:
         """VFIO_IOMMU_DIRTY_PAGES with FLAG_START: allocate a bitmap per mapping (and per later
@@ -130,12 +132,12 @@ class Type1DirtyPages:
         Errors: EACCES on a type1 (v1) container; EINVAL when a mapping has more than INT_MAX
         pages; ENOMEM.
         """
-        self._flags_only(I.VFIO_IOMMU_DIRTY_PAGES_FLAG_START, "VFIO_IOMMU_DIRTY_PAGES(START)")
+        self._flags_only(I.VFIO_IOMMU_DIRTY_PAGES_FLAG_START, _DIRTY_START)
         self.tracking = True
 
     def stop(self) -> None:
         """VFIO_IOMMU_DIRTY_PAGES with FLAG_STOP: free the bitmaps. Idempotent."""
-        self._flags_only(I.VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP, "VFIO_IOMMU_DIRTY_PAGES(STOP)")
+        self._flags_only(I.VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP, _DIRTY_STOP)
         self.tracking = False
 
     def get_bitmap(self, iova: int, size: int, bitmap: BitmapLike, pgsize: int = 4096) -> None:
@@ -151,7 +153,9 @@ class Type1DirtyPages:
         EACCES: type1 v1.
         """
         addr, nbytes = _span(bitmap)
-        a, g = self._arg, self._get
+        raw = ffi.new("char[]", _HDR + _GET)  # a fresh argument per call (no shared struct)
+        a = ffi.cast("struct vfio_iommu_type1_dirty_bitmap *", raw)
+        g = ffi.cast("struct vfio_iommu_type1_dirty_bitmap_get *", a.data)
         a.argsz = _HDR + _GET
         a.flags = I.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP
         g.iova = iova
@@ -159,7 +163,7 @@ class Type1DirtyPages:
         g.bitmap.pgsize = pgsize
         g.bitmap.size = nbytes
         g.bitmap.data = ffi.cast("__u64 *", addr)
-        self.iommu.ioctl(I.VFIO_IOMMU_DIRTY_PAGES, a, op="VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP)")
+        self.iommu._ioctl(_DIRTY_GET_BITMAP, a)
 
     def unmap_dma(self, iova: int, size: int, bitmap: BitmapLike, pgsize: int = 4096) -> int:
         """VFIO_IOMMU_UNMAP_DMA with VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: unmap every mapping in
@@ -171,7 +175,9 @@ class Type1DirtyPages:
         bitmap too small or too large, a bisected mapping (v2). EFAULT: bitmap not writable.
         """
         addr, nbytes = _span(bitmap)
-        u, b = self._unmap, self._ubm
+        uraw = ffi.new("char[]", _UNMAP + _VBM)
+        u = ffi.cast("struct vfio_iommu_type1_dma_unmap *", uraw)
+        b = ffi.cast("struct vfio_bitmap *", u.data)
         u.argsz = _UNMAP + _VBM
         u.flags = I.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP
         u.iova = iova
@@ -179,7 +185,7 @@ class Type1DirtyPages:
         b.pgsize = pgsize
         b.size = nbytes
         b.data = ffi.cast("__u64 *", addr)
-        self.iommu.ioctl(I.VFIO_IOMMU_UNMAP_DMA, u, op="VFIO_IOMMU_UNMAP_DMA(GET_DIRTY_BITMAP)")
+        self.iommu._ioctl(_UNMAP_GET_DIRTY_BITMAP, u)
         return int(u.size)
 
     def __repr__(self) -> str:
@@ -242,6 +248,9 @@ class DmaLogging:
 
     ``page_size`` is what START settled on (the driver may round the requested size up);
     ``ranges`` what was asked. ``close()`` stops logging if this object started it.
+
+    Threads: ``report`` may run concurrently with itself; ``start``/``stop``/``close`` change
+    :attr:`active` unlocked: one thread.
     """
 
     def __init__(self, device: Any) -> None:
@@ -257,13 +266,13 @@ class DmaLogging:
         f.flags = feature | flags
         if size:
             ffi.memmove(f.data, payload, size)
-        op = f"VFIO_DEVICE_FEATURE({name})"
-        be = self.device.backend
-        try:
-            be.ioctl(self.device.fileno(), I.VFIO_DEVICE_FEATURE, f, op=op)
+        request = I.VFIO_DEVICE_FEATURE.variant(name)
+        try:  # the device's fd: through the seam directly
+            self.device.backend.ioctl(self.device.fileno(), request, f)
         except PyvfioError as e:
             if e.errno == errno.ENOTTY:
-                raise UnsupportedError(e.errno, op=op, path=e.path, hint=_NO_LOGGING_HINT) from None
+                raise UnsupportedError(e.errno, op=request.name, path=e.path,
+                                       hint=_NO_LOGGING_HINT) from None
             raise
         if size:
             ffi.memmove(payload, f.data, size)
@@ -357,14 +366,14 @@ class DmaLogging:
         self.close()
 
 
-register_hint("VFIO_IOMMU_DIRTY_PAGES(START)", errno.EACCES,
+register_hint(_DIRTY_START.name, errno.EACCES,
               "dirty page tracking needs a VFIO_TYPE1v2_IOMMU container (this one is type1 v1)")
-register_hint("VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP)", errno.EACCES,
+register_hint(_DIRTY_GET_BITMAP.name, errno.EACCES,
               "dirty page tracking needs a VFIO_TYPE1v2_IOMMU container (this one is type1 v1)")
-register_hint("VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP)", errno.EINVAL,
+register_hint(_DIRTY_GET_BITMAP.name, errno.EINVAL,
               "tracking not started, pgsize not the smallest IOMMU page (MIGRATION cap), "
               "range unaligned/empty or bisecting a mapping, or the bitmap is smaller than "
               "ALIGN(pages, 64)/8 or larger than max_dirty_bitmap_size")
-register_hint("VFIO_IOMMU_UNMAP_DMA(GET_DIRTY_BITMAP)", errno.EINVAL,
+register_hint(_UNMAP_GET_DIRTY_BITMAP.name, errno.EINVAL,
               "dirty tracking not started, pgsize not the smallest IOMMU page, the bitmap too "
               "small/large for the range, or the range bisects a mapping")

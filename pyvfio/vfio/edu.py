@@ -95,6 +95,9 @@ class EduDevice:
     Register accesses are single 32-bit (or 64-bit for the DMA addresses above 4 GiB)
     pread/pwrite calls on BAR0; with ``use_mmap=True`` they are loads/stores through a BAR0
     mapping instead (real kernel only: the mock cannot trap stores to a mapping).
+
+    Threads: one DMA at a time per device (a second ``dma`` while one is running raises);
+    register reads may run from any thread.
     """
 
     def __init__(self, device: Device, *, byteorder: str | None = None, max_transfer: int = QEMU72_MAX_TRANSFER,

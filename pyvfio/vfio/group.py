@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from .. import ioctls
 from ..errors import ArgumentError, NotFoundError, PyvfioError, StateError, register_hint
+from ..core.fd import FdObject
 from ..seam import Backend, get_backend
 from ..uapi import ffi
-from ..core.fd import FdObject
+from ..util.bdf import normalize_bdf
+from .device import Device
 
 if TYPE_CHECKING:
     from .container import Container
@@ -57,24 +59,6 @@ class GroupStatus:
     @property
     def container_set(self) -> bool:
         return bool(self.flags & GroupFlags.CONTAINER_SET)
-
-
-def _check_bdf(bdf: str) -> str:
-    parts = bdf.split(":")
-    if len(parts) == 2:
-        bdf = "0000:" + bdf
-        parts = bdf.split(":")
-    ok = len(parts) == 3 and len(parts[0]) == 4 and len(parts[1]) == 2 and "." in parts[2]
-    if ok:
-        try:
-            int(parts[0], 16), int(parts[1], 16)
-            dev, fn = parts[2].split(".")
-            ok = len(dev) == 2 and len(fn) == 1 and int(dev, 16) < 32 and int(fn, 16) < 8
-        except ValueError:
-            ok = False
-    if not ok:
-        raise ArgumentError(f"{bdf!r} is not a PCI address; expected DDDD:BB:DD.F, e.g. 0000:00:03.0")
-    return bdf.lower()
 
 
 def holders_of(path: str, backend: Backend | None = None) -> list[tuple[int, int, str]]:
@@ -118,6 +102,10 @@ class Group(FdObject):
     Opens ``/dev/vfio/<number>``. Errors: NotFoundError (no such group: no device of the IOMMU
     group is bound to vfio-pci), BusyError (already open: the hint names the holder),
     PermissionDeniedError.
+
+    Threads: ``status``/``viable``/``get_device_fd`` may run concurrently (one ioctl each, no
+    shared state). ``set_container``, ``unset_container``, ``open_device`` and ``close`` update
+    :attr:`devices` and the container's group list without a lock: one thread at a time.
     """
 
     def __init__(self, number: int, *, backend: Backend | str | None = None) -> None:
@@ -126,7 +114,7 @@ class Group(FdObject):
         be = get_backend(backend)
         self.number = number
         self.container: Container | None = None
-        self.devices: list[Any] = []
+        self.devices: list[Device] = []
         self._fd = -1
         path = f"{GROUP_DIR}/{number}"
         try:
@@ -145,7 +133,7 @@ class Group(FdObject):
     def number_of(bdf: str, *, backend: Backend | str | None = None) -> int:
         """The IOMMU group number of PCI device ``bdf`` (sysfs iommu_group link)."""
         be = get_backend(backend)
-        bdf = _check_bdf(bdf)
+        bdf = normalize_bdf(bdf)
         link = os.path.join(be.sysfs_root, "bus", "pci", "devices", bdf, "iommu_group")
         try:
             target = os.readlink(link)
@@ -177,7 +165,7 @@ class Group(FdObject):
         """VFIO_GROUP_GET_STATUS: viability and whether a container is set."""
         st = ffi.new("struct vfio_group_status *")
         st.argsz = ffi.sizeof("struct vfio_group_status")
-        self.backend.ioctl(self.fileno(), ioctls.VFIO_GROUP_GET_STATUS, st)
+        self._ioctl(ioctls.VFIO_GROUP_GET_STATUS, st)
         return GroupStatus(GroupFlags(st.flags))
 
     @property
@@ -190,9 +178,7 @@ class Group(FdObject):
         if self.container is not None:
             raise StateError(f"group {self.number} is already attached to {self.container!r}")
         fdp = ffi.new("__s32 *", container.fileno())
-        self.backend.ioctl(self.fileno(), ioctls.VFIO_GROUP_SET_CONTAINER, fdp,
-                           op="VFIO_GROUP_SET_CONTAINER",
-                           hint=None)
+        self._ioctl(ioctls.VFIO_GROUP_SET_CONTAINER, fdp)
         self.container = container
         container.groups.append(self)
 
@@ -208,8 +194,7 @@ class Group(FdObject):
         self._close_devices()
         if c.groups == [self]:
             c._release_iommu()
-        self.backend.ioctl(self.fileno(), ioctls.VFIO_GROUP_UNSET_CONTAINER, 0,
-                           op="VFIO_GROUP_UNSET_CONTAINER")
+        self._ioctl(ioctls.VFIO_GROUP_UNSET_CONTAINER, 0)
         self.container = None
         if self in c.groups:
             c.groups.remove(self)
@@ -220,18 +205,15 @@ class Group(FdObject):
         Errors: ENODEV (not in this group or not bound to vfio-pci), EINVAL (the group's
         container has no IOMMU yet: call Container.set_iommu first).
         """
-        name = ffi.new("char[]", _check_bdf(bdf).encode())
-        fd = self.backend.ioctl(self.fileno(), ioctls.VFIO_GROUP_GET_DEVICE_FD, name,
-                                op="VFIO_GROUP_GET_DEVICE_FD")
+        name = ffi.new("char[]", normalize_bdf(bdf).encode())
+        fd = self._ioctl(ioctls.VFIO_GROUP_GET_DEVICE_FD, name)
         self.backend.label(fd, f"vfio-device:{bdf}")
         return fd
 
-    def open_device(self, bdf: str) -> Any:
-        """The Device object for ``bdf`` (pyvfio.vfio.device.Device), owned by this group:
-        closing the group closes it first."""
-        from .device import Device  # VFIO-B's module; imported lazily (no cycle)
-
-        bdf = _check_bdf(bdf)
+    def open_device(self, bdf: str) -> Device:
+        """The :class:`~pyvfio.vfio.device.Device` for ``bdf``, owned by this group: closing the
+        group closes it first."""
+        bdf = normalize_bdf(bdf)
         fd = self.get_device_fd(bdf)
         try:
             dev = Device(fd, group=self, name=bdf, backend=self.backend)
@@ -286,13 +268,13 @@ def _busy_hint(path: str, backend: Backend) -> str:
             f"(try: sudo fuser -v {path})")
 
 
-register_hint("VFIO_GROUP_SET_CONTAINER", errno.EPERM,
+register_hint(ioctls.VFIO_GROUP_SET_CONTAINER.name, errno.EPERM,
               "the group is not viable: every device in its IOMMU group must be bound to vfio-pci "
               "(or unbound); see /sys/kernel/iommu_groups/N/devices/*/driver")
-register_hint("VFIO_GROUP_SET_CONTAINER", errno.EINVAL, "the group is already attached to a container")
-register_hint("VFIO_GROUP_UNSET_CONTAINER", errno.EBUSY,
+register_hint(ioctls.VFIO_GROUP_SET_CONTAINER.name, errno.EINVAL, "the group is already attached to a container")
+register_hint(ioctls.VFIO_GROUP_UNSET_CONTAINER.name, errno.EBUSY,
               "device fds of this group are still open: close them first")
-register_hint("VFIO_GROUP_GET_DEVICE_FD", errno.EINVAL,
+register_hint(ioctls.VFIO_GROUP_GET_DEVICE_FD.name, errno.EINVAL,
               "the group's container has no IOMMU yet: call Container.set_iommu() first")
-register_hint("VFIO_GROUP_GET_DEVICE_FD", errno.ENODEV,
+register_hint(ioctls.VFIO_GROUP_GET_DEVICE_FD.name, errno.ENODEV,
               "no such device in this group, or it is not bound to vfio-pci")

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ArgumentError, RangeError
-from . import device as _d
+from .device_info import PciRegion
 
 if TYPE_CHECKING:  # pragma: no cover
     from .device import Device
 
-CONFIG = _d.PciRegion.CONFIG
+CONFIG = PciRegion.CONFIG
 PCI_STD_HEADER_SIZEOF = 0x40
 PCI_CFG_SPACE_SIZE = 0x100
 PCI_CFG_SPACE_EXP_SIZE = 0x1000
@@ -131,7 +131,11 @@ class BarInfo:
 
 
 class PciConfig:
-    """Accessors over a device's CONFIG region (pread/pwrite at ``7 << 40`` for vfio-pci)."""
+    """Accessors over a device's CONFIG region (pread/pwrite at ``7 << 40`` for vfio-pci).
+
+    Threads: reads may run concurrently; read-modify-write helpers (``update_command``,
+    ``bus_master``) are not atomic: one writer at a time.
+    """
 
     def __init__(self, device: "Device") -> None:
         self.device = device

@@ -48,15 +48,19 @@ Example (mock, a POWER-shaped machine)::
 from __future__ import annotations
 
 import errno
+import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .. import ioctls
+from ..core.buffer import buffer_span, pin
+from ..core.iova import IovaRange
+from ..core.mapping import DmaFlags, DmaMapping, MappingTable
 from ..errors import (AlignmentError, ArgumentError, BusyError, OverlapError, PyvfioError,
                       RangeError, StateError, register_hint)
 from ..uapi import ffi
+from ..uapi.pack import TYPE1_DMA_MAP, TYPE1_DMA_UNMAP
 from .container import Container, IommuBase, register_iommu
-from .type1 import DmaFlags, DmaMapping, IovaRange, MappingTable, _buffer_span
 
 PAGE_SIZE = 4096  # the registration granularity (the kernel's PAGE_SIZE on ppc64le 4K kernels)
 U64_MAX = (1 << 64) - 1
@@ -65,8 +69,12 @@ _SZ_INFO = ffi.sizeof("struct vfio_iommu_spapr_tce_info")
 _SZ_REG = ffi.sizeof("struct vfio_iommu_spapr_register_memory")
 _SZ_CREATE = ffi.sizeof("struct vfio_iommu_spapr_tce_create")
 _SZ_REMOVE = ffi.sizeof("struct vfio_iommu_spapr_tce_remove")
-_SZ_MAP = ffi.sizeof("struct vfio_iommu_type1_dma_map")
-_SZ_UNMAP = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
+_SZ_MAP = TYPE1_DMA_MAP.size
+_SZ_UNMAP = TYPE1_DMA_UNMAP.size
+_MAP_DMA = ioctls.VFIO_IOMMU_MAP_DMA
+_UNMAP_DMA = ioctls.VFIO_IOMMU_UNMAP_DMA
+_pack_map = TYPE1_DMA_MAP.pack
+_pack_unmap = TYPE1_DMA_UNMAP.pack
 _SZ_EEH = ffi.sizeof("struct vfio_eeh_pe_op")
 
 # sPAPR meanings of MAP/UNMAP errnos (the registered hints of those ops speak of type1)
@@ -150,7 +158,10 @@ class DmaWindow:
 class RegisteredMemory:
     """Memory pre-registered with a v2 container: ``vaddr``, ``size``, the ``buffer`` it keeps
     alive and the pyvfio ``mappings`` that use it. ``unregister()`` (or leaving the ``with``
-    block) unpins it; BusyError while mappings remain."""
+    block) unpins it; BusyError while mappings remain.
+
+    Threads: the handle is only read after creation; unregister it from one thread.
+    """
 
     __slots__ = ("iommu", "vaddr", "size", "buffer", "mappings", "_live", "__weakref__")
 
@@ -196,7 +207,14 @@ def _pow2(x: int) -> bool:
 
 
 class _SpaprBase(MappingTable, IommuBase):
-    """What v1 and v2 share: TCE_GET_INFO, windows, MAP/UNMAP, EEH."""
+    """What v1 and v2 share: TCE_GET_INFO, windows, MAP/UNMAP, EEH.
+
+    Threads: ``map_dma``/``unmap_dma`` pack a fresh argument per call and may run
+    concurrently. ``map``/``unmap`` of distinct IOVAs may too, but their overlap check reads
+    :attr:`mappings` unlocked: two threads mapping overlapping ranges at once are not refused
+    by pyvfio (the kernel then replaces TCEs). ``info``/``windows`` fill caches (a race stores
+    the same answer). Window and registration changes, ``unmap_all`` and ``close``: one thread.
+    """
 
     def __init__(self, container: Container, iommu_type: int) -> None:
         super().__init__(container, iommu_type)
@@ -204,8 +222,6 @@ class _SpaprBase(MappingTable, IommuBase):
         #: Live mappings made through map(), by IOVA.
         self.mappings: dict[int, DmaMapping] = {}
         self._windows: list[DmaWindow] | None = None
-        self._map_arg = ffi.new("struct vfio_iommu_type1_dma_map *")
-        self._unmap_arg = ffi.new("struct vfio_iommu_type1_dma_unmap *")
 
     # -- info ---------------------------------------------------------------------------------
     def info(self, *, refresh: bool = False) -> SpaprTceInfo:
@@ -217,7 +233,7 @@ class _SpaprBase(MappingTable, IommuBase):
             return self._info
         info = ffi.new("struct vfio_iommu_spapr_tce_info *")
         info.argsz = _SZ_INFO
-        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_GET_INFO, info)
+        self._ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_GET_INFO, info)
         ddw = None
         if info.flags & ioctls.VFIO_IOMMU_SPAPR_INFO_DDW:
             ddw = DdwInfo(int(info.ddw.pgsizes), int(info.ddw.max_dynamic_windows_supported),
@@ -254,14 +270,13 @@ class _SpaprBase(MappingTable, IommuBase):
         EINVAL (unaligned, no R/W flag, v2: memory not registered). A range running past the
         window end oopses Linux 6.12: use :meth:`map`, which refuses it.
         """
-        m = self._map_arg
-        m.argsz = _SZ_MAP
-        m.flags = flags
-        m.vaddr = vaddr
-        m.iova = iova
-        m.size = size
+        try:  # a fresh packed argument per call (no shared struct between threads)
+            buf = bytearray(_pack_map(_SZ_MAP, flags, vaddr, iova, size))
+        except struct.error:
+            raise RangeError(f"map_dma arguments out of range: vaddr={vaddr!r} iova={iova!r} "
+                             f"size={size!r} flags={flags!r} (unsigned 64/32-bit)") from None
         try:
-            return self.ioctl(ioctls.VFIO_IOMMU_MAP_DMA, m)
+            return self._ioctl(_MAP_DMA, buf)
         except PyvfioError as e:
             e.hint = _MAP_HINTS.get(e.errno or 0) or e.hint
             raise
@@ -270,13 +285,12 @@ class _SpaprBase(MappingTable, IommuBase):
         """VFIO_IOMMU_UNMAP_DMA as is: clears the TCEs of ``[iova, iova+size)`` (nothing mapped
         there is fine; the kernel reports no size). Errors: EPERM (not enabled), ENXIO (no
         window), EINVAL (size not page aligned)."""
-        u = self._unmap_arg
-        u.argsz = _SZ_UNMAP
-        u.flags = 0
-        u.iova = iova
-        u.size = size
         try:
-            self.ioctl(ioctls.VFIO_IOMMU_UNMAP_DMA, u)
+            buf = bytearray(_pack_unmap(_SZ_UNMAP, 0, iova, size))
+        except struct.error:
+            raise RangeError(f"unmap_dma arguments out of range: iova={iova!r} size={size!r}") from None
+        try:
+            self._ioctl(_UNMAP_DMA, buf)
         except PyvfioError as e:
             e.hint = _MAP_HINTS.get(e.errno or 0) or e.hint
             raise
@@ -316,7 +330,7 @@ class _SpaprBase(MappingTable, IommuBase):
         ``buffer`` alive until unmapped. ``read``: the device may read; ``write``: may write."""
         if self.closed:
             raise StateError("this IOMMU is closed")
-        vaddr, n = _buffer_span(buffer, size, offset)
+        vaddr, n = buffer_span(buffer, size, offset)
         if not (read or write):
             raise ArgumentError("a mapping needs read=True and/or write=True")
         self.check(iova, n, vaddr)
@@ -324,14 +338,12 @@ class _SpaprBase(MappingTable, IommuBase):
         region = self._region_for(vaddr, n)
         flags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
         self.map_dma(vaddr, iova, n, flags)
-        mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)  # type: ignore[arg-type]
-        pin = getattr(buffer, "_pin", None)
-        if pin is not None:
-            try:
-                pin(mapping)
-            except BaseException:  # closed meanwhile: do not leave the TCEs behind
-                self.unmap_dma(iova, n)
-                raise
+        mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)
+        try:
+            pin(buffer, mapping)
+        except BaseException:  # closed meanwhile: do not leave the TCEs behind
+            self.unmap_dma(iova, n)
+            raise
         self.mappings[iova] = mapping
         if region is not None:
             region.mappings.add(mapping)
@@ -378,7 +390,7 @@ class _SpaprBase(MappingTable, IommuBase):
         arg = ffi.new("struct vfio_eeh_pe_op *")
         arg.argsz = _SZ_EEH
         arg.op = op
-        return self.ioctl(ioctls.VFIO_EEH_PE_OP, arg)
+        return self._ioctl(ioctls.VFIO_EEH_PE_OP, arg)
 
     def __iter__(self) -> Iterator[DmaMapping]:
         return iter(list(self.mappings.values()))
@@ -386,7 +398,10 @@ class _SpaprBase(MappingTable, IommuBase):
 
 @register_iommu
 class SpaprTceIommu(_SpaprBase):
-    """sPAPR TCE v1: ENABLE (accounts the 32-bit window), MAP/UNMAP pin per page, DISABLE."""
+    """sPAPR TCE v1: ENABLE (accounts the 32-bit window), MAP/UNMAP pin per page, DISABLE.
+
+    Threads: as :class:`_SpaprBase`; ``enable``/``disable`` from one thread, before mapping.
+    """
 
     TYPES = (ioctls.VFIO_SPAPR_TCE_IOMMU,)
 
@@ -400,12 +415,12 @@ class SpaprTceIommu(_SpaprBase):
         Errors: EBUSY (already enabled), ENODEV (no group), ENOMEM (window over
         RLIMIT_MEMLOCK without CAP_IPC_LOCK: see hint).
         """
-        self.ioctl(ioctls.VFIO_IOMMU_ENABLE, 0)
+        self._ioctl(ioctls.VFIO_IOMMU_ENABLE, 0)
         self.enabled = True
 
     def disable(self) -> None:
         """VFIO_IOMMU_DISABLE (idempotent): give the accounting back; MAP gets EPERM after."""
-        self.ioctl(ioctls.VFIO_IOMMU_DISABLE, 0)
+        self._ioctl(ioctls.VFIO_IOMMU_DISABLE, 0)
         self.enabled = False
 
     def _require_enabled(self) -> None:
@@ -431,7 +446,11 @@ class SpaprTceIommu(_SpaprBase):
 
 @register_iommu
 class SpaprTceV2Iommu(_SpaprBase):
-    """sPAPR TCE v2: registered (pre-pinned) memory, MAP/UNMAP into windows, created windows."""
+    """sPAPR TCE v2: registered (pre-pinned) memory, MAP/UNMAP into windows, created windows.
+
+    Threads: as :class:`_SpaprBase`; ``register``/``unregister`` and ``create_window`` /
+    ``remove_window`` update :attr:`regions` and the window list unlocked: one thread at a time.
+    """
 
     TYPES = (ioctls.VFIO_SPAPR_TCE_v2_IOMMU,)
 
@@ -452,7 +471,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         r.argsz = _SZ_REG
         r.vaddr = vaddr
         r.size = size
-        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY, r)
+        self._ioctl(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY, r)
 
     def unregister_memory(self, vaddr: int, size: int) -> None:
         """VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY as is.
@@ -465,8 +484,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         r.argsz = _SZ_REG
         r.vaddr = vaddr
         r.size = size
-        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY, r,
-                   op="VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY")
+        self._ioctl(ioctls.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY, r)
 
     def tce_create(self, page_shift: int, window_size: int, levels: int = 1) -> int:
         """VFIO_IOMMU_SPAPR_TCE_CREATE as is; returns the window's start address.
@@ -479,7 +497,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         c.page_shift = page_shift
         c.window_size = window_size
         c.levels = levels
-        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_CREATE, c)
+        self._ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_CREATE, c)
         return int(c.start_addr)
 
     def tce_remove(self, start_addr: int) -> None:
@@ -488,7 +506,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         r = ffi.new("struct vfio_iommu_spapr_tce_remove *")
         r.argsz = _SZ_REMOVE
         r.start_addr = start_addr
-        self.ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_REMOVE, r)
+        self._ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_REMOVE, r)
 
     # -- registered memory ----------------------------------------------------------------------
     def register(self, buffer: Any, *, size: int | None = None, offset: int = 0) -> RegisteredMemory:
@@ -499,7 +517,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         """
         if self.closed:
             raise StateError("this IOMMU is closed")
-        vaddr, n = _buffer_span(buffer, size, offset)
+        vaddr, n = buffer_span(buffer, size, offset)
         if n <= 0:
             raise RangeError("cannot register 0 bytes (the kernel answers ENOMEM)")
         for what, v in (("vaddr", vaddr), ("size", n)):
@@ -533,7 +551,7 @@ class SpaprTceV2Iommu(_SpaprBase):
             live = ", ".join(f"{m.iova:#x}+{m.size:#x}" for m in sorted(region.mappings, key=lambda m: m.iova))
             raise BusyError(errno.EBUSY, f"registered memory {region.vaddr:#x}+{region.size:#x} "
                             f"is still mapped at IOVA {live}",
-                            op="VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", path=self.container.path,
+                            op=ioctls.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY.name, path=self.container.path,
                             hint="unmap those mappings first; the memory stays registered and "
                                  "usable (Linux 6.12 would accept the unregister and leak the pin)")
         self.unregister_memory(region.vaddr, region.size)
@@ -609,7 +627,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         used = [m for m in self.mappings.values() if window.contains(m.iova)]
         if used:
             raise BusyError(errno.EBUSY, f"{window!r} still holds {len(used)} mapping(s)",
-                            op="VFIO_IOMMU_SPAPR_TCE_REMOVE", path=self.container.path,
+                            op=ioctls.VFIO_IOMMU_SPAPR_TCE_REMOVE.name, path=self.container.path,
                             hint="unmap them first")
         self.tce_remove(window.start)
         self._windows = [w for w in self.windows if w != window]
@@ -649,29 +667,29 @@ class SpaprTceV2Iommu(_SpaprBase):
                 f"mappings={len(self.mappings)}>")
 
 
-register_hint("VFIO_IOMMU_ENABLE", errno.ENOMEM,
+register_hint(ioctls.VFIO_IOMMU_ENABLE.name, errno.ENOMEM,
               "sPAPR v1 accounts the whole 32-bit DMA window into locked memory at ENABLE: raise "
               "RLIMIT_MEMLOCK (ulimit -l) to at least the window size or run with CAP_IPC_LOCK")
-register_hint("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", errno.ENOMEM,
+register_hint(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY.name, errno.ENOMEM,
               "registering pins and accounts the memory: raise RLIMIT_MEMLOCK or run with "
               "CAP_IPC_LOCK (a size of 0 also gives ENOMEM)")
-register_hint("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", errno.EBUSY,
+register_hint(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY.name, errno.EBUSY,
               "exactly this range is already registered in this container")
-register_hint("VFIO_IOMMU_SPAPR_REGISTER_MEMORY", errno.EINVAL,
+register_hint(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY.name, errno.EINVAL,
               "vaddr/size not page aligned, or the range overlaps another registered region")
-register_hint("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", errno.ENOENT,
+register_hint(ioctls.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY.name, errno.ENOENT,
               "no region with exactly this vaddr and size is registered in this container "
               "(unregister exactly what was registered)")
-register_hint("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", errno.EBUSY,
+register_hint(ioctls.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY.name, errno.EBUSY,
               "pages of the region are still mapped (kernels before 5.1 answer EBUSY; 6.x accept "
               "and leak the pin): unmap them first")
-register_hint("VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY", errno.EPERM,
+register_hint(ioctls.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY.name, errno.EPERM,
               "nothing was ever registered in this container")
-register_hint("VFIO_IOMMU_SPAPR_TCE_CREATE", errno.ENOSPC,
+register_hint(ioctls.VFIO_IOMMU_SPAPR_TCE_CREATE.name, errno.ENOSPC,
               "no free DMA window: the default 32-bit window counts; remove one first")
-register_hint("VFIO_IOMMU_SPAPR_TCE_CREATE", errno.EPERM,
+register_hint(ioctls.VFIO_IOMMU_SPAPR_TCE_CREATE.name, errno.EPERM,
               "window #0 cannot be re-created while the 64-bit window exists")
-register_hint("VFIO_EEH_PE_OP", errno.ENODEV, "the platform offers no EEH for this group")
+register_hint(ioctls.VFIO_EEH_PE_OP.name, errno.ENODEV, "the platform offers no EEH for this group")
 
 __all__ = ["SpaprTceIommu", "SpaprTceV2Iommu", "SpaprTceInfo", "DdwInfo", "DmaWindow",
            "RegisteredMemory"]

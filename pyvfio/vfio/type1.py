@@ -29,77 +29,40 @@ Example (mock)::
 
 from __future__ import annotations
 
-import enum
 import errno
-import fcntl
 import os
-import resource
 import struct
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import ioctls
+from ..core.buffer import buffer_span, pin, unpin
+from ..core.iova import IovaRange
+from ..core.mapping import DmaFlags, DmaMapping, MappingTable, ShortUnmapError
 from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, StateError,
                       UnsupportedError, error_from_errno, register_hint)
 from ..uapi import ffi
+from ..uapi.pack import TYPE1_DMA_MAP, TYPE1_DMA_UNMAP, TYPE1_DMA_UNMAP_SIZE_AT, U64
+from ..util.proc import memlock_limit, vmlck
 from .caps import CapChainError, get_info
 from .container import Container, IommuBase, register_iommu
 
 U64_MAX = (1 << 64) - 1
-_SZ_MAP = ffi.sizeof("struct vfio_iommu_type1_dma_map")
-_SZ_UNMAP = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
+_SZ_MAP = TYPE1_DMA_MAP.size
+_SZ_UNMAP = TYPE1_DMA_UNMAP.size
 
-_MAP_DMA = int(ioctls.VFIO_IOMMU_MAP_DMA)
-_UNMAP_DMA = int(ioctls.VFIO_IOMMU_UNMAP_DMA)
-# struct vfio_iommu_type1_dma_map / _dma_unmap packed by struct (checked against ffi below)
-_MAP_FMT = struct.Struct("=IIQQQ")
-_UNMAP_FMT = struct.Struct("=IIQQ")
-assert _MAP_FMT.size == _SZ_MAP and _UNMAP_FMT.size == _SZ_UNMAP
-_UNMAP_SIZE_AT = ffi.offsetof("struct vfio_iommu_type1_dma_unmap", "size")
-_U64 = struct.Struct("=Q")
+_MAP_DMA = ioctls.VFIO_IOMMU_MAP_DMA
+_UNMAP_DMA = ioctls.VFIO_IOMMU_UNMAP_DMA
+_GET_INFO = ioctls.VFIO_IOMMU_GET_INFO
+_UNMAP_SIZE_AT = TYPE1_DMA_UNMAP_SIZE_AT
 # hot-path callables bound once (module globals are cheaper than attribute chains)
-_pack_map = _MAP_FMT.pack_into
-_pack_unmap = _UNMAP_FMT.pack_into
-_pack_map_new = _MAP_FMT.pack
-_pack_unmap_new = _UNMAP_FMT.pack
-_unpack_u64 = _U64.unpack_from
-_fcntl_ioctl = fcntl.ioctl
-
-
-class DmaFlags(enum.IntFlag):
-    """Device-side access of a mapping (VFIO_DMA_MAP_FLAG_*)."""
-
-    READ = ioctls.VFIO_DMA_MAP_FLAG_READ
-    WRITE = ioctls.VFIO_DMA_MAP_FLAG_WRITE
-    VADDR = ioctls.VFIO_DMA_MAP_FLAG_VADDR
-
+_pack_map = TYPE1_DMA_MAP.pack
+_pack_unmap = TYPE1_DMA_UNMAP.pack
+_unpack_u64 = U64.unpack_from
 
 _FLAGS = {(True, True): DmaFlags.READ | DmaFlags.WRITE, (True, False): DmaFlags.READ,
           (False, True): DmaFlags.WRITE}
 _RW = _FLAGS[True, True]
-
-
-class ShortUnmapError(PyvfioError):
-    """VFIO_IOMMU_UNMAP_DMA removed less than the mapping's size."""
-
-
-@dataclass(frozen=True)
-class IovaRange:
-    """A usable IOVA range, ``end`` inclusive (as the kernel reports it)."""
-
-    start: int
-    end: int
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start + 1
-
-    def contains(self, iova: int, size: int = 1) -> bool:
-        return self.start <= iova and iova + size - 1 <= self.end
-
-    def __repr__(self) -> str:
-        return f"IovaRange({self.start:#x}, {self.end:#x})"
 
 
 @dataclass(frozen=True)
@@ -142,122 +105,16 @@ class Type1Info:
         return any(r.contains(iova, size) for r in self.iova_ranges)
 
 
-def _vmlck() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmLck:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class DmaMapping:
-    """One live DMA mapping: ``iova``, ``size``, ``vaddr``, ``flags`` and the ``buffer`` it
-    keeps alive. ``unmap()`` (or leaving the ``with`` block) removes it; idempotent.
-
-    ``state`` is free for extensions (dirty tracking keeps per-mapping data there).
-    """
-
-    __slots__ = ("iommu", "iova", "size", "vaddr", "flags", "buffer", "state", "_live",
-                 "_on_unmap", "__weakref__")
-
-    def __init__(self, iommu: "Type1Iommu", iova: int, size: int, vaddr: int, flags: DmaFlags,
-                 buffer: Any) -> None:
-        self.iommu = iommu
-        self.iova = iova
-        self.size = size
-        self.vaddr = vaddr
-        self.flags = flags
-        self.buffer = buffer
-        self.state: dict[str, Any] = {}
-        self._live = True
-        # () until the first callback: most mappings never get one (no list per map)
-        self._on_unmap: list[Any] | tuple[()] = ()
-
-    def on_unmap(self, fn: Any) -> None:
-        """Call ``fn(mapping)`` once the mapping is gone (the IOVA allocator frees its block)."""
-        callbacks = self._on_unmap
-        if isinstance(callbacks, list):
-            callbacks.append(fn)
-        else:
-            self._on_unmap = [fn]
-
-    @property
-    def closed(self) -> bool:
-        return not self._live
-
-    def unmap(self) -> None:
-        if self._live:
-            self.iommu.unmap(self)
-
-    close = unmap
-
-    def __enter__(self) -> "DmaMapping":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.unmap()
-
-    def __repr__(self) -> str:
-        state = "live" if self._live else "unmapped"
-        return f"<DmaMapping iova={self.iova:#x} size={self.size:#x} {self.flags!r} {state}>"
-
-
-def _buffer_span(buffer: Any, size: int | None, offset: int) -> tuple[int, int]:
-    try:
-        addr, total = buffer.addr, buffer.size
-    except AttributeError:
-        if isinstance(buffer, int):
-            if size is None:
-                raise ArgumentError("mapping a raw address needs size=") from None
-            return buffer + offset, size
-        raise ArgumentError(f"cannot map {type(buffer).__name__}: pass a DmaBuffer (or an object "
-                            "with .addr and .size) or an int address with size=") from None
-    if getattr(buffer, "closed", False):
-        raise StateError(f"{buffer!r} is closed")
-    if offset < 0 or offset > total:
-        raise RangeError(f"offset {offset:#x} outside the buffer (size {total:#x})")
-    n = total - offset if size is None else size
-    if n > total - offset:
-        raise RangeError(f"size {n:#x} at offset {offset:#x} runs past the buffer (size {total:#x})")
-    return int(addr) + offset, n
-
-
-class MappingTable:
-    """The pyvfio side of an IOMMU's DMA mappings (type1, sPAPR, an iommufd IOAS): the live
-    :class:`DmaMapping` handles by IOVA, and how a handle is let go."""
-
-    mappings: dict[int, DmaMapping]
-
-    def _forget(self, mapping: DmaMapping) -> None:
-        """The kernel no longer maps ``mapping``: mark it dead, drop it from :attr:`mappings`,
-        unpin its buffer, run its on_unmap callbacks (once)."""
-        mapping._live = False
-        mappings, iova = self.mappings, mapping.iova
-        if mappings.get(iova) is mapping:
-            del mappings[iova]
-        unpin = getattr(mapping.buffer, "_unpin", None)
-        if unpin is not None:
-            unpin(mapping)
-        callbacks = mapping._on_unmap
-        if callbacks:
-            mapping._on_unmap = ()
-            for fn in callbacks:
-                fn(mapping)
-
-    def find(self, iova: int) -> DmaMapping | None:
-        """The pyvfio mapping containing ``iova``."""
-        for m in self.mappings.values():
-            if m.iova <= iova < m.iova + m.size:
-                return m
-        return None
-
-
 @register_iommu
 class Type1Iommu(MappingTable, IommuBase):
-    """The type1 IOMMU of a container (VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU, nesting)."""
+    """The type1 IOMMU of a container (VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU, nesting).
+
+    Threads: ``map_dma``/``unmap_dma`` and ``map``/``unmap`` of distinct IOVAs may run
+    concurrently from several threads: each call packs its own argument (no shared struct) and
+    the kernel serialises the container. ``info()`` may race with itself harmlessly (both
+    store the same answer). ``unmap_all``, ``update_vaddr`` and ``close`` must not run while
+    other threads map or unmap through this object (they walk :attr:`mappings`).
+    """
 
     TYPES = (ioctls.VFIO_TYPE1_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU, ioctls.VFIO_TYPE1_NESTING_IOMMU)
 
@@ -269,21 +126,11 @@ class Type1Iommu(MappingTable, IommuBase):
         self._spans: tuple[tuple[int, int], ...] = ()
         #: Live mappings made through map(), by IOVA.
         self.mappings: dict[int, DmaMapping] = {}
-        # Hot path of map/unmap. On the real backend the arguments are packed with struct into
-        # a fresh buffer per call (thread-safe without a lock) and go straight to fcntl.ioctl,
-        # which returns the ioctl's own return value, skipping the generic seam wrapper. Other
-        # backends (the mock, test proxies) decode cdata: they get a cdata view over a shared,
-        # lock-guarded buffer packed the same way.
-        self._arg_lock = threading.Lock()
-        self._map_buf = bytearray(_SZ_MAP)
-        self._unmap_buf = bytearray(_SZ_UNMAP)
-        self._map_arg = ffi.cast("struct vfio_iommu_type1_dma_map *", ffi.from_buffer(self._map_buf))
-        self._unmap_arg = ffi.cast("struct vfio_iommu_type1_dma_unmap *", ffi.from_buffer(self._unmap_buf))
+        # Hot path of map/unmap: the arguments are packed into a fresh bytearray per call
+        # (thread-safe without a lock) and go to the seam's fast entry, which hands the bytes
+        # to the kernel (real) or decodes them with the ffi struct (mock).
         self._fd = container.fileno()
-        self._ioctl = self.backend.ioctl
-        from ..seam.real import RealBackend
-
-        self._direct = type(self.backend) is RealBackend
+        self._backend_ioctl = self.backend.ioctl
 
     # -- info -----------------------------------------------------------------------------
     def info(self, *, refresh: bool = False) -> Type1Info:
@@ -291,8 +138,8 @@ class Type1Iommu(MappingTable, IommuBase):
         asks for). Cached; ``refresh=True`` re-reads (DMA_AVAIL changes with every map)."""
         if self._info is not None and not refresh:
             return self._info
-        op = "VFIO_IOMMU_GET_INFO"
-        raw, info, caps = get_info(lambda a: self.ioctl(ioctls.VFIO_IOMMU_GET_INFO, a, op=op),
+        op = _GET_INFO.name
+        raw, info, caps = get_info(lambda a: self._ioctl(_GET_INFO, a),
                                    "struct vfio_iommu_type1_info", ioctls.VFIO_IOMMU_INFO_CAPS,
                                    op=op, path=self.container.path)
         size = ffi.sizeof(raw)
@@ -308,16 +155,16 @@ class Type1Iommu(MappingTable, IommuBase):
                         + cap.nr_iovas * ffi.sizeof("struct vfio_iova_range"))
                 if h.offset + need > size:
                     raise CapChainError(errno.EPROTO, f"IOVA_RANGE cap with {cap.nr_iovas} "
-                                        "ranges runs past the buffer", op="VFIO_IOMMU_GET_INFO")
+                                        "ranges runs past the buffer", op=op)
                 ranges = [IovaRange(int(cap.iova_ranges[i].start), int(cap.iova_ranges[i].end))
                           for i in range(cap.nr_iovas)]
             elif h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
                 if h.offset + ffi.sizeof("struct vfio_iommu_type1_info_dma_avail") > size:
-                    raise CapChainError(errno.EPROTO, "DMA_AVAIL cap truncated", op="VFIO_IOMMU_GET_INFO")
+                    raise CapChainError(errno.EPROTO, "DMA_AVAIL cap truncated", op=op)
                 avail = int(ffi.cast("struct vfio_iommu_type1_info_dma_avail *", at).avail)
             elif h.id == ioctls.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION:
                 if h.offset + ffi.sizeof("struct vfio_iommu_type1_info_cap_migration") > size:
-                    raise CapChainError(errno.EPROTO, "MIGRATION cap truncated", op="VFIO_IOMMU_GET_INFO")
+                    raise CapChainError(errno.EPROTO, "MIGRATION cap truncated", op=op)
                 c = ffi.cast("struct vfio_iommu_type1_info_cap_migration *", at)
                 mig = MigrationCap(int(c.flags), int(c.pgsize_bitmap), int(c.max_dirty_bitmap_size))
         self._info = Type1Info(int(info.flags), int(info.iova_pgsizes), tuple(ranges), avail, mig,
@@ -336,22 +183,19 @@ class Type1Iommu(MappingTable, IommuBase):
         (vaddr not mapped).
         """
         try:
-            if self._direct:
-                # a fresh immutable argument per call: no shared buffer, so threads need no lock
-                _fcntl_ioctl(self._fd, _MAP_DMA, _pack_map_new(_SZ_MAP, flags, vaddr, iova, size))
-            else:
-                with self._arg_lock:  # the cdata view over the shared buffer (mock/proxies)
-                    _pack_map(self._map_buf, 0, _SZ_MAP, flags, vaddr, iova, size)
-                    self._ioctl(self._fd, _MAP_DMA, self._map_arg, op="VFIO_IOMMU_MAP_DMA")
+            # a fresh argument per call: no shared buffer, so threads need no lock
+            buf = bytearray(_pack_map(_SZ_MAP, flags, vaddr, iova, size))
         except struct.error:
             raise RangeError(f"map_dma arguments out of range: vaddr={vaddr!r} iova={iova!r} "
                              f"size={size!r} flags={flags!r} (unsigned 64/32-bit)") from None
+        try:
+            self._backend_ioctl(self._fd, _MAP_DMA, buf)
         except OSError as e:
             raise self._map_error(e, size) from None
 
     def _map_error(self, e: OSError, size: int) -> PyvfioError:
         err = e if isinstance(e, PyvfioError) else error_from_errno(
-            e.errno or errno.EIO, op="VFIO_IOMMU_MAP_DMA", path=self.container.path)
+            e.errno or errno.EIO, op=_MAP_DMA.name, path=self.container.path)
         if err.errno in (errno.ENOMEM, errno.ENOSPC):
             err.hint = self._map_hint(err.errno, size) or err.hint
         return err
@@ -362,30 +206,23 @@ class Type1Iommu(MappingTable, IommuBase):
         v2: EINVAL when the range bisects a mapping; 0 when no mapping lies inside.
         """
         try:
-            if self._direct:
-                buf = bytearray(_pack_unmap_new(_SZ_UNMAP, flags, iova, size))
-                _fcntl_ioctl(self._fd, _UNMAP_DMA, buf, True)
-                done = _unpack_u64(buf, _UNMAP_SIZE_AT)[0]
-            else:
-                with self._arg_lock:
-                    _pack_unmap(self._unmap_buf, 0, _SZ_UNMAP, flags, iova, size)
-                    self._ioctl(self._fd, _UNMAP_DMA, self._unmap_arg, op="VFIO_IOMMU_UNMAP_DMA")
-                    done = _unpack_u64(self._unmap_buf, _UNMAP_SIZE_AT)[0]
+            buf = bytearray(_pack_unmap(_SZ_UNMAP, flags, iova, size))
         except struct.error:
             raise RangeError(f"unmap_dma arguments out of range: iova={iova!r} size={size!r} "
                              f"flags={flags!r}") from None
+        try:
+            self._backend_ioctl(self._fd, _UNMAP_DMA, buf)
         except OSError as e:
             if isinstance(e, PyvfioError):
                 raise
-            raise error_from_errno(e.errno or errno.EIO, op="VFIO_IOMMU_UNMAP_DMA",
+            raise error_from_errno(e.errno or errno.EIO, op=_UNMAP_DMA.name,
                                    path=self.container.path) from None
-        return done  # type: ignore[no-any-return]
+        return _unpack_u64(buf, _UNMAP_SIZE_AT)[0]  # type: ignore[no-any-return]
 
     def _map_hint(self, err: int, size: int) -> str | None:
         if err == errno.ENOMEM:
-            soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-            lim = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
-            locked = _vmlck()
+            lim = memlock_limit()
+            locked = vmlck()
             return (f"RLIMIT_MEMLOCK is {lim}; {locked} bytes are already locked (VmLck) and this "
                     f"map needs {size} more ({locked + size} in total): raise the limit (ulimit -l, "
                     "prlimit --memlock, systemd LimitMEMLOCK=) or run with CAP_IPC_LOCK")
@@ -439,22 +276,22 @@ class Type1Iommu(MappingTable, IommuBase):
         fd = self._fd
         if fd < 0:
             raise StateError("this IOMMU is closed")
-        # the checks of _buffer_span/check()/map_dma, inlined for the common case (a whole
-        # buffer, READ|WRITE, a valid IOVA, the real backend); anything else takes the general
-        # functions, which raise the same errors in the same order
+        # the checks of buffer_span/check(), inlined for the common case (a whole buffer,
+        # READ|WRITE, a valid IOVA); anything else takes the general functions, which raise the
+        # same errors in the same order
         if size is None and offset == 0 and type(buffer) is not int:
             try:
                 vaddr, total = buffer.addr, buffer.size
             except AttributeError:
-                vaddr, n = _buffer_span(buffer, size, offset)
+                vaddr, n = buffer_span(buffer, size, offset)
             else:
                 if getattr(buffer, "closed", False):
                     raise StateError(f"{buffer!r} is closed")
                 if total < 0:
-                    vaddr, n = _buffer_span(buffer, size, offset)  # raises its RangeError
+                    vaddr, n = buffer_span(buffer, size, offset)  # raises its RangeError
                 vaddr, n = int(vaddr) + offset, total - offset
         else:
-            vaddr, n = _buffer_span(buffer, size, offset)
+            vaddr, n = buffer_span(buffer, size, offset)
         if read is True and write is True:
             flags = _RW
         else:
@@ -471,23 +308,13 @@ class Type1Iommu(MappingTable, IommuBase):
                 break
         else:
             self.check(iova, n, vaddr)  # raises RangeError
-        if self._direct:
-            try:
-                _fcntl_ioctl(fd, _MAP_DMA, _pack_map_new(_SZ_MAP, flags, vaddr, iova, n))
-            except struct.error:
-                self.map_dma(vaddr, iova, n, flags)  # raises its RangeError
-            except OSError as e:
-                raise self._map_error(e, n) from None
-        else:
-            self.map_dma(vaddr, iova, n, flags)
+        self.map_dma(vaddr, iova, n, flags)
         mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)
-        pin = getattr(buffer, "_pin", None)
-        if pin is not None:
-            try:
-                pin(mapping)
-            except BaseException:  # closed meanwhile: do not leave the kernel mapping behind
-                self.unmap_dma(iova, n)
-                raise
+        try:
+            pin(buffer, mapping)
+        except BaseException:  # closed meanwhile: do not leave the kernel mapping behind
+            self.unmap_dma(iova, n)
+            raise
         self.mappings[iova] = mapping
         return mapping
 
@@ -499,25 +326,11 @@ class Type1Iommu(MappingTable, IommuBase):
         if mapping.iommu is not self:
             raise ArgumentError(f"{mapping!r} belongs to another IOMMU")
         iova, size = mapping.iova, mapping.size
-        if self._direct:  # unmap_dma's real-backend path, inlined (map() validated iova/size)
-            try:
-                buf = bytearray(_pack_unmap_new(_SZ_UNMAP, 0, iova, size))
-                _fcntl_ioctl(self._fd, _UNMAP_DMA, buf, True)
-            except struct.error:
-                done = self.unmap_dma(iova, size)  # raises its RangeError
-            except OSError as e:
-                if isinstance(e, PyvfioError):
-                    raise
-                raise error_from_errno(e.errno or errno.EIO, op="VFIO_IOMMU_UNMAP_DMA",
-                                       path=self.container.path) from None
-            else:
-                done = _unpack_u64(buf, _UNMAP_SIZE_AT)[0]
-        else:
-            done = self.unmap_dma(iova, size)
+        done = self.unmap_dma(iova, size)
         self._forget(mapping)
         if done != size:
             raise ShortUnmapError(errno.EIO, f"unmapped {done:#x} of {mapping.size:#x} bytes at "
-                                  f"{mapping.iova:#x}", op="VFIO_IOMMU_UNMAP_DMA", path=self.container.path,
+                                  f"{mapping.iova:#x}", op=_UNMAP_DMA.name, path=self.container.path,
                                   hint="something else unmapped part of this range (a raw unmap_dma "
                                        "or UNMAP_ALL?)")
 
@@ -537,7 +350,7 @@ class Type1Iommu(MappingTable, IommuBase):
                 self._forget(m)
         if done < expected:
             raise ShortUnmapError(errno.EIO, f"UNMAP_ALL removed {done:#x} bytes, pyvfio had "
-                                  f"{expected:#x} mapped", op="VFIO_IOMMU_UNMAP_DMA", path=self.container.path)
+                                  f"{expected:#x} mapped", op=_UNMAP_DMA.name, path=self.container.path)
         return done
 
     def update_vaddr(self, mapping: DmaMapping, buffer: Any, *, offset: int = 0) -> None:
@@ -546,24 +359,20 @@ class Type1Iommu(MappingTable, IommuBase):
         (UnsupportedError otherwise; 6.x kernels report 0)."""
         if self.container.check_extension(ioctls.VFIO_UPDATE_VADDR) <= 0:
             raise UnsupportedError(errno.EOPNOTSUPP, "the kernel does not offer VFIO_UPDATE_VADDR",
-                                   op="VFIO_CHECK_EXTENSION", path=self.container.path,
+                                   op=ioctls.VFIO_CHECK_EXTENSION.name, path=self.container.path,
                                    hint="unmap and map again instead")
         if not mapping._live or mapping.iommu is not self:
             raise StateError(f"{mapping!r} is not a live mapping of this IOMMU")
-        vaddr, n = _buffer_span(buffer, mapping.size, offset)
+        vaddr, n = buffer_span(buffer, mapping.size, offset)
         self.check(mapping.iova, n, vaddr)
         done = self.unmap_dma(mapping.iova, mapping.size, ioctls.VFIO_DMA_UNMAP_FLAG_VADDR)
         if done != mapping.size:
             raise ShortUnmapError(errno.EIO, f"vaddr invalidation covered {done:#x} of {mapping.size:#x}",
-                                  op="VFIO_IOMMU_UNMAP_DMA", path=self.container.path)
+                                  op=_UNMAP_DMA.name, path=self.container.path)
         self.map_dma(vaddr, mapping.iova, mapping.size, DmaFlags.VADDR)
-        unpin = getattr(mapping.buffer, "_unpin", None)
-        if unpin is not None:
-            unpin(mapping)
+        unpin(mapping.buffer, mapping)
         mapping.buffer, mapping.vaddr = buffer, vaddr
-        pin = getattr(buffer, "_pin", None)
-        if pin is not None:
-            pin(mapping)
+        pin(buffer, mapping)
 
     def close(self) -> None:
         """Unmap every mapping made through this object (idempotent); the object is unusable
@@ -580,17 +389,21 @@ class Type1Iommu(MappingTable, IommuBase):
         return f"<Type1Iommu type={self.type} mappings={len(self.mappings)}>"
 
 
-register_hint("VFIO_IOMMU_MAP_DMA", errno.ENOMEM,
+register_hint(_MAP_DMA.name, errno.ENOMEM,
               "pinning the memory would exceed RLIMIT_MEMLOCK (the process lacks CAP_IPC_LOCK): "
               "raise the limit (ulimit -l / prlimit --memlock) or run with CAP_IPC_LOCK")
-register_hint("VFIO_IOMMU_MAP_DMA", errno.ENOSPC,
+register_hint(_MAP_DMA.name, errno.ENOSPC,
               "vfio_iommu_type1's dma_entry_limit is reached "
               "(/sys/module/vfio_iommu_type1/parameters/dma_entry_limit)")
-register_hint("VFIO_IOMMU_MAP_DMA", errno.EEXIST,
+register_hint(_MAP_DMA.name, errno.EEXIST,
               "the IOVA range overlaps an existing mapping: unmap it first or pick another IOVA")
-register_hint("VFIO_IOMMU_MAP_DMA", errno.EINVAL,
+register_hint(_MAP_DMA.name, errno.EINVAL,
               "size zero, not aligned to the IOMMU page size, outside the usable IOVA ranges, "
               "or the container has no IOMMU set yet")
-register_hint("VFIO_IOMMU_MAP_DMA", errno.EFAULT, "the user address range is not mapped in this process")
-register_hint("VFIO_IOMMU_UNMAP_DMA", errno.EINVAL,
+register_hint(_MAP_DMA.name, errno.EFAULT, "the user address range is not mapped in this process")
+register_hint(_UNMAP_DMA.name, errno.EINVAL,
               "type1v2 only unmaps whole mappings: the range bisects one, or is unaligned/zero")
+
+__all__ = ["Type1Iommu", "Type1Info", "MigrationCap", "CapHeader", "ShortUnmapError", "U64_MAX",
+           # defined in pyvfio.core, re-exported where they were public before
+           "DmaFlags", "DmaMapping", "IovaRange", "MappingTable"]

@@ -67,7 +67,7 @@ def test_dirty_tracking_on_an_iommu_that_has_it(be, no_fd_leak):
         c.size, c.hwpt_id, c.iova, c.length = ffi.sizeof(c[0]), hwpt.id, 0x100000, 16 * PAGE
         c.page_size, c.data = 1 << 20, int(ffi.cast("uintptr_t", ffi.from_buffer(words)))
         with pytest.raises(InvalidArgumentError):  # the kernel's own check
-            fd.ioctl("IOMMU_HWPT_GET_DIRTY_BITMAP", c)
+            fd.ioctl(ioctls.IOMMU_HWPT_GET_DIRTY_BITMAP, c)
         hwpt.set_dirty_tracking(False)
         edu.from_device(0x100000, 64)
         assert hwpt.dirty_pages(0x100000, 16 * PAGE) == []

@@ -281,7 +281,7 @@ def scenario_copy_between_ioas(env: Env) -> None:
         c.dst_ioas_id, c.src_ioas_id = ioas.id, other.id
         c.length, c.dst_iova, c.src_iova = PAGE * 2, 0x600000, 0x40000000  # 2nd page unmapped
         with pytest.raises(NotFoundError):
-            fd.ioctl("IOMMU_IOAS_COPY", c)
+            fd.ioctl(ioctls.IOMMU_IOAS_COPY, c)
         cp.unmap()
         ro.unmap()
 

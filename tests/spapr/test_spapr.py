@@ -465,7 +465,7 @@ def test_v1_and_v2_refuse_each_others_requests(env):
 
                 arg = ffi.new("struct vfio_iommu_spapr_tce_create *")
                 arg.argsz = ffi.sizeof(arg[0])
-                v1.ioctl(getattr(r, name), arg, op=name)
+                v1.ioctl(getattr(r, name), arg)
             assert _errno(e) == errno.ENOTTY, name
     c, _g, v2 = env.open("SPAPR_TCE_v2")
     with c:
