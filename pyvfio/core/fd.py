@@ -24,16 +24,15 @@ def _close_quietly(backend: Backend, fd: int) -> None:
 class Closeable:
     """The close protocol every resource owner of pyvfio follows.
 
-    Subclasses provide ``closed`` and an idempotent ``close()`` (children first); this base adds
-    the context manager, so ``with`` always ends in ``close()``.
+    Subclasses provide ``closed`` (an attribute or a property) and an idempotent ``close()``
+    that releases children first; this base adds the context manager, so ``with`` always ends
+    in ``close()``.
     """
 
-    @property
-    def closed(self) -> bool:  # pragma: no cover - every subclass overrides it
-        raise NotImplementedError
+    __slots__ = ()
 
-    def close(self) -> None:  # pragma: no cover - every subclass overrides it
-        raise NotImplementedError
+    def close(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define close()")
 
     def __enter__(self) -> Self:
         return self

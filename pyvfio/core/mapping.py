@@ -13,6 +13,7 @@ from typing import Any
 from .. import ioctls
 from ..errors import PyvfioError
 from .buffer import unpin
+from .fd import Closeable
 
 
 class DmaFlags(enum.IntFlag):
@@ -27,7 +28,7 @@ class ShortUnmapError(PyvfioError):
     """An unmap (VFIO_IOMMU_UNMAP_DMA, IOMMU_IOAS_UNMAP) removed less than the mapping's size."""
 
 
-class DmaMapping:
+class DmaMapping(Closeable):
     """One live DMA mapping: ``iova``, ``size``, ``vaddr``, ``flags`` and the ``buffer`` it
     keeps alive. ``unmap()`` (or leaving the ``with`` block) removes it; idempotent.
 
@@ -72,11 +73,6 @@ class DmaMapping:
 
     close = unmap
 
-    def __enter__(self) -> "DmaMapping":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.unmap()
 
     def __repr__(self) -> str:
         state = "live" if self._live else "unmapped"

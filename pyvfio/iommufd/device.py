@@ -30,6 +30,7 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
+from ..core.fd import Closeable
 from .. import ioctls as I
 from ..errors import NotFoundError, register_hint
 from ..seam import Backend, get_backend
@@ -73,7 +74,7 @@ def cdev_path(bdf: str, *, backend: Backend | str | None = None) -> str:
     return os.path.join(CDEV_DIR, names[0])
 
 
-class IommufdDevice:
+class IommufdDevice(Closeable):
     """A device bound to an iommufd through its cdev: ``device`` (the Device), ``dev_id`` (its
     iommufd object id), ``pt_id`` (the HWPT it is attached to, or None).
 
@@ -161,11 +162,6 @@ class IommufdDevice:
         Idempotent."""
         self.device.close()
 
-    def __enter__(self) -> "IommufdDevice":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<IommufdDevice {self.bdf} {self.path} dev_id={getattr(self, 'dev_id', '?')} pt={self.pt_id}>"

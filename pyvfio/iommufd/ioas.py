@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from ..core.fd import Closeable
 from .. import ioctls as I
 from ..core.buffer import buffer_span, pin
 from ..core.iova import IovaRange
@@ -206,7 +207,7 @@ class HwPagetable:
         return f"<HwPagetable id={self.id} ioas={self.ioas.id}>"
 
 
-class Ioas(MappingTable):
+class Ioas(MappingTable, Closeable):
     """An IO address space of an :class:`IommuFd` (IOMMU_IOAS_ALLOC).
 
     Two levels like :class:`~pyvfio.vfio.type1.Type1Iommu`: ``map_raw``/``unmap_raw`` are one
@@ -451,11 +452,6 @@ class Ioas(MappingTable):
 
     destroy = close
 
-    def __enter__(self) -> "Ioas":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Ioas id={self.id} mappings={len(self.mappings)}>"

@@ -41,7 +41,7 @@ from ..errors import (
     register_hint,
 )
 from ..seam import Backend, get_backend
-from ..core.fd import FdObject
+from ..core.fd import Closeable, FdObject
 from ..eventfd import EventFd
 from ..uapi import ffi
 from .caps import InfoCapability, get_info
@@ -64,7 +64,7 @@ _LE = sys.byteorder == "little"
 # ---------------------------------------------------------------------------------------------
 
 
-class RegionMapping:
+class RegionMapping(Closeable):
     """A mmap of part of a region. ``addr``/``size``; ``offset`` is where it starts in the region.
 
     Loads and stores through :meth:`read32` and friends are single accesses of that width (what
@@ -101,11 +101,6 @@ class RegionMapping:
         finally:
             self.device._mappings.discard(self)
 
-    def __enter__(self) -> "RegionMapping":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"addr={self.addr:#x}"

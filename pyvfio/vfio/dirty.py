@@ -45,6 +45,7 @@ import errno
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..core.fd import Closeable
 from .. import ioctls as I
 from ..errors import (AlignmentError, ArgumentError, OverlapError, PyvfioError, RangeError,
                       StateError, UnsupportedError, register_hint)
@@ -242,7 +243,7 @@ def check_logging_ranges(ranges: Sequence[tuple[int, int]], page_size: int) -> l
     return rs
 
 
-class DmaLogging:
+class DmaLogging(Closeable):
     """The device's own DMA logger (VFIO_DEVICE_FEATURE_DMA_LOGGING_*), for ``device`` (a
     :class:`~pyvfio.vfio.device.Device`).
 
@@ -359,11 +360,6 @@ class DmaLogging:
             self.stop()
         self.active = False
 
-    def __enter__(self) -> "DmaLogging":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 register_hint(_DIRTY_START.name, errno.EACCES,

@@ -34,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from ..core.fd import Closeable
 from ..errors import ArgumentError, PyvfioError, RangeError
 from .device import Device, PciIrq, RegionMapping
 
@@ -89,7 +90,7 @@ class DmaTransfer:
     size: int
 
 
-class EduDevice:
+class EduDevice(Closeable):
     """Drive an edu behind ``device`` (a :class:`Device` of vendor 1234 device 11e8).
 
     Register accesses are single 32-bit (or 64-bit for the DMA addresses above 4 GiB)
@@ -293,11 +294,6 @@ class EduDevice:
             self._map.close()
             self._map = None
 
-    def __enter__(self) -> "EduDevice":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def is_edu(device: Device) -> bool:

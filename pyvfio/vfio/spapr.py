@@ -52,6 +52,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from ..core.fd import Closeable
 from .. import ioctls
 from ..core.buffer import buffer_span, pin
 from ..core.iova import IovaRange
@@ -155,7 +156,7 @@ class DmaWindow:
                 f"levels {self.levels}{kind})")
 
 
-class RegisteredMemory:
+class RegisteredMemory(Closeable):
     """Memory pre-registered with a v2 container: ``vaddr``, ``size``, the ``buffer`` it keeps
     alive and the pyvfio ``mappings`` that use it. ``unregister()`` (or leaving the ``with``
     block) unpins it; BusyError while mappings remain.
@@ -190,11 +191,6 @@ class RegisteredMemory:
 
     close = unregister
 
-    def __enter__(self) -> "RegisteredMemory":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.unregister()
 
     def __repr__(self) -> str:
         state = "live" if self._live else "unregistered"
