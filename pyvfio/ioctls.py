@@ -24,7 +24,7 @@ Request numbers are instances of :class:`Request` (an ``int`` that remembers
 its direction, type, number and argument struct).  Constants are plain ints,
 identical on every architecture except those in ``ARCH_CONSTANTS``.
 Everything here is checked against the kernel headers by
-``tests/test_uapi_layout.py`` (values from the C compiler, never by eye).
+``tests/uapi/test_layout.py`` (values from the C compiler, never by eye).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The uAPI layer: one cffi ``ffi`` in ABI mode holding every declaration, and ``lib`` (libc).
 
 ABI mode: importing this module needs no C compiler. The same declarations are compiled in API
-mode against real kernel headers by tests/test_uapi_layout.py, which compares every sizeof,
+mode against real kernel headers by tests/uapi/test_layout.py, which compares every sizeof,
 offsetof, request number and constant.
 """
 

@@ -1,7 +1,7 @@
 """CFFI declarations of linux/iommufd.h (6.12 uAPI): every struct the iommufd requests use.
 
 Every command struct starts with ``__u32 size`` (the caller sets it to sizeof). Checked against
-the pinned 6.12 headers by tests/test_uapi_layout.py; the installed 6.1 headers have no
+the pinned 6.12 headers by tests/uapi/test_layout.py; the installed 6.1 headers have no
 iommufd.h, so that header set skips these names with the reason printed.
 """
 

@@ -5,7 +5,7 @@ needs none, internal error, system event, memory fault...) next to the kernel's 
 ``char padding[256]`` member, which keeps the union at its ABI size, and the ``s`` union as its
 ``char padding[2048]``. ``kvm_regs``/``kvm_sregs`` (and their ``kvm_segment``/``kvm_dtable``)
 are x86-only: they are listed in ``ARCH_ONLY`` so the layout probe skips them, by name, on
-other architectures. Checked by tests/test_uapi_layout.py.
+other architectures. Checked by tests/uapi/test_layout.py.
 """
 
 #: struct (kernel name, with "struct ") -> the only architecture whose layout it declares.

@@ -4,7 +4,7 @@ Every field is declared, in the kernel's order, with the kernel's names (anonymo
 included), so ``ffi.sizeof``/``ffi.offsetof`` match the C compiler. ``__aligned_u64`` is
 declared in libc.CDEF; on the LP64 targets pyvfio supports it is plain ``uint64_t``.
 Checked against real headers (6.1 installed, 6.12 pinned, ppc64le cross) by
-tests/test_uapi_layout.py.
+tests/uapi/test_layout.py.
 """
 
 CDEF = """

@@ -1,6 +1,6 @@
 """The POWER (pseries) test bed, vm/power/: its archive writer and pins on the host, and real boots
 that prove the exit code, the results folder and failures come back. The tests that run inside
-the POWER guest (tests/testbed/test_power_bed_guest.py, the ``[real]`` half of the SPAPR tests) are
+the POWER guest (tests/testbed/test_power_bed_guest.py, the ``[power]`` items of tests/spapr/test_spapr.py) are
 marked ``power_guest`` and proxied there by vm/pytest_plugin.py in one boot.
 
 Real boots skip where no POWER guest can start, and fail under PYVFIO_REQUIRE_GUEST=1 (CI).
