@@ -11,7 +11,7 @@ import pytest
 
 from pyvfio import ioctls as I
 from pyvfio.errors import AlignmentError, ArgumentError, RangeError
-from pyvfio.services.bitmap import DirtyBitmap
+from pyvfio.core.bitmap import DirtyBitmap
 from pyvfio.kvm import GuestMemory, guestcode
 from test_kvm_support import DATA_PAGES, Guest, backend, kvm, mock_ioctls, vm  # noqa: F401
 

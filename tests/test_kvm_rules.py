@@ -15,7 +15,7 @@ import pytest
 
 from pyvfio import ioctls as I
 from pyvfio.kvm import GuestMemory
-from pyvfio.services.bitmap import bytes_for
+from pyvfio.core.bitmap import bytes_for
 from test_kvm_support import backend, err, kvm, vm  # noqa: F401 - fixtures
 
 PAGE = mmap.PAGESIZE

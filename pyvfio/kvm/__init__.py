@@ -2,7 +2,7 @@
 
 ``Kvm`` (/dev/kvm) -> ``Vm`` -> ``MemSlot`` (over a ``GuestMemory``), ``Vcpu`` (+ ``DirtyRing``),
 ``KvmVfioDevice``, ``IoEventFd``, ``IrqFd``. Dirty logs come back as
-:class:`pyvfio.services.bitmap.DirtyBitmap`.
+:class:`pyvfio.core.bitmap.DirtyBitmap`.
 """
 
 from .device import KvmDevice, KvmVfioDevice

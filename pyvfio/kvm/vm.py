@@ -40,7 +40,7 @@ from ..errors import (
     register_hint,
 )
 from ..seam import Backend, get_backend
-from ..services.bitmap import DirtyBitmap, bytes_for
+from ..core.bitmap import DirtyBitmap, bytes_for
 from ..uapi import ffi
 from ..core.fd import FdObject
 from ..util.intervals import SortedIndex
