@@ -25,6 +25,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
+import pyudev
+
 from ..errors import NotFoundError
 from ..util.bdf import InvalidBdfError, is_bdf, normalize_bdf
 
@@ -403,8 +405,6 @@ class PyudevSource(_GroupsMixin):
     """The running kernel's PCI devices, enumerated with pyudev."""
 
     def __init__(self, context: Any = None) -> None:
-        import pyudev
-
         self._pyudev = pyudev
         self.context: Any = context if context is not None else pyudev.Context()
         self.sysfs_root = str(self.context.sys_path)
