@@ -23,6 +23,10 @@ import time
 
 from .errors import PyvfioError
 from .seam import Backend, get_backend
+from .services.dma import DmaBuffer, DmaMapper
+from .vfio import Group, Type1Iommu, open_device
+from .vfio.device import PciIrq
+from .vfio.edu import EduDevice
 
 EDU_IDS = ("0x1234", "0x11e8")
 EDU_DMA = 4095  # QEMU 7.2 aborts on a full 4096-byte edu transfer
@@ -60,17 +64,10 @@ def _say(msg: str) -> None:
 
 
 def run(backend: Backend, bdf: str, size: int = EDU_DMA) -> bool:
-    from .services.dma import DmaBuffer, DmaMapper
-    from .vfio import Group, open_device
-    from .vfio.device import PciIrq
-    from .vfio.edu import EduDevice
-
     ok = True
     _say(f"pyvfio demo on the {backend.name} kernel: edu at {bdf}, IOMMU group "
          f"{Group.number_of(bdf, backend=backend)}")
     with open_device(bdf, backend=backend) as opened:
-        from .vfio import Type1Iommu
-
         c, iommu, dev = opened.container, opened.iommu, opened.device
         assert isinstance(iommu, Type1Iommu)
         ext = {k: v for k, v in c.extensions().items() if v}

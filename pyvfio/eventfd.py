@@ -34,6 +34,10 @@ class EventFd(FdObject):
 
     ``fileno()`` is the number to hand to SET_IRQS or KVM_IRQFD/KVM_IOEVENTFD; ``close()`` is
     idempotent (the kernel keeps its own reference while the eventfd is registered).
+
+    Threads: no shared state besides the fd: ``signal``, ``read``, ``poll`` and ``wait`` may run
+    concurrently from several threads (the kernel's counter is atomic; of two concurrent readers
+    one gets the count, the other 0). ``close()`` must not race with them.
     """
 
     def __init__(self, initval: int = 0, *, backend: "Backend | str | None" = None) -> None:

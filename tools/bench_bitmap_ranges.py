@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "c")
 
 import cbuild  # noqa: E402
 
-from pyvfio.services.bitmap import DirtyBitmap  # noqa: E402
+from pyvfio.core.bitmap import DirtyBitmap  # noqa: E402
 
 
 def patterns(nwords: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "c")
 import cbuild  # noqa: E402
 
 from pyvfio.kvm import GuestMemory, Kvm, guestcode  # noqa: E402
-from pyvfio.services.bitmap import DirtyBitmap  # noqa: E402
+from pyvfio.core.bitmap import DirtyBitmap  # noqa: E402
 
 PAGE = 4096
 

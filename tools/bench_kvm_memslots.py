@@ -79,7 +79,7 @@ def overhead(kvm: Kvm, mem: GuestMemory, n: int, pairs: int) -> dict[str, float]
 
     class _Stub:  # answers every ioctl with 0 without entering the kernel
         @staticmethod
-        def ioctl(fd: int, request: int, arg: object = 0, *, op: str | None = None, hint: str | None = None) -> int:
+        def ioctl(fd: int, request: object, arg: object = 0, *, hint: str | None = None) -> int:
             return 0
 
     vm.backend = _Stub()  # type: ignore[assignment]

@@ -33,12 +33,22 @@ from ..services.discovery import (
     DeviceSource,
     HostPaths,
     IommuGroup,
+    Viability,
     open_source,
     survey,
     usability,
 )
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_PERMISSION, EXIT_UNSUPPORTED = 0, 1, 2, 3, 4, 5
+from ..vfio import open_device
+from ._common import (
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    EXIT_UNSUPPORTED,
+    EXIT_USAGE,
+    table,
+)
+from .dirty import dirty_group
 
 log = logging.getLogger("pyvfio.cli")
 
@@ -191,14 +201,6 @@ def confirm_or_refuse(env: Env, question: str, yes: bool) -> None:
         raise click.exceptions.Abort()
 
 
-# -- table formatting ---------------------------------------------------------------------------------
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 # -- the app ------------------------------------------------------------------------------------------
 @click.group(cls=PyvfioGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout.")
@@ -240,6 +242,9 @@ def cli(ctx: click.Context, as_json: bool, backend: str | None, verbose: int, sy
         open(os.path.join(dev, "vfio", "vfio"), "a").close()  # the mock routes /dev/vfio/vfio
         env.paths = HostPaths(b.sysfs_root, "/proc", dev, os.path.join(b.sysfs_root, ".pyvfio-state"))
     ctx.obj = env
+
+
+cli.add_command(dirty_group)
 
 
 def _yesno(b: bool | None) -> str:
@@ -339,8 +344,6 @@ def _flags(f: Any) -> str:
 
 def _vfio_details(env: Env, bdf: str) -> dict[str, Any]:
     """Open ``bdf`` through VFIO (container, group, type1v2, device fd) and describe it."""
-    from ..vfio import open_device
-
     out: dict[str, Any] = {}
     with open_device(bdf, backend=env.backend) as od:
         dev, cont, iommu = od.device, od.container, od.iommu
@@ -474,8 +477,6 @@ def bind_cmd(env: Env, bdf: str, driver: str, whole_group: bool, partial: bool, 
             raise _binding.DeviceInUseError(plan.bdf, plan.uses)
         if plan.viable is False and not partial:
             g = env.source.group(plan.group)  # type: ignore[arg-type]
-            from ..services.discovery import Viability
-
             raise _binding.GroupNotViableError(plan.bdf, g, Viability(False, tuple(plan.blockers), ""))
         if all(c.before == c.target for c in plan.changes):
             res = plan
@@ -571,8 +572,5 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="pyvfio")
 
 
-__all__ = ["cli", "main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NOT_FOUND", "EXIT_PERMISSION",
-           "EXIT_UNSUPPORTED"]
-
-
-from . import dirty as _dirty  # noqa: E402,F401  (registers "pyvfio dirty watch")
+__all__ = ["cli", "main", "table", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NOT_FOUND",
+           "EXIT_PERMISSION", "EXIT_UNSUPPORTED"]

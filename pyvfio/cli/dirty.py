@@ -17,7 +17,11 @@ from typing import Any
 import click
 
 from ..errors import ArgumentError
-from . import EXIT_OK, Env, cli, table
+from ..services.dirty import DirtyTracker
+from ..services.dma import DmaBuffer, DmaMapper
+from ..vfio import open_device
+from ..vfio.edu import EduDevice, is_edu
+from ._common import EXIT_OK, RunEnv, table
 
 
 def _size(text: str) -> int:
@@ -31,7 +35,7 @@ def _size(text: str) -> int:
         raise ArgumentError(f"size {text!r}: use bytes or K/M/G suffixes (e.g. 64M)") from None
 
 
-@cli.group("dirty")
+@click.group("dirty")
 def dirty_group() -> None:
     """Dirty-page tracking (VFIO_IOMMU_DIRTY_PAGES)."""
 
@@ -46,12 +50,8 @@ def dirty_group() -> None:
 @click.option("--edu-writes", type=click.IntRange(min=0), default=0, show_default=True,
               help="edu only: device writes to random pages in each interval.")
 @click.pass_obj
-def watch_cmd(env: Env, bdf: str, seconds: float, interval: float, size_text: str, edu_writes: int) -> None:
+def watch_cmd(env: RunEnv, bdf: str, seconds: float, interval: float, size_text: str, edu_writes: int) -> None:
     """Map memory for BDF's container, track it and print dirty pages per second."""
-    from ..services.dirty import DirtyTracker
-    from ..services.dma import DmaBuffer, DmaMapper
-    from ..vfio import open_device
-
     size = _size(size_text)
     if size <= 0:
         raise ArgumentError("--size must be positive")
@@ -61,8 +61,6 @@ def watch_cmd(env: Env, bdf: str, seconds: float, interval: float, size_text: st
         limit = None
         edu = None
         if edu_writes:
-            from ..vfio.edu import EduDevice, is_edu
-
             if not is_edu(opened.device):
                 raise ArgumentError(f"--edu-writes needs an edu device; {bdf} is not one")
             edu = EduDevice(opened.device)

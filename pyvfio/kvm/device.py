@@ -28,7 +28,12 @@ def _fd_of(f: Any) -> int:
 
 
 class KvmDevice(FdObject):
-    """A device fd from KVM_CREATE_DEVICE: KVM_{SET,GET,HAS}_DEVICE_ATTR."""
+    """A device fd from KVM_CREATE_DEVICE: KVM_{SET,GET,HAS}_DEVICE_ATTR.
+
+    Threads: each attribute call packs a fresh ``struct kvm_device_attr``, so ``set_attr``/
+    ``get_attr``/``has_attr`` may run concurrently (the kernel serialises them per device).
+    ``close()`` must not race with them.
+    """
 
     def __init__(self, vm: "Vm", fd: int, dev_type: int) -> None:
         self._adopt_fd(vm.backend, fd, f"anon_inode:kvm-device-{dev_type}")
@@ -69,7 +74,12 @@ class KvmDevice(FdObject):
 
 
 class KvmVfioDevice(KvmDevice):
-    """The KVM VFIO device (KVM_DEV_TYPE_VFIO). Made by :meth:`Vm.create_vfio_device`."""
+    """The KVM VFIO device (KVM_DEV_TYPE_VFIO). Made by :meth:`Vm.create_vfio_device`.
+
+    Threads: as :class:`KvmDevice`; ``add_file``/``del_file`` of *different* files may run
+    concurrently (fresh argument per call; ``files`` is updated by single dict operations), not
+    two calls for the same file.
+    """
 
     def __init__(self, vm: "Vm", fd: int, dev_type: int = I.KVM_DEV_TYPE_VFIO) -> None:
         super().__init__(vm, fd, dev_type)

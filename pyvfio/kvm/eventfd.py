@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING
 
 from .. import ioctls as I
+from ..core.fd import Closeable
 from ..errors import ArgumentError, register_hint
 from ..eventfd import EventFd
 from ..uapi import ffi
@@ -23,7 +24,9 @@ register_hint("KVM_IRQFD", errno.EBUSY, "this eventfd is already an irqfd of the
 register_hint("KVM_IRQFD", errno.EINVAL, "x86 needs KVM_CREATE_IRQCHIP (Vm.create_irqchip) before irqfds")
 
 
-class _Binding:
+class _Binding(Closeable):
+    """An ioeventfd/irqfd registration; ``closed`` once deassigned (the one close protocol)."""
+
     vm: "Vm"
     _owned: EventFd | None
     eventfd: int
@@ -49,6 +52,10 @@ class _Binding:
 
     def fileno(self) -> int:
         return self.eventfd
+
+    @property
+    def closed(self) -> bool:
+        return not self.active
 
     def _ioctl(self, flags: int) -> None:
         raise NotImplementedError
@@ -76,12 +83,6 @@ class _Binding:
         """Read (and reset) the eventfd counter; BlockingIOError if nothing was signalled."""
         return int.from_bytes(os.read(self.eventfd, 8), "little")
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class IoEventFd(_Binding):
     """Guest writes of ``length`` bytes (0: any) to MMIO/PIO ``addr`` (matching ``datamatch``)
@@ -89,6 +90,9 @@ class IoEventFd(_Binding):
 
     ArgumentError before the syscall for a length other than 0/1/2/4/8 or datamatch with length
     0; EEXIST: same registration exists; ENOSPC: too many devices on the bus.
+
+    Threads: each (de)assign packs a fresh ``struct kvm_ioeventfd``; ``read`` may run from any
+    thread while the guest signals. ``close()`` once, not concurrently with itself.
     """
 
     def __init__(self, vm: "Vm", addr: int, length: int = 4, *, eventfd: int | None = None,
@@ -124,6 +128,10 @@ class IrqFd(_Binding):
     """Signalling :attr:`eventfd` injects guest interrupt ``gsi`` (with an optional resample fd).
 
     EINVAL: no in-kernel irqchip (x86) or bad flags; EBUSY: eventfd already used as irqfd.
+
+    Threads: each (de)assign packs a fresh ``struct kvm_irqfd``; ``trigger`` and ``read`` may run
+    from any number of threads (the eventfd counter is atomic in the kernel). ``close()`` once,
+    not concurrently with itself.
     """
 
     def __init__(self, vm: "Vm", gsi: int, *, eventfd: int | None = None, resample_fd: int | None = None) -> None:

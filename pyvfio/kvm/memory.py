@@ -15,11 +15,11 @@ import mmap
 import os
 from typing import Any
 
+from ..core.memory import PAGE_SIZE, HostMemory
 from ..errors import AlignmentError, ArgumentError, PyvfioError, StateError, from_oserror
 from ..seam import Backend, get_backend
 from ..uapi import ffi
 
-PAGE_SIZE = mmap.PAGESIZE
 #: memfd_create(2) flag for hugetlbfs-backed memory and the page-size encoding (log2 << 26).
 MFD_HUGETLB = 0x0004
 #: mmap(2) MAP_NORESERVE (0x4000 on x86, arm64, powerpc; absent from the mmap module before 3.13).
@@ -27,21 +27,24 @@ MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 MFD_HUGE_SHIFT = 26
 
 
-class GuestMemory:
-    """A page-aligned host mapping that memslots can map. Context manager; ``close()`` unmaps."""
+class GuestMemory(HostMemory):
+    """A page-aligned host mapping that memslots can map. Context manager; ``close()`` unmaps.
+
+    The mapping's owner is :class:`~pyvfio.core.memory.HostMemory` (unmapped once; a finalizer
+    is the last resort). ``users`` counts the memslots mapping it; ``close()`` refuses while
+    there are any.
+
+    Threads: not synchronised; ``read``/``write``/``buffer`` may run concurrently with each other
+    (and with a guest), not with ``close()``. ``users`` is kept by the owning :class:`Vm`.
+    """
 
     def __init__(self, addr: int, size: int, *, backend: Backend, kind: str, fd: int = -1,
                  owned: bool = True, owner: Any = None, page_size: int = PAGE_SIZE) -> None:
-        self.addr = addr
-        self.size = size
+        super().__init__(addr, size, backend=backend, fd=fd, owned=owned)
         self.kind = kind
-        self.fd = fd
         self.page_size = page_size
-        self.backend = backend
-        self._owned = owned
         self._owner = owner  # keeps a borrowed mapping's owner alive
         self.users = 0       # memslots mapping this memory
-        self.closed = False
 
     # -- factories -----------------------------------------------------------------------------
     @classmethod
@@ -137,25 +140,8 @@ class GuestMemory:
             return
         if self.users:
             raise StateError(f"{self.users} memslot(s) still map this memory: delete them first")
-        self.closed = True
-        if self._owned:
-            self.backend.munmap(self.addr, self.size)
-            if self.fd >= 0:
-                os.close(self.fd)
+        self._release(strict=True)
         self._owner = None
-
-    def __enter__(self) -> "GuestMemory":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "closed", True) and self._owned and not self.users:
-            try:
-                self.close()
-            except Exception:
-                pass
 
     def __repr__(self) -> str:
         return f"<GuestMemory {self.kind} {self.size:#x} bytes @ {self.addr:#x}>"

@@ -46,7 +46,13 @@ class VcpuExitError(RuntimeError):
 
 
 class Vcpu(FdObject):
-    """A vCPU fd with its mmap'd ``struct kvm_run`` (:attr:`run_struct`). Made by Vm.create_vcpu."""
+    """A vCPU fd with its mmap'd ``struct kvm_run`` (:attr:`run_struct`). Made by Vm.create_vcpu.
+
+    Threads: one thread drives one vCPU: ``run``/``run_until_halt``/``io_exit`` and the register
+    calls share the kvm_run page and the kernel's vcpu mutex, so call them from that thread only;
+    different vCPUs run concurrently, and alongside the VM's calls. ``dirty_ring`` is created on
+    first use (first use from one thread). ``close()`` once the vCPU stopped running.
+    """
 
     def __init__(self, vm: "Vm", fd: int, vcpu_id: int) -> None:
         self._adopt_fd(vm.backend, fd, f"anon_inode:kvm-vcpu:{vcpu_id}")
@@ -168,7 +174,12 @@ class Vcpu(FdObject):
 class DirtyRing:
     """A vCPU's dirty ring: ``struct kvm_dirty_gfn`` entries mmap'd from the vCPU fd at page
     KVM_DIRTY_LOG_PAGE_OFFSET. :meth:`harvest` collects the published entries and marks them
-    for reset; then :meth:`Vm.reset_dirty_rings` re-protects those pages."""
+    for reset; then :meth:`Vm.reset_dirty_rings` re-protects those pages.
+
+    Threads: :meth:`harvest` keeps an unlocked ``fetch_index``: one harvesting thread per ring.
+    It may run while the vCPU runs (the kernel publishes entries with release semantics, the
+    ring's own protocol); ``close()`` only with the vCPU.
+    """
 
     ENTRY = np.dtype([("flags", "<u4"), ("slot", "<u4"), ("offset", "<u8")])
 

@@ -1,12 +1,13 @@
-"""KVM system, VM and memslot objects (/dev/kvm, the VM fd, struct kvm_userspace_memory_region).
+"""The KVM VM fd (KVM_CREATE_VM): capabilities, memslots, dirty logs, vCPUs, devices, eventfds.
 
 Layering inside this module: the *raw* methods of :class:`Vm` (``set_user_memory_region``,
 ``get_dirty_log``, ``clear_dirty_log``...) issue one ioctl each with exactly the arguments given,
 so the kernel's own errno rules can be observed; the *managed* API (:meth:`Vm.add_memslot` and
-:class:`MemSlot`) validates everything the kernel would refuse *before* the syscall, raising a
-ValueError subclass (:class:`~pyvfio.errors.AlignmentError`, :class:`~pyvfio.errors.RangeError`,
-:class:`~pyvfio.errors.OverlapError`, :class:`~pyvfio.errors.ArgumentError`) whose message
-says why, and keeps slot ids, address spaces and guest-physical ranges in its own bookkeeping.
+:class:`~pyvfio.kvm.memslot.MemSlot`) validates everything the kernel would refuse *before* the
+syscall, raising a ValueError subclass (:class:`~pyvfio.errors.AlignmentError`,
+:class:`~pyvfio.errors.RangeError`, :class:`~pyvfio.errors.OverlapError`,
+:class:`~pyvfio.errors.ArgumentError`) whose message says why, and keeps slot ids, address spaces
+and guest-physical ranges in its own bookkeeping.
 
 Example (mock kernel)::
 
@@ -22,130 +23,51 @@ Example (mock kernel)::
 
 from __future__ import annotations
 
-import enum
-import errno
 import heapq
-import mmap
-import weakref
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import ioctls as I
-from ..errors import (
-    AlignmentError,
-    ArgumentError,
-    OverlapError,
-    RangeError,
-    StateError,
-    UnsupportedError,
-    register_hint,
-)
-from ..seam import Backend, get_backend
-from ..services.bitmap import DirtyBitmap, bytes_for
-from ..uapi import ffi
 from ..core.fd import FdObject
+from ..errors import AlignmentError, ArgumentError, OverlapError, RangeError, StateError, UnsupportedError
+from ..uapi import ffi
 from ..util.intervals import SortedIndex
+from .device import KvmDevice, KvmVfioDevice
+from .eventfd import IoEventFd, IrqFd
 from .memory import GuestMemory
+from .memslot import (
+    _GMEM,
+    _LOG,
+    _MAX_GPA,
+    _RO,
+    _SET_REGION,
+    KVM_MEM_MAX_NR_PAGES,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    TASK_SIZE,
+    MemFlag,
+    MemSlot,
+    check_gpa_limit,
+    check_range,
+)
+from .vcpu import Vcpu
 
 if TYPE_CHECKING:
-    from .device import KvmDevice, KvmVfioDevice
-    from .eventfd import IoEventFd, IrqFd
-    from .vcpu import Vcpu
-
-PAGE_SIZE = mmap.PAGESIZE
-PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
-#: KVM_MEM_MAX_NR_PAGES: the most pages one memslot may have ((1 << 31) - 1).
-KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1
-#: Highest guest physical address bits any x86 KVM accepts (the kernel may accept fewer on TDP
-#: hosts: boot_cpu_data.x86_phys_bits; it answers EINVAL then).
-MAX_GPA_BITS = 52
-#: x86-64 user address space end (TASK_SIZE_MAX with 4-level paging): access_ok() bound.
-TASK_SIZE = 0x7FFF_FFFF_F000
-
-register_hint("KVM_SET_USER_MEMORY_REGION", errno.EEXIST,
-              "the guest-physical range overlaps another memslot of the same address space")
-register_hint("KVM_SET_USER_MEMORY_REGION", errno.EINVAL,
-              "bad flags, unaligned gpa/size/hva, slot id out of range, or a change of an "
-              "existing slot's size, hva or READONLY flag (only gpa and LOG_DIRTY may change)")
-register_hint("KVM_GET_DIRTY_LOG", errno.ENOENT, "the slot does not exist or has no KVM_MEM_LOG_DIRTY_PAGES")
-register_hint("KVM_CLEAR_DIRTY_LOG", errno.EINVAL,
-              "first_page must be a multiple of 64, and num_pages too unless the range reaches the slot end")
-register_hint("KVM_GET_DIRTY_LOG", errno.ENXIO, "the dirty ring is enabled on this VM: harvest the rings instead")
-register_hint("KVM_CLEAR_DIRTY_LOG", errno.ENXIO, "the dirty ring is enabled on this VM: harvest the rings instead")
-
-
-class MemFlag(enum.IntFlag):
-    """struct kvm_userspace_memory_region.flags."""
-
-    LOG_DIRTY_PAGES = I.KVM_MEM_LOG_DIRTY_PAGES
-    READONLY = I.KVM_MEM_READONLY
-    GUEST_MEMFD = I.KVM_MEM_GUEST_MEMFD
-
-
-_SET_REGION = I.KVM_SET_USER_MEMORY_REGION
-_MAX_GPA = 1 << MAX_GPA_BITS
-_LOG = int(MemFlag.LOG_DIRTY_PAGES)
-_RO = int(MemFlag.READONLY)
-_GMEM = int(MemFlag.GUEST_MEMFD)
-
-
-class Kvm(FdObject):
-    """The KVM system fd (/dev/kvm): API version, extensions, VM creation.
-
-    Opens ``path`` and checks KVM_GET_API_VERSION == 12 (UnsupportedError otherwise).
-    """
-
-    def __init__(self, path: str = "/dev/kvm", *, backend: Backend | str | None = None) -> None:
-        be = get_backend(backend)
-        fd = be.open(path)
-        self._adopt_fd(be, fd, path)
-        self._vms: weakref.WeakSet[Vm] = weakref.WeakSet()
-        self._mmap_size: int | None = None
-        try:
-            v = self.api_version()
-        except Exception:
-            self.close()
-            raise
-        if v != I.KVM_API_VERSION:
-            self.close()
-            raise UnsupportedError(op="KVM_GET_API_VERSION", path=path,
-                                   hint=f"KVM API version {v}, pyvfio speaks {I.KVM_API_VERSION}")
-
-    def api_version(self) -> int:
-        """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22."""
-        return self._ioctl(I.KVM_GET_API_VERSION, 0)
-
-    def check_extension(self, cap: int) -> int:
-        """KVM_CHECK_EXTENSION on /dev/kvm: 0 when absent, else 1 or a cap-specific value."""
-        return self._ioctl(I.KVM_CHECK_EXTENSION, int(cap))
-
-    @property
-    def vcpu_mmap_size(self) -> int:
-        """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from a vCPU fd (kvm_run and friends)."""
-        if self._mmap_size is None:
-            self._mmap_size = self._ioctl(I.KVM_GET_VCPU_MMAP_SIZE, 0)
-        return self._mmap_size
-
-    def create_vm(self, vm_type: int = 0) -> "Vm":
-        """KVM_CREATE_VM: a new VM. EINVAL for a type this kernel does not support."""
-        fd = self._ioctl(I.KVM_CREATE_VM, int(vm_type))
-        self.backend.label(fd, "anon_inode:kvm-vm")
-        vm = Vm(self, fd, vm_type)
-        self._vms.add(vm)
-        return vm
-
-    def _close_children(self) -> None:
-        for vm in list(self._vms):
-            vm.close()
-
-    def __repr__(self) -> str:
-        return f"<Kvm {self.path} fd={self._fd}>"
-
+    from .system import Kvm
 
 class Vm(FdObject):
     """A KVM VM fd: capabilities, memslots, dirty logs, vCPUs, devices, ioeventfd/irqfd.
 
     Made by :meth:`Kvm.create_vm`. Closing it closes its vCPUs, devices and eventfd bindings
     and forgets its memslots (the kernel frees them with the VM).
+
+    Threads: a Vm has no lock. The memslot and dirty-log calls (``set_user_memory_region[2]``,
+    ``get_dirty_log``, ``clear_dirty_log``, ``add_memslot`` and every :class:`MemSlot` method)
+    reuse one ioctl struct each and unlocked slot bookkeeping, so they must be called from one
+    thread at a time per VM (serialise them in the caller). ``create_vcpu``/``create_device``/
+    ``ioeventfd``/``irqfd`` update the child lists: one thread at a time as well. What may run
+    concurrently with all of that: the vCPUs (:meth:`Vcpu.run`, each in its own thread; the
+    kernel orders memslot updates against running vCPUs), ``check_extension`` (a cache of
+    immutable answers) and the bindings' ``read``/``trigger``. ``close()`` runs alone.
     """
 
     def __init__(self, kvm: Kvm, fd: int, vm_type: int = 0) -> None:
@@ -331,30 +253,6 @@ class Vm(FdObject):
         if flags & _GMEM and flags & _LOG:
             raise ArgumentError("dirty logging of guest_memfd (private) memory is not supported")
 
-    def _check_range(self, gpa: int, size: int, hva: int) -> None:
-        if size <= 0:
-            raise RangeError(f"memslot size must be positive, got {size}")
-        if size % PAGE_SIZE:
-            raise AlignmentError(f"memslot size {size:#x} is not a multiple of the page size {PAGE_SIZE:#x}")
-        if gpa % PAGE_SIZE:
-            raise AlignmentError(f"guest physical address {gpa:#x} is not page aligned")
-        if hva % PAGE_SIZE:
-            raise AlignmentError(f"host virtual address {hva:#x} is not page aligned")
-        if size >> PAGE_SHIFT > KVM_MEM_MAX_NR_PAGES:
-            raise RangeError(f"memslot of {size >> PAGE_SHIFT} pages exceeds KVM_MEM_MAX_NR_PAGES "
-                             f"({KVM_MEM_MAX_NR_PAGES})")
-        if gpa + size >= 1 << 64:
-            raise RangeError(f"guest range {gpa:#x}+{size:#x} overflows")
-        if hva + size > TASK_SIZE:
-            raise RangeError(f"host range {hva:#x}+{size:#x} is not in the user address space")
-
-    @staticmethod
-    def _check_gpa_limit(gpa: int, size: int) -> None:
-        # checked after the overlap test, as the kernel does (arch code, after EEXIST)
-        if gpa + size > 1 << MAX_GPA_BITS:
-            raise RangeError(f"guest range {gpa:#x}+{size:#x} goes beyond the {MAX_GPA_BITS}-bit "
-                             "guest physical address space")
-
     def _overlap(self, as_id: int, gpa: int, end: int, exclude: "MemSlot | None" = None) -> "MemSlot | None":
         # slots never overlap each other, so among those starting below `end` the nearest
         # one (skipping `exclude`) has the highest end: it alone decides
@@ -426,7 +324,7 @@ class Vm(FdObject):
             self._check_flags(flags)  # raises, saying why
         if (size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or hva % PAGE_SIZE
                 or size >> PAGE_SHIFT > KVM_MEM_MAX_NR_PAGES or hva + size > TASK_SIZE):
-            self._check_range(gpa, size, hva)  # raises, saying why
+            check_range(gpa, size, hva)  # raises, saying why
         if as_id >= len(self._index_of):
             self._as(as_id)
         if slot is None:
@@ -444,7 +342,7 @@ class Vm(FdObject):
                 raise OverlapError(f"guest range {gpa:#x}+{size:#x} overlaps slot {other.id} "
                                    f"({other.gpa:#x}+{other.size:#x})")
             if gpa + size > _MAX_GPA:
-                self._check_gpa_limit(gpa, size)
+                check_gpa_limit(gpa, size)
             if flags & _GMEM:
                 self.set_user_memory_region2(key, flags, gpa, size, hva, gmem_fd, guest_memfd_offset)
             else:
@@ -515,8 +413,6 @@ class Vm(FdObject):
     # -- vCPUs, devices, eventfds, guest_memfd -----------------------------------------------
     def create_vcpu(self, vcpu_id: int | None = None) -> "Vcpu":
         """KVM_CREATE_VCPU and mmap of its kvm_run. EEXIST: id in use; EINVAL: id too large."""
-        from .vcpu import Vcpu
-
         if vcpu_id is None:
             vcpu_id = 0
             while vcpu_id in self.vcpus:
@@ -537,8 +433,6 @@ class Vm(FdObject):
 
         ENODEV: unknown type; EBUSY: a second VFIO device (one per VM); EEXIST: other singletons.
         """
-        from .device import KvmDevice, KvmVfioDevice
-
         c = ffi.new("struct kvm_create_device *")
         c.type = int(dev_type)
         c.flags = I.KVM_CREATE_DEVICE_TEST if test else 0
@@ -561,16 +455,12 @@ class Vm(FdObject):
     def ioeventfd(self, addr: int, length: int = 4, *, eventfd: int | None = None,
                   datamatch: int | None = None, pio: bool = False) -> "IoEventFd":
         """Register an ioeventfd (KVM_IOEVENTFD): guest writes to ``addr`` signal the eventfd."""
-        from .eventfd import IoEventFd
-
         ev = IoEventFd(self, addr, length, eventfd=eventfd, datamatch=datamatch, pio=pio)
         self._children.append(ev)
         return ev
 
     def irqfd(self, gsi: int, *, eventfd: int | None = None, resample_fd: int | None = None) -> "IrqFd":
         """Register an irqfd (KVM_IRQFD): signalling the eventfd raises guest interrupt ``gsi``."""
-        from .eventfd import IrqFd
-
         ev = IrqFd(self, gsi, eventfd=eventfd, resample_fd=resample_fd)
         self._children.append(ev)
         return ev
@@ -612,186 +502,14 @@ class Vm(FdObject):
         return f"<Vm fd={self._fd} slots={len(self._slots)} vcpus={len(self.vcpus)}>"
 
 
+
 class GuestMemfd(FdObject):
-    """A guest_memfd (KVM_CREATE_GUEST_MEMFD) of ``size`` bytes, usable with memslots' REGION2."""
+    """A guest_memfd (KVM_CREATE_GUEST_MEMFD) of ``size`` bytes, usable with memslots' REGION2.
+
+    Threads: only an fd; ``fileno()`` from any thread, ``close()`` once.
+    """
 
     def __init__(self, vm: Vm, fd: int, size: int) -> None:
         self._adopt_fd(vm.backend, fd, "anon_inode:[kvm-gmem]")
         self.vm = vm
         self.size = size
-
-
-class MemSlot:
-    """One memslot of a :class:`Vm`: ``id`` in address space ``as_id`` mapping
-    ``[gpa, gpa + size)`` to host ``hva``. Made by :meth:`Vm.add_memslot`.
-
-    Only the gpa (:meth:`move`) and dirty logging (:meth:`set_dirty_logging`) of a slot can
-    change; :meth:`delete` removes it (idempotent; also ``close()`` and the context manager).
-    """
-
-    __slots__ = ("vm", "id", "as_id", "gpa", "size", "hva", "flags", "memory", "guest_memfd",
-                 "guest_memfd_offset", "deleted")
-
-    def __init__(self, vm: Vm, slot_id: int, as_id: int, gpa: int, size: int, hva: int, flags: int,
-                 memory: GuestMemory | None, guest_memfd: Any = None, guest_memfd_offset: int = 0) -> None:
-        self.vm = vm
-        self.id = slot_id
-        self.as_id = as_id
-        self.gpa = gpa
-        self.size = size
-        self.hva = hva
-        self.flags = flags
-        self.memory = memory
-        self.guest_memfd = guest_memfd
-        self.guest_memfd_offset = guest_memfd_offset
-        self.deleted = False
-
-    @property
-    def slot(self) -> int:
-        """The kernel's slot number: ``as_id << 16 | id``."""
-        return self.as_id << 16 | self.id
-
-    @property
-    def npages(self) -> int:
-        return self.size >> PAGE_SHIFT
-
-    @property
-    def end(self) -> int:
-        return self.gpa + self.size
-
-    @property
-    def log_dirty(self) -> bool:
-        return bool(self.flags & MemFlag.LOG_DIRTY_PAGES)
-
-    @property
-    def readonly(self) -> bool:
-        return bool(self.flags & MemFlag.READONLY)
-
-    def _live(self) -> None:
-        if self.deleted:
-            raise StateError(f"memslot {self.id} was deleted")
-        self.vm.fileno()
-
-    def _set(self, flags: int, gpa: int) -> None:
-        if self.flags & MemFlag.GUEST_MEMFD:
-            raise ArgumentError("guest_memfd memslots are immutable: delete and re-create them")
-        self.vm.set_user_memory_region(self.slot, flags, gpa, self.size, self.hva)
-
-    def move(self, gpa: int) -> None:
-        """Change the guest physical address (KVM_MR_MOVE). OverlapError/AlignmentError/RangeError
-        before the syscall; the dirty bitmap survives the move."""
-        self._live()
-        vm = self.vm
-        vm._check_range(gpa, self.size, self.hva)
-        other = vm._overlap(self.as_id, gpa, gpa + self.size, exclude=self)
-        if other is not None:
-            raise OverlapError(f"moving slot {self.id} to {gpa:#x}+{self.size:#x} overlaps slot "
-                               f"{other.id} ({other.gpa:#x}+{other.size:#x})")
-        vm._check_gpa_limit(gpa, self.size)
-        if gpa == self.gpa:
-            return
-        self._set(self.flags, gpa)
-        vm._unindex(self)
-        self.gpa = gpa
-        vm._index(self)
-
-    def set_dirty_logging(self, enabled: bool) -> None:
-        """Turn KVM_MEM_LOG_DIRTY_PAGES on or off (a flags-only change, KVM_MR_FLAGS_ONLY)."""
-        self._live()
-        flags = (self.flags | MemFlag.LOG_DIRTY_PAGES) if enabled else (self.flags & ~MemFlag.LOG_DIRTY_PAGES)
-        if flags == self.flags:
-            return
-        self.vm._check_flags(int(flags))
-        self._set(int(flags), self.gpa)
-        self.flags = int(flags)
-
-    def _check_log(self) -> None:
-        self._live()
-        if not self.log_dirty:
-            raise ArgumentError(f"memslot {self.id} has no dirty logging: set_dirty_logging(True) first")
-        if self.vm.dirty_ring_bytes:
-            raise ArgumentError("this VM uses the dirty ring: harvest Vcpu.dirty_ring instead")
-
-    def get_dirty_log(self, out: DirtyBitmap | None = None) -> DirtyBitmap:
-        """KVM_GET_DIRTY_LOG into ``out`` (or a new bitmap): bit i = page i of the slot.
-
-        Without manual protect the kernel clears what it reports; with it pages stay dirty
-        until :meth:`clear_dirty_log`.
-        """
-        self._check_log()
-        if out is None:
-            out = DirtyBitmap.zeros(self.npages, page_size=PAGE_SIZE, base=self.gpa)
-        elif out.npages < self.npages or out.nbytes < bytes_for(self.npages) or not out.words.flags.writeable:
-            raise RangeError(f"bitmap of {out.npages} pages / {out.nbytes} bytes is too small for "
-                             f"{self.npages} pages ({bytes_for(self.npages)} bytes) or read-only")
-        self.vm.get_dirty_log(self.slot, out.address)
-        return out
-
-    def clear_dirty_log(self, bitmap: DirtyBitmap | None = None, first_page: int = 0,
-                        num_pages: int | None = None) -> None:
-        """KVM_CLEAR_DIRTY_LOG: clean the pages set in ``bitmap`` (bit 0 = ``first_page``).
-
-        Without ``bitmap`` every page of the range is cleared. ``first_page`` must be a multiple
-        of 64 and ``num_pages`` too unless the range ends at the slot's end (AlignmentError);
-        the range must lie in the slot (RangeError).
-        """
-        self._check_log()
-        if num_pages is None:
-            num_pages = (bitmap.npages if bitmap is not None else self.npages - first_page)
-        if first_page % 64:
-            raise AlignmentError(f"first_page {first_page} is not a multiple of 64")
-        if first_page < 0 or num_pages < 0 or first_page + num_pages > self.npages:
-            raise RangeError(f"pages {first_page}+{num_pages} are outside the slot's {self.npages}")
-        if num_pages % 64 and first_page + num_pages != self.npages:
-            raise AlignmentError(f"num_pages {num_pages} must be a multiple of 64 unless the range "
-                                 f"reaches the slot end (page {self.npages})")
-        if bitmap is None:
-            bitmap = DirtyBitmap.ones(num_pages)
-        elif bitmap.npages < num_pages:
-            raise RangeError(f"bitmap has {bitmap.npages} pages, the range {num_pages}")
-        self.vm.clear_dirty_log(self.slot, first_page, num_pages, bitmap.address)
-
-    def fetch_dirty(self, out: DirtyBitmap | None = None) -> DirtyBitmap:
-        """One dirty-log cycle: GET, then (manual protect) CLEAR exactly the reported pages."""
-        bm = self.get_dirty_log(out)
-        if self.vm.manual_protect:
-            self.vm.clear_dirty_log(self.slot, 0, self.npages, bm.address)
-        return bm
-
-    def delete(self) -> None:
-        """KVM_SET_USER_MEMORY_REGION with size 0. Idempotent; a closed VM just forgets the slot."""
-        if self.deleted:
-            return
-        vm = self.vm
-        if vm._fd >= 0:
-            if self.flags & _GMEM:
-                vm.set_user_memory_region2(self.slot, self.flags, self.gpa, 0, self.hva)
-            else:
-                r = vm._region
-                r.slot = self.as_id << 16 | self.id
-                r.flags = self.flags
-                r.guest_phys_addr = self.gpa
-                r.memory_size = 0
-                r.userspace_addr = self.hva
-                vm.backend.ioctl(vm._fd, _SET_REGION, r)
-        self.deleted = True
-        vm._forget(self)
-
-    close = delete
-
-    def _dead(self) -> None:
-        """The VM went away: the kernel freed the slot."""
-        if not self.deleted:
-            self.deleted = True
-            if self.memory is not None:
-                self.memory.users -= 1
-
-    def __enter__(self) -> "MemSlot":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.delete()
-
-    def __repr__(self) -> str:
-        return (f"<MemSlot {self.as_id}:{self.id} gpa={self.gpa:#x} size={self.size:#x} "
-                f"flags={MemFlag(self.flags)!r}{' deleted' if self.deleted else ''}>")

@@ -21,6 +21,7 @@ All writes go through a :class:`DriverCore`, so tests can substitute the kernel'
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import json
 import os
@@ -180,8 +181,6 @@ def _block_uses(paths: HostPaths, dev: PciDevice) -> list[Use]:
 def _ipv4_address(ifname: str) -> str | None:
     """The interface's IPv4 address (SIOCGIFADDR) in this network namespace, or None."""
     SIOCGIFADDR = 0x8915
-    import fcntl
-
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", ifname.encode()[:15]))

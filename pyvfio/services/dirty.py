@@ -3,7 +3,7 @@
 :class:`DirtyTracker` drives VFIO_IOMMU_DIRTY_PAGES for a type1 IOMMU:
 
 * ``start()`` / ``stop()`` (context manager: stops on exit);
-* ``report(iova, size)`` — one :class:`~pyvfio.services.bitmap.DirtyBitmap` for the range,
+* ``report(iova, size)`` — one :class:`~pyvfio.core.bitmap.DirtyBitmap` for the range,
   filled window by window. A GET_BITMAP call is bounded by the MIGRATION capability's
   ``max_dirty_bitmap_size`` (256 MiB of bitmap, 8 TiB of IOVA at 4 KiB) and, by the kernel's
   rule, must not cut a mapping in two; so windows end either in a hole or at a mapping boundary,
@@ -49,7 +49,7 @@ from ..errors import AlignmentError, ArgumentError, RangeError, StateError, Unsu
 from ..vfio.container import IommuBase
 from ..vfio.dirty import DmaLogging, LoggingSupport, Type1DirtyPages, dirty_pages
 from ..vfio.type1 import DmaMapping, ShortUnmapError, Type1Iommu
-from .bitmap import DirtyBitmap, words_for
+from ..core.bitmap import DirtyBitmap, words_for
 
 __all__ = ["DirtyTracker", "DeviceDirtyLog", "Window", "TrackerStats", "WatchSample"]
 

@@ -22,13 +22,14 @@ Example (on the mock kernel's tree)::
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
-from ..errors import ArgumentError, NotFoundError
+import pyudev
 
-_BDF_RX = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-1][0-9a-fA-F])\.([0-7])$")
+from ..errors import NotFoundError
+from ..util.bdf import InvalidBdfError, is_bdf, normalize_bdf
+
 
 #: Drivers that leave DMA ownership to user space (``driver_managed_dma`` in the kernel), so a
 #: group member bound to one of them does not make the group non-viable.
@@ -76,24 +77,8 @@ class HostPaths:
         return os.path.realpath(self.proc) == "/proc"
 
 
-class InvalidBdfError(ArgumentError):
-    """A PCI address is not of the form ``[DDDD:]BB:DD.F``."""
-
-
 class DeviceNotFoundError(NotFoundError):
     """No PCI device (or IOMMU group) of that name in this sysfs tree."""
-
-
-def normalize_bdf(bdf: str) -> str:
-    """Return ``bdf`` as the kernel names it (``0000:00:03.0``); accepts ``00:03.0`` too.
-
-    Raises :class:`InvalidBdfError` for anything that is not ``[DDDD:]BB:DD.F``.
-    """
-    m = _BDF_RX.match(bdf.strip()) if isinstance(bdf, str) else None
-    if not m:
-        raise InvalidBdfError(f"{bdf!r} is not a PCI address: expected [DDDD:]BB:DD.F, e.g. 0000:00:03.0")
-    dom, bus, dev, fn = m.groups()
-    return f"{int(dom or '0', 16):04x}:{bus.lower()}:{dev.lower()}.{fn}"
 
 
 def is_vfio_driver(driver: str | None) -> bool:
@@ -404,7 +389,7 @@ class SysfsTreeSource(_GroupsMixin):
             names = os.listdir(self._pci_dir())
         except OSError:
             return []
-        return [self._one(n) for n in sorted(names) if _BDF_RX.match(n)]
+        return [self._one(n) for n in sorted(names) if is_bdf(n)]
 
     def device(self, bdf: str) -> PciDevice:
         bdf = normalize_bdf(bdf)
@@ -420,8 +405,6 @@ class PyudevSource(_GroupsMixin):
     """The running kernel's PCI devices, enumerated with pyudev."""
 
     def __init__(self, context: Any = None) -> None:
-        import pyudev
-
         self._pyudev = pyudev
         self.context: Any = context if context is not None else pyudev.Context()
         self.sysfs_root = str(self.context.sys_path)

@@ -31,9 +31,11 @@ from __future__ import annotations
 import errno
 import mmap as _mmap
 import threading
-import weakref
 from typing import Any
 
+import numpy as np
+
+from ..core.memory import HostMemory
 from ..errors import ArgumentError, RangeError, StateError
 from ..seam import Backend, get_backend
 from ..uapi import ffi, lib
@@ -53,21 +55,7 @@ def _round_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
 
-def _unmap_quietly(backend: Backend, addr: int, length: int) -> None:
-    try:
-        backend.munmap(addr, length)
-    except OSError:
-        pass
-
-
-def _release(gone: list[bool], backend: Backend, addr: int, length: int) -> None:
-    """A buffer's finalizer: flag it gone (a plain flag that map/pin read on every call,
-    cheaper than ``finalize.alive``), then return the memory."""
-    gone[0] = True
-    _unmap_quietly(backend, addr, length)
-
-
-class DmaBuffer:
+class DmaBuffer(HostMemory):
     """Anonymous, page-aligned memory for DMA.
 
     ``size`` is rounded up to the page size (the huge page size for hugetlbfs).
@@ -75,6 +63,13 @@ class DmaBuffer:
     (MAP_HUGETLB pages of ``hugepage_size``; ENOMEM when none are reserved) or ``None``
     (plain pages, page aligned). ``align`` overrides the alignment (a power of two).
     The memory is prefaulted (MAP_POPULATE) so pinning does not page-fault.
+
+    The memory's owner is :class:`~pyvfio.core.memory.HostMemory`: it is unmapped once, by
+    ``close()`` (or by the last unmap after it) or, as the last resort, by a finalizer.
+
+    Threads: ``close()`` and the mapping bookkeeping (``_pin``/``_unpin``, called by the IOMMU
+    objects from any thread) are serialised by a lock; ``view``/``read``/``write``/``fill`` are
+    not synchronised and must not race with ``close()``.
     """
 
     def __init__(self, size: int, *, hugepages: str | None = "thp", hugepage_size: int = HUGE_2M,
@@ -126,8 +121,8 @@ class DmaBuffer:
                 # prefault (MAP_POPULATE was not possible on the reservation)
                 lib.memset(ffi.cast("void *", self.addr), 0, self.size)
             self._span = (self.addr, self.size)
-        self._gone = [False]  # set by the finalizer, whoever runs it (close, last unpin, exit)
-        self._finalizer = weakref.finalize(self, _release, self._gone, self.backend, self.addr, self.size)
+        # the owner from here on: unmapped once (close, last unpin, or the finalizer at exit)
+        super().__init__(self.addr, self.size, backend=self.backend)
         self._cbuf = ffi.buffer(ffi.cast("char *", self.addr), self.size)
 
     # -- access ----------------------------------------------------------------------------------
@@ -140,11 +135,6 @@ class DmaBuffer:
         return self._close_pending or self._gone[0]
 
     @property
-    def released(self) -> bool:
-        """The memory went back to the system (closed and no longer mapped)."""
-        return self._gone[0]
-
-    @property
     def view(self) -> memoryview:
         """A writable memoryview of the whole buffer (do not use after close())."""
         self._check()
@@ -152,8 +142,6 @@ class DmaBuffer:
 
     def numpy(self, dtype: Any = "uint8") -> Any:
         """The buffer as a numpy array (shares the memory; do not use after close())."""
-        import numpy as np
-
         self._check()
         return np.frombuffer(self._cbuf, dtype=dtype)
 
@@ -188,7 +176,7 @@ class DmaBuffer:
             except ValueError:  # not pinned (already let go)
                 pass
             if self._close_pending and not self._mappings and not self._gone[0]:
-                self._finalizer()
+                self._release()
 
     @property
     def mappings(self) -> tuple[Any, ...]:
@@ -201,14 +189,8 @@ class DmaBuffer:
         until the last one is unmapped (the buffer is closed for Python access at once)."""
         with self._lock:
             self._close_pending = True
-            if not self._mappings and self._finalizer.alive:
-                self._finalizer()
-
-    def __enter__(self) -> "DmaBuffer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            if not self._mappings and not self._gone[0]:
+                self._release()
 
     def __len__(self) -> int:
         return self.size

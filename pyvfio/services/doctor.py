@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..errors import ArgumentError
+from ..util.proc import has_cap_ipc_lock, parse_status, status_bytes
 from .binding import _read, find_uses, vfio_holders, vfio_nodes
 from .discovery import DeviceSource, HostPaths, IommuGroup, PciDevice, is_vfio_driver
 
@@ -32,7 +34,6 @@ GiB = 1 << 30
 #: RAM regions, with a vIOMMU the guest maps per page; 4096 covers a small vIOMMU guest.
 DEFAULT_MAPPINGS = 4096
 DEFAULT_GUEST_MEMORY = 1 * GiB
-CAP_IPC_LOCK = 14
 
 
 class Status(str, enum.Enum):
@@ -346,7 +347,7 @@ class Doctor:
         name = "memlock"
         pid = self.opts.pid
         limits = _read(os.path.join(self.paths.proc, pid, "limits"))
-        status = _read(os.path.join(self.paths.proc, pid, "status")) or ""
+        status = parse_status(_read(os.path.join(self.paths.proc, pid, "status")) or "")
         need = self.opts.guest_memory
         if limits is None:
             return CheckResult(name, Status.SKIP, f"cannot read /proc/{pid}/limits")
@@ -359,14 +360,8 @@ class Doctor:
                 break
         else:
             return CheckResult(name, Status.SKIP, "no 'Max locked memory' line in limits")
-        cap = 0
-        vmlck = None
-        for line in status.splitlines():
-            if line.startswith("CapEff:"):
-                cap = int(line.split()[1], 16)
-            elif line.startswith("VmLck:"):
-                vmlck = int(line.split()[1]) * 1024
-        has_cap = bool(cap & (1 << CAP_IPC_LOCK))
+        vmlck = status_bytes("VmLck", status)
+        has_cap = has_cap_ipc_lock(status)
         ev = (f"process {pid}: RLIMIT_MEMLOCK soft {'unlimited' if soft is None else human(soft)}, hard "
               f"{hard if hard == 'unlimited' else human(int(hard))}",
               f"CAP_IPC_LOCK: {'yes' if has_cap else 'no'}",
@@ -624,8 +619,6 @@ class Doctor:
 
 def parse_size(text: str) -> int:
     """``4G``, ``512M``, ``1.5GiB``, ``65536`` -> bytes (binary units)."""
-    from ..errors import ArgumentError
-
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.I)
     if not m:
         raise ArgumentError(f"{text!r} is not a size: use a number with an optional K/M/G/T suffix")

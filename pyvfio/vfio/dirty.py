@@ -14,7 +14,7 @@ windowed reports on top.
   ``probe()`` (VFIO_DEVICE_FEATURE_PROBE), ``start(ranges, page_size)``, ``report()``, ``stop()``.
 
 Bitmaps are in the kernel's format (little-endian u64 words, bit ``i`` = page ``i`` from the
-requested IOVA); pass a :class:`~pyvfio.services.bitmap.DirtyBitmap`, whose buffer the kernel
+requested IOVA); pass a :class:`~pyvfio.core.bitmap.DirtyBitmap`, whose buffer the kernel
 writes in place.
 
 Semantics: the type1 driver without a vendor migration driver cannot see device writes and
@@ -26,7 +26,7 @@ UnsupportedError with a hint.
 Example (mock)::
 
     >>> from pyvfio.seam.mock import MockBackend
-    >>> from pyvfio.services.bitmap import DirtyBitmap
+    >>> from pyvfio.core.bitmap import DirtyBitmap
     >>> from pyvfio.services.dma import DmaBuffer
     >>> from pyvfio.vfio import open_device
     >>> with open_device("0000:00:03.0", backend=MockBackend()) as d, DmaBuffer(1 << 16) as buf:

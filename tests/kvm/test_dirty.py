@@ -12,7 +12,7 @@ from scenarios.kvm import DATA_PAGES, Guest, mock_ioctls
 
 from pyvfio import ioctls as I
 from pyvfio.errors import AlignmentError, ArgumentError, RangeError
-from pyvfio.services.bitmap import DirtyBitmap
+from pyvfio.core.bitmap import DirtyBitmap
 from pyvfio.kvm import GuestMemory, guestcode
 
 pytestmark = pytest.mark.backends("mock", "kvm")

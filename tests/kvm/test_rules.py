@@ -16,7 +16,7 @@ from scenarios.kvm import err
 
 from pyvfio import ioctls as I
 from pyvfio.kvm import GuestMemory
-from pyvfio.services.bitmap import bytes_for
+from pyvfio.core.bitmap import bytes_for
 
 pytestmark = pytest.mark.backends("mock", "kvm")
 

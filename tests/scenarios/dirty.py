@@ -27,7 +27,7 @@ import pytest
 
 from pyvfio import ioctls
 from pyvfio.errors import InvalidArgumentError, PermissionDeniedError, RangeError, UnsupportedError
-from pyvfio.services.bitmap import DirtyBitmap
+from pyvfio.core.bitmap import DirtyBitmap
 from pyvfio.services.dirty import DirtyTracker, or_shifted
 from pyvfio.services.dma import DmaBuffer
 from pyvfio.uapi import ffi

@@ -1,4 +1,4 @@
-"""pyvfio.services.bitmap against a naive per-bit reference (hypothesis property tests)."""
+"""pyvfio.core.bitmap against a naive per-bit reference (hypothesis property tests)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvfio.errors import AlignmentError, ArgumentError, RangeError
-from pyvfio.services.bitmap import DirtyBitmap, bytes_for, merge, words_for
+from pyvfio.core.bitmap import DirtyBitmap, bytes_for, merge, words_for
 
 
 # -- the naive reference: the kernel's definition, one bit at a time ------------------------------
@@ -191,7 +191,7 @@ def test_ranges_adaptive_chunks(segments, chunk, data):
     """ranges() switches between its sparse (compare) and dense (popcount) chunk paths as the
     bitmap changes character: sequences of sparse/dense/full/empty stretches of whole chunks,
     against the naive reference."""
-    from pyvfio.services import bitmap as B
+    from pyvfio.core import bitmap as B
 
     words: list[int] = []
     for kind, n in segments:

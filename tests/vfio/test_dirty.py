@@ -27,7 +27,7 @@ from pyvfio.errors import (AlignmentError, ArgumentError, InvalidArgumentError, 
 from pyvfio.mockkernel import dirty as mdirty
 from pyvfio.mockkernel import vfio as mvfio
 from pyvfio.seam.mock import MockBackend
-from pyvfio.services.bitmap import DirtyBitmap
+from pyvfio.core.bitmap import DirtyBitmap
 from pyvfio.services.dirty import DeviceDirtyLog, DirtyTracker, or_shifted
 from pyvfio.services.dma import DmaBuffer
 from pyvfio.vfio import IommuBase, open_device
@@ -248,7 +248,7 @@ def test_watch_counts_pages_per_interval(be, no_fd_leak):
 def test_ranges_chunked_scan_matches_naive(npages, chunk, data):
     """DirtyBitmap.ranges() (classifies words chunk by chunk, expands only run edges) equals a
     bit-by-bit scan for sparse, dense and all-dirty bitmaps, whatever the chunk size."""
-    from pyvfio.services import bitmap as B
+    from pyvfio.core import bitmap as B
 
     kind = data.draw(st.sampled_from(["random", "blocks", "full"]))
     if kind == "random":
@@ -298,7 +298,7 @@ def test_type1_and_device_logs_merge(be, no_fd_leak):
     """The IOMMU's report and the device's DMA log of the same range are DirtyBitmaps of the same
     shape: merge() ORs them (the migration loop's union of sources); report() without a range
     covers every pyvfio mapping, and ``out`` is reused."""
-    from pyvfio.services.bitmap import merge
+    from pyvfio.core.bitmap import merge
 
     be, opened, edu, _logger = _edu_with_logger(be)
     with opened:

@@ -1,0 +1,122 @@
+"""Host memory owned by one object: an mmap'd range (optionally of a memfd), unmapped once.
+
+:class:`HostMemory` is the owner under the memory the kernel objects hand to devices and guests:
+:class:`pyvfio.services.dma.DmaBuffer` (memory for DMA) and :class:`pyvfio.kvm.GuestMemory`
+(memory a memslot maps into a guest). It keeps the range's address, size, backend and memfd,
+returns the memory exactly once (``munmap`` through the seam, then the memfd is closed), and
+registers a ``weakref.finalize`` as soon as the range is owned: the last resort when the owner is
+dropped without ``close()``, not the plan. A borrowed range (``owned=False``) is never unmapped.
+
+Safety: after the memory is released every address into it is dangling; the subclasses refuse
+access once closed and keep the memory while a device mapping or a memslot still uses it.
+
+Example (mock)::
+
+    >>> import mmap
+    >>> from pyvfio.seam.mock import MockBackend
+    >>> be = MockBackend()
+    >>> addr = be.mmap(4096, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    >>> with HostMemory(addr, 4096, backend=be) as m:
+    ...     m.closed
+    False
+    >>> (m.closed, m.released)
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import weakref
+
+from ..seam import Backend
+from .fd import Closeable
+
+__all__ = ["HostMemory", "PAGE_SIZE"]
+
+PAGE_SIZE = mmap.PAGESIZE
+
+
+def _release(gone: list[bool], backend: Backend, addr: int, size: int, fd: int) -> None:
+    """Return owned memory, quietly (close() of a DmaBuffer, the last unpin, or the finalizer):
+    flag it gone (a plain flag hot paths read, cheaper than ``finalize.alive``), unmap it and
+    close its memfd."""
+    gone[0] = True
+    try:
+        backend.munmap(addr, size)
+    except OSError:
+        pass
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class HostMemory(Closeable):
+    """``size`` bytes of host memory at ``addr``, mapped through ``backend`` (and of memfd ``fd``).
+
+    ``owned``: this object unmaps the range (and closes ``fd``) once, on :meth:`close` or, as the
+    last resort, when it is garbage collected; a borrowed range is only forgotten.
+    ``released`` says the memory went back; ``closed`` is the same here (subclasses may close
+    Python access earlier than they release the memory).
+    """
+
+    addr: int
+    size: int
+    fd: int
+    backend: Backend
+
+    def __init__(self, addr: int, size: int, *, backend: Backend, fd: int = -1,
+                 owned: bool = True) -> None:
+        self.addr = addr
+        self.size = size
+        self.fd = fd
+        self.backend = backend
+        self._owned = owned
+        self._gone = [False]  # set by whoever releases: close(), a last unpin, the finalizer
+        self._finalizer = (weakref.finalize(self, _release, self._gone, backend, addr, size, fd)
+                           if owned else None)
+
+    @property
+    def owned(self) -> bool:
+        """This object unmaps the range (False: borrowed from another owner)."""
+        return self._owned
+
+    @property
+    def released(self) -> bool:
+        """The memory went back to the system (or, borrowed, was let go)."""
+        return self._gone[0]
+
+    @property
+    def closed(self) -> bool:
+        return self._gone[0]
+
+    def _release(self, *, strict: bool = False) -> None:
+        """Unmap and close the memfd, once (idempotent); drops the finalizer.
+
+        ``strict``: let an munmap error propagate (the memfd is closed all the same); otherwise
+        the release is quiet, as the finalizer's is.
+        """
+        f = self._finalizer
+        if f is None:
+            self._gone[0] = True
+            return
+        if not strict:
+            f()
+            return
+        if f.detach() is None:
+            return
+        self._gone[0] = True
+        try:
+            self.backend.munmap(self.addr, self.size)
+        finally:
+            if self.fd >= 0:
+                os.close(self.fd)
+
+    def close(self) -> None:
+        """Return the memory (idempotent)."""
+        self._release(strict=True)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.size:#x} bytes @ {self.addr:#x}>"
