@@ -99,6 +99,15 @@ class FakeHost:
             if not os.path.exists(p):
                 _write(p, text)
 
+    @classmethod
+    def attach(cls, paths: HostRoots) -> "FakeHost":
+        """The driver core and writers over an existing tree at ``paths`` (nothing is created)."""
+        self = cls.__new__(cls)
+        self.root = os.path.commonpath([paths.sys, paths.proc, paths.dev])
+        self.paths = paths
+        self.rebind_hooks = []
+        return self
+
     # -- PCI --------------------------------------------------------------------------------
     def dev_dir(self, bdf: str) -> str:
         return os.path.join(self.root, "sys", "devices", "pci" + bdf[:7], bdf)
@@ -178,13 +187,14 @@ class FakeHost:
         return self
 
     def _bind(self, bdf: str, driver: str) -> None:
-        drv = os.path.join(self.root, "sys/bus/pci/drivers", driver)
-        _link(drv, os.path.join(self.dev_dir(bdf), "driver"))
-        _link(self.dev_dir(bdf), os.path.join(drv, bdf))
+        drv = os.path.join(self.paths.sys, "bus", "pci", "drivers", driver)
+        dev = os.path.realpath(self.dev_path(bdf))
+        _link(drv, os.path.join(dev, "driver"))
+        _link(dev, os.path.join(drv, bdf))
         if is_vfio_driver(driver):
-            group = _group_of(self.dev_dir(bdf))
+            group = _group_of(dev)
             if group is not None:
-                _write(os.path.join(self.root, "dev/vfio", str(group)), "")
+                _write(os.path.join(self.paths.dev, "vfio", str(group)), "")
 
     # -- the driver core (what writes to driver/unbind, driver_override, drivers_probe do) ----------
     def dev_path(self, bdf: str, *rest: str) -> str:
