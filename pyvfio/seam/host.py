@@ -82,8 +82,8 @@ class Host:
     def probe_path(self) -> str:
         return os.path.join(self.sys, "bus", "pci", "drivers_probe")
 
-    @staticmethod
-    def _write(path: str, value: str) -> None:
+    def write(self, path: str, value: str) -> None:
+        """A sysfs write (the kernel reacts: driver/unbind, driver_override, drivers_probe...)."""
         with open(path, "w") as f:
             f.write(value)
 
@@ -96,15 +96,15 @@ class Host:
     def unbind(self, bdf: str) -> None:
         """``BDF/driver/unbind``; no-op when unbound."""
         if self.driver_of(bdf) is not None:
-            self._write(self.driver_path(bdf), bdf)
+            self.write(self.driver_path(bdf), bdf)
 
     def set_override(self, bdf: str, driver: str | None) -> None:
         """``BDF/driver_override`` (a newline clears it)."""
-        self._write(self.override_path(bdf), driver or "\n")
+        self.write(self.override_path(bdf), driver or "\n")
 
     def probe(self, bdf: str) -> None:
         """``bus/pci/drivers_probe``: ask the driver core to find a driver for ``bdf``."""
-        self._write(self.probe_path(), bdf)
+        self.write(self.probe_path(), bdf)
 
     def node_exists(self, group: int) -> bool:
         return os.path.exists(os.path.join(self.dev, "vfio", str(group)))
@@ -132,6 +132,17 @@ class TreeHost(Host):
 
     def driver_of(self, bdf: str) -> str | None:
         return self.tree.driver_of(bdf)
+
+    def write(self, path: str, value: str) -> None:
+        """A sysfs write with the driver core's reaction for the driver-core files."""
+        if path == self.probe_path():
+            self.tree.probe(value.strip())
+        elif os.path.basename(path) == "driver_override":
+            self.tree.set_override(os.path.basename(os.path.dirname(path)), value.strip() or None)
+        elif path.endswith(os.path.join("driver", "unbind")):
+            self.tree.unbind(os.path.basename(os.path.dirname(os.path.dirname(path))))
+        else:
+            super().write(path, value)
 
     def unbind(self, bdf: str) -> None:
         self.tree.unbind(bdf)

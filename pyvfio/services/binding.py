@@ -303,9 +303,9 @@ class DriverCore:
         self.paths = paths
         self.host = host if host is not None else Host.at(paths.sys, paths.proc, paths.dev, paths.state)
 
-    def _do(self, fn: Callable[[], None], path: str, op: str) -> None:
+    def _write(self, path: str, value: str, op: str) -> None:
         try:
-            fn()
+            self.host.write(path, value)
         except PyvfioError:
             raise
         except OSError as e:
@@ -332,17 +332,15 @@ class DriverCore:
     def unbind(self, bdf: str) -> None:
         """Detach ``bdf`` from its driver (``BDF/driver/unbind``); no-op when unbound."""
         if self.driver_of(bdf) is not None:
-            self._do(lambda: self.host.unbind(bdf), self.dev_path(bdf, "driver", "unbind"), "driver/unbind")
+            self._write(self.dev_path(bdf, "driver", "unbind"), bdf, "driver/unbind")
 
     def set_override(self, bdf: str, driver: str | None) -> None:
         """Write ``BDF/driver_override`` (a newline clears it)."""
-        self._do(lambda: self.host.set_override(bdf, driver), self.dev_path(bdf, "driver_override"),
-                 "driver_override")
+        self._write(self.dev_path(bdf, "driver_override"), driver or "\n", "driver_override")
 
     def probe(self, bdf: str) -> None:
         """Ask the driver core to find a driver for ``bdf`` (``bus/pci/drivers_probe``)."""
-        self._do(lambda: self.host.probe(bdf), os.path.join(self.paths.sys, "bus", "pci", "drivers_probe"),
-                 "drivers_probe")
+        self._write(os.path.join(self.paths.sys, "bus", "pci", "drivers_probe"), bdf, "drivers_probe")
 
     def node_exists(self, group: int) -> bool:
         return self.host.node_exists(group)
