@@ -14,8 +14,8 @@ from typing import Any
 
 from ... import ioctls as I
 from . import dmalog
+from ...util.bdf import BDF_RX
 from ..core import KernelError, MockKernel
-
 
 
 PAGE = _mmap.PAGESIZE
@@ -378,6 +378,8 @@ def _le(v: int, n: int) -> bytes:
 
 def parse_bdf(name: str) -> tuple[int, int, int]:
     """'0000:00:03.0' -> (segment, bus, devfn)."""
-    seg, bus, rest = name.split(":")
-    dev, fn = rest.split(".")
-    return int(seg, 16), int(bus, 16), (int(dev, 16) << 3) | int(fn, 16)
+    m = BDF_RX.match(name)
+    if m is None:
+        raise ValueError(f"{name!r} is not a PCI address")
+    seg, bus, dev, fn = m.groups()
+    return int(seg or "0", 16), int(bus, 16), (int(dev, 16) << 3) | int(fn, 16)

@@ -49,7 +49,6 @@ from ..core import KernelError, MockFile, MockKernel, handles
 from .device import Bar, CMD_MEMORY, CONFIG, ERR, INTX, MSI, MSIX, NUM_IRQS, NUM_REGIONS, OFFSET_MASK, OFFSET_SHIFT, PAGE, ROM, SimPciDevice, VGA, _ENDIAN, _page_align
 
 
-
 # ---------------------------------------------------------------------------------------------
 # the vfio-pci device file
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from .group import MockGroup
 
 
-
 # ---------------------------------------------------------------------------------------------
 # /dev/vfio/vfio
 # ---------------------------------------------------------------------------------------------
@@ -102,8 +101,6 @@ class ContainerFile(MockFile):
             self.iommu.release()
             self.iommu = None
         self.put()
-
-
 
 
 def open_container(kernel: MockKernel, m: Any, flags: int) -> MockFile:

@@ -181,7 +181,6 @@ def register_iommu_driver(kernel: MockKernel, driver: type[IommuDriver]) -> None
         st.iommu_drivers.append(driver)
 
 
-
 def _int_arg(arg: Any) -> int:
     if isinstance(arg, int):
         return arg

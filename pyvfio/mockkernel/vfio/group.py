@@ -16,7 +16,6 @@ from .container import ContainerFile
 from .core import IommuDriver, IommuFault, MockIommuGroup, state
 
 
-
 # ---------------------------------------------------------------------------------------------
 # /dev/vfio/N
 # ---------------------------------------------------------------------------------------------
@@ -149,8 +148,6 @@ class MockGroup(MockFile):
     def dma_write(self, iova: int, data: bytes, device: str | None = None) -> None:
         """A device write at ``iova``; on a fault nothing lands (IommuFault, logged)."""
         write_user(self.translate(iova, len(data), True, device), bytes(data))
-
-
 
 
 def open_group(kernel: MockKernel, m: Any, flags: int) -> MockFile:
