@@ -175,9 +175,9 @@ def mock_backend():
 def be():
     """A mock kernel created before the fd-leak check starts (its simulated devices hold BAR
     memfds for the machine's lifetime) and powered off afterwards."""
-    from pyvfio.mockkernel import vfio as mvfio
     from pyvfio.seam.mock import MockBackend
+    from pyvfio.testing import machine
 
     backend = MockBackend()
     yield backend
-    mvfio.shutdown(backend.kernel)
+    machine(backend).shutdown()

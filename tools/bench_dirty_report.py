@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pyvfio.mockkernel import dirty as mdirty  # noqa: E402
+from pyvfio.mockkernel.vfio import dirty as mdirty  # noqa: E402
 from pyvfio.mockkernel import vfio as mvfio  # noqa: E402
 from pyvfio.seam.mock import MockBackend  # noqa: E402
 from pyvfio.core.bitmap import DirtyBitmap  # noqa: E402

@@ -28,6 +28,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from ..errors import ArgumentError, NotFoundError, PermissionDeniedError, PyvfioError, UnsupportedError
+from ..seam import Host, new_backend
 from ..services import binding as _binding
 from ..services.discovery import (
     DeviceSource,
@@ -62,19 +63,25 @@ class Env:
     _backend: Any = None
     _source: DeviceSource | None = None
     _core: Any = None
+    _host: Host | None = None
 
     @property
     def backend(self) -> Any:
         if self._backend is None:
-            from ..seam import get_backend
-
-            if self.backend_name == "mock":
-                from ..seam.mock import MockBackend
-
-                self._backend = MockBackend()
-            else:
-                self._backend = get_backend(self.backend_name)
+            self._backend = new_backend(self.backend_name)
         return self._backend
+
+    @property
+    def host(self) -> Host:
+        """The machine the paths describe: the backend's host, or the host of a given tree."""
+        if self._host is None:
+            h = self.backend.host if self._backend is not None else None
+            if h is not None and os.path.realpath(self.paths.sys) == os.path.realpath(h.sys):
+                self._host = h
+            else:
+                p = self.paths
+                self._host = Host.at(p.sys, p.proc, p.dev, p.state)
+        return self._host
 
     @property
     def source(self) -> DeviceSource:
@@ -84,19 +91,9 @@ class Env:
 
     @property
     def core(self) -> _binding.DriverCore:
-        """Who performs driver-core writes: the kernel, the mock kernel, or an emulation of a fake tree."""
+        """Who performs driver-core writes: the host (the kernel, the mock's, or a fake tree's)."""
         if self._core is None:
-            kernel = getattr(self._backend, "kernel", None)
-            if kernel is not None and os.path.realpath(self.paths.sys) == os.path.realpath(kernel.sysfs_root):
-                from ..services.fakesys import MockKernelDriverCore
-
-                self._core = MockKernelDriverCore(self.paths, kernel)
-            elif os.path.realpath(self.paths.sys) != "/sys":
-                from ..services.fakesys import EmulatedDriverCore
-
-                self._core = EmulatedDriverCore(self.paths)
-            else:
-                self._core = _binding.DriverCore(self.paths)
+            self._core = _binding.DriverCore(self.paths, self.host)
         return self._core
 
     # -- output ---------------------------------------------------------------------------------
@@ -233,14 +230,8 @@ def cli(ctx: click.Context, as_json: bool, backend: str | None, verbose: int, sy
     if sysfs_root:
         env.paths = HostPaths(sysfs_root, paths.proc, paths.dev, paths.state)
     elif name == "mock" and not fake_root:
-        b = env.backend
-        from ..services.fakesys import decorate
-
-        decorate(b.sysfs_root)
-        dev = os.path.join(b.sysfs_root, ".dev")
-        os.makedirs(os.path.join(dev, "vfio"), exist_ok=True)
-        open(os.path.join(dev, "vfio", "vfio"), "a").close()  # the mock routes /dev/vfio/vfio
-        env.paths = HostPaths(b.sysfs_root, "/proc", dev, os.path.join(b.sysfs_root, ".pyvfio-state"))
+        h = env.backend.host  # the mock's machine: its /sys, /proc and /dev
+        env.paths = HostPaths(h.sys, h.proc, h.dev, h.state)
     ctx.obj = env
 
 
@@ -535,16 +526,9 @@ def doctor_cmd(env: Env, guest_memory: str, mappings: int | None, pid: int | Non
 
     opts = DoctorOptions(guest_memory=parse_size(guest_memory), mappings=mappings or DEFAULT_MAPPINGS,
                          pid=str(pid) if pid else "self", devices=list(devices))
-    kernel = getattr(env._backend, "kernel", None)
-    kernel_log = (lambda: list(kernel.dmesg)) if kernel is not None and env.paths.sys == kernel.sysfs_root else None
-    ir = None
-    if kernel_log is not None:  # the mock kernel: IR is a property of its IOMMU groups
-        from ..mockkernel import vfio as _mvfio
-
-        groups = _mvfio.state(kernel).groups  # type: ignore[arg-type]
-        ir = lambda: all(g.interrupt_remapping for g in groups.values())  # noqa: E731
-    doc_ = Doctor(env.source, env.paths, opts, node_exists=env.core.node_exists, kernel_log=kernel_log,
-                  interrupt_remapping=ir)
+    host = env.host  # a machine that keeps its own log or knows its IR says so
+    doc_ = Doctor(env.source, env.paths, opts, node_exists=env.core.node_exists, kernel_log=host.dmesg,
+                  interrupt_remapping=host.interrupt_remapping)
     report = doc_.run(list(only) or None)
     if only:
         unknown = set(only) - {r.name for r in report.results}

@@ -1,4 +1,4 @@
-"""The mock kernel's core: open files, device-node routes, request dispatch, user memory access.
+"""The mock kernel's core: open files, device-node routes, request dispatch, the host it runs on.
 
 Subsystems (vfio, type1, spapr, iommufd, kvm, simulated PCI devices) build on three pieces:
 
@@ -7,8 +7,9 @@ Subsystems (vfio, type1, spapr, iommufd, kvm, simulated PCI devices) build on th
   and may implement ``mmap``, ``pread``, ``pwrite`` and ``release``. A request the file does not
   handle gets ENOTTY, like the kernel.
 * :class:`MockKernel`, which owns the fd table and the routes from device paths
-  (``/dev/vfio/vfio``, ``/dev/kvm``...) to the functions that open them, a fake sysfs tree, and a
-  ``dmesg`` list where subsystems log what the real kernel would print.
+  (``/dev/vfio/vfio``, ``/dev/kvm``...) to the functions that open them, its host (a fake
+  /sys + /proc + /dev tree, :mod:`pyvfio.mockkernel.host`), and a ``dmesg`` list where
+  subsystems log what the real kernel would print.
 * :class:`KernelError`, raised by handlers with the errno the real kernel returns.
 
 File descriptors handed out by the mock are real (each reserves an fd on /dev/null), so numbers
@@ -27,7 +28,7 @@ import weakref
 from typing import Any, Callable, ClassVar
 
 from .. import ioctls
-from ..uapi import ffi
+from .host import FakeHost
 
 
 class KernelError(Exception):
@@ -125,12 +126,15 @@ class MockFile:
 
 Opener = Callable[["MockKernel", "re.Match[str]", int], MockFile]
 
+#: The subsystems a ``MockKernel()`` installs when none are given (filled by the package).
+DEFAULT_SUBSYSTEMS: list[Any] = []
+
 
 class MockKernel:
     """In-process kernel state shared by the mock subsystems.
 
     ``subsystems`` is the list of modules whose ``install(kernel)`` registers routes and state;
-    by default every subsystem in :data:`pyvfio.mockkernel.SUBSYSTEMS`.
+    by default :data:`DEFAULT_SUBSYSTEMS` (vfio with its default machine, type1, kvm, iommufd).
     """
 
     def __init__(self, subsystems: "list[Any] | None" = None) -> None:
@@ -138,14 +142,10 @@ class MockKernel:
         self.files: dict[int, MockFile] = {}
         self.routes: list[tuple[re.Pattern[str], Opener]] = []
         self.dmesg: list[str] = []
-        self._sysfs: str | None = None
+        self._host: FakeHost | None = None
         #: Per-subsystem state, keyed by the subsystem's name.
         self.state: dict[str, Any] = {}
-        if subsystems is None:
-            from . import default_subsystems
-
-            subsystems = default_subsystems()
-        for sub in subsystems:
+        for sub in (DEFAULT_SUBSYSTEMS if subsystems is None else subsystems):
             sub.install(self)
 
     # -- routes and fds ---------------------------------------------------------------------
@@ -188,41 +188,17 @@ class MockKernel:
         """Append a line to the mock's dmesg."""
         self.dmesg.append(msg)
 
-    # -- sysfs --------------------------------------------------------------------------------
+    # -- the host ------------------------------------------------------------------------------
+    @property
+    def host(self) -> FakeHost:
+        """The machine's /sys + /proc + /dev (a private directory, removed with the kernel)."""
+        if self._host is None:
+            root = tempfile.mkdtemp(prefix="pyvfio-mock-host-")
+            weakref.finalize(self, shutil.rmtree, root, True)
+            self._host = FakeHost(root)
+        return self._host
+
     @property
     def sysfs_root(self) -> str:
-        """A private directory laid out like /sys, populated by subsystems; removed with the kernel."""
-        if self._sysfs is None:
-            self._sysfs = tempfile.mkdtemp(prefix="pyvfio-mock-sysfs-")
-            weakref.finalize(self, shutil.rmtree, self._sysfs, True)
-        return self._sysfs
-
-    # -- user memory (what copy_from_user / pin_user_pages see) ------------------------------
-    @staticmethod
-    def user_mapped(addr: int, size: int) -> bool:
-        """True if [addr, addr+size) lies in mappings of this process (/proc/self/maps)."""
-        end = addr + size
-        with open("/proc/self/maps") as f:
-            spans: list[tuple[int, int]] = []
-            for line in f:
-                lo_s, hi_s = line.split(None, 1)[0].split("-")
-                spans.append((int(lo_s, 16), int(hi_s, 16)))
-        spans.sort()
-        cur = addr
-        for lo, hi in spans:
-            if hi <= cur:
-                continue
-            if lo > cur:
-                return False
-            cur = hi
-            if cur >= end:
-                return True
-        return cur >= end
-
-    @staticmethod
-    def read_user(addr: int, size: int) -> bytes:
-        return bytes(ffi.buffer(ffi.cast("char *", addr), size))
-
-    @staticmethod
-    def write_user(addr: int, data: bytes) -> None:
-        ffi.memmove(ffi.cast("char *", addr), data, len(data))
+        """The host's sysfs tree, populated by the subsystems."""
+        return self.host.paths.sys

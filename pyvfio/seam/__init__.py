@@ -8,6 +8,9 @@ Two implementations share this protocol:
   same packed structs, decodes them with the same ``ffi`` and answers with the kernel's results
   and errnos; unknown requests get ENOTTY like the kernel.
 
+The machine behind a backend (its /sys, /proc, /dev, driver core and kernel log) is
+``backend.host`` (:class:`pyvfio.seam.host.Host`).
+
 Objects take ``backend=`` (an instance or ``"real"``/``"mock"``); the default comes from the
 environment variable ``PYVFIO_BACKEND`` (``real`` when unset).
 """
@@ -15,44 +18,12 @@ environment variable ``PYVFIO_BACKEND`` (``real`` when unset).
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ArgumentError
-
-#: Default flags for opening device nodes.
-O_RDWR_CLOEXEC = os.O_RDWR | os.O_CLOEXEC
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """What pyvfio needs from the kernel. Every method raises PyvfioError with errno and op."""
-
-    name: str
-
-    @property
-    def sysfs_root(self) -> str:
-        """Root of the sysfs tree this backend describes ("/sys" for the real kernel)."""
-        ...
-
-    def open(self, path: str, flags: int = O_RDWR_CLOEXEC) -> int: ...
-    def close(self, fd: int) -> None: ...
-    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str | None = None,
-              hint: str | None = None) -> int: ...
-    def mmap(self, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int: ...
-    def munmap(self, addr: int, length: int) -> None: ...
-    def eventfd(self, initval: int = 0, flags: int = os.EFD_CLOEXEC) -> int: ...
-    def pread(self, fd: int, size: int, offset: int) -> bytes: ...
-    def pwrite(self, fd: int, data: bytes, offset: int) -> int: ...
-    def read(self, fd: int, size: int) -> bytes: ...
-    def write(self, fd: int, data: bytes) -> int: ...
-    def label(self, fd: int, path: str) -> None: ...
-    def path_of(self, fd: int) -> str | None: ...
-
-
-def request_name(request: int) -> str:
-    """The op name of an ioctl request: its kernel name, or its number for a bare int."""
-    return getattr(request, "name", "") or f"ioctl {int(request):#x}"
-
+from .base import O_RDWR_CLOEXEC, Backend, request_name
+from .host import Host
+from .mock import MockBackend
+from .real import RealBackend
 
 _singletons: dict[str, Backend] = {}
 
@@ -68,16 +39,20 @@ def get_backend(backend: "Backend | str | None" = None) -> Backend:
     name = backend or os.environ.get("PYVFIO_BACKEND", "real")
     if name not in _singletons:
         if name == "real":
-            from .real import RealBackend
-
             _singletons[name] = RealBackend()
         elif name == "mock":
-            from .mock import MockBackend
-
             _singletons[name] = MockBackend()
         else:
             raise ArgumentError(f"unknown backend {name!r}: use 'real' or 'mock'")
     return _singletons[name]
 
 
-__all__ = ["Backend", "get_backend", "request_name", "O_RDWR_CLOEXEC"]
+def new_backend(name: str) -> Backend:
+    """A fresh backend by name: a new mock kernel for "mock", the real kernel for "real"."""
+    if name == "mock":
+        return MockBackend()
+    return get_backend(name)
+
+
+__all__ = ["Backend", "Host", "get_backend", "new_backend", "request_name", "O_RDWR_CLOEXEC",
+           "RealBackend", "MockBackend"]

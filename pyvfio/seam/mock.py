@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import error_from_errno
 from ..mockkernel.core import KernelError, MockKernel
 from ..uapi import ffi
-from . import O_RDWR_CLOEXEC, request_name
+from .base import O_RDWR_CLOEXEC, request_name
+from .host import MockHost
 from .real import RealBackend
 
 log = logging.getLogger("pyvfio.mock")
@@ -29,6 +30,15 @@ class MockBackend(RealBackend):
     def __init__(self, kernel: MockKernel | None = None) -> None:
         super().__init__()
         self.kernel = kernel if kernel is not None else MockKernel()
+
+    @property
+    def host(self) -> MockHost:
+        """The mock kernel's machine (its /sys, /proc, /dev tree, dmesg, driver core)."""
+        if self._host is None:
+            self._host = MockHost(self.kernel)
+        else:
+            self._host.refresh()  # type: ignore[attr-defined]
+        return self._host  # type: ignore[return-value]
 
     @property
     def sysfs_root(self) -> str:

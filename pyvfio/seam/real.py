@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import error_from_errno, from_oserror
 from ..uapi import ffi, lib
-from . import O_RDWR_CLOEXEC, request_name
+from .base import O_RDWR_CLOEXEC, request_name
+from .host import Host
 
 MAP_FAILED = (1 << 64) - 1
 _fcntl_ioctl = fcntl.ioctl
@@ -20,12 +21,20 @@ class RealBackend:
 
     name = "real"
 
-    @property
-    def sysfs_root(self) -> str:
-        return "/sys"
-
     def __init__(self) -> None:
         self._paths: dict[int, str] = {}
+        self._host: Host | None = None
+
+    @property
+    def host(self) -> Host:
+        """The machine: /sys, /proc and /dev of this host."""
+        if self._host is None:
+            self._host = Host.real()
+        return self._host
+
+    @property
+    def sysfs_root(self) -> str:
+        return self.host.sys
 
     # -- files -----------------------------------------------------------------------------
     def open(self, path: str, flags: int = O_RDWR_CLOEXEC) -> int:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ArgumentError, PyvfioError, error_from_errno, from_oserror
+from ..seam.host import Host
 from .discovery import (
     DeviceSource,
     HostPaths,
@@ -291,17 +292,23 @@ def find_uses(paths: HostPaths, dev: PciDevice) -> list[Use]:
 
 # -- the driver core -------------------------------------------------------------------------
 class DriverCore:
-    """The kernel's driver-core files under ``paths.sys``; each write is one step of a bind."""
+    """The kernel's driver-core files under ``paths.sys``; each write is one step of a bind.
 
-    def __init__(self, paths: HostPaths) -> None:
+    The writes go to ``host`` (:class:`pyvfio.seam.host.Host`; default: the host at ``paths``),
+    which gives the kernel's reaction; refusals become typed errors here.
+    """
+
+    def __init__(self, paths: HostPaths, host: Host | None = None) -> None:
         self.paths = paths
+        self.host = host if host is not None else Host.at(paths.sys, paths.proc, paths.dev, paths.state)
 
     def _write(self, path: str, value: str, op: str) -> None:
         try:
-            with open(path, "w") as f:
-                f.write(value)
+            self.host.write(path, value)
+        except PyvfioError:
+            raise
         except OSError as e:
-            raise self.translate(e, path, op) from None
+            raise self.translate(e, e.filename or path, op) from None
 
     @staticmethod
     def translate(e: OSError, path: str, op: str) -> PyvfioError:
@@ -319,10 +326,7 @@ class DriverCore:
         return os.path.join(self.paths.sys, "bus", "pci", "devices", bdf, *rest)
 
     def driver_of(self, bdf: str) -> str | None:
-        try:
-            return os.path.basename(os.readlink(self.dev_path(bdf, "driver")))
-        except OSError:
-            return None
+        return self.host.driver_of(bdf)
 
     def unbind(self, bdf: str) -> None:
         """Detach ``bdf`` from its driver (``BDF/driver/unbind``); no-op when unbound."""
@@ -338,7 +342,7 @@ class DriverCore:
         self._write(os.path.join(self.paths.sys, "bus", "pci", "drivers_probe"), bdf, "drivers_probe")
 
     def node_exists(self, group: int) -> bool:
-        return os.path.exists(os.path.join(self.paths.dev, "vfio", str(group)))
+        return self.host.node_exists(group)
 
 
 # -- remembered drivers --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import pyvfio.cli as clim
 from pyvfio.cli import cli
-from pyvfio.services.fakesys import sample_host
+from pyvfio.testing import sample_host
 
 
 @pytest.fixture
@@ -212,7 +212,7 @@ def test_doctor_json_and_exit_codes(host):
 
 
 def test_doctor_text_shows_hints(host):
-    host.write("proc/self/limits", __import__("pyvfio.services.fakesys", fromlist=["x"]).limits_text(65536))
+    host.write("proc/self/limits", __import__("pyvfio.testing", fromlist=["x"]).limits_text(65536))
     res = invoke(["doctor", "--guest-memory", "2G", "--device", "0000:00:04.0"], host)
     assert res.exit_code == 1
     assert "FAIL    memlock" in res.stdout and "ulimit -l" in res.stdout

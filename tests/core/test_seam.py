@@ -13,6 +13,7 @@ from pyvfio.seam import Backend, get_backend
 from pyvfio.seam.mock import MockBackend
 from pyvfio.seam.real import RealBackend
 from pyvfio.uapi import ffi
+from pyvfio.testing import machine
 
 
 def _closed_fd() -> int:
@@ -83,7 +84,7 @@ def echo():
     be = MockBackend(MockKernel(subsystems=[_EchoSubsystem]))
     fd = be.open("/dev/echo")
     yield be, fd
-    if fd in be.kernel.files:
+    if fd in machine(be).files:
         be.close(fd)
 
 
@@ -100,7 +101,7 @@ def test_mock_dispatches_by_request_number(echo):
     assert be.ioctl(fd, ioctls.VFIO_CHECK_EXTENSION, 3) == 1
     with pytest.raises(errors.InvalidArgumentError):
         be.ioctl(fd, ioctls.VFIO_CHECK_EXTENSION, 999)
-    assert "bad extension" in be.kernel.dmesg[-1]
+    assert "bad extension" in machine(be).dmesg[-1]
 
 
 def test_mock_open_unknown_path_enoent():
@@ -112,9 +113,9 @@ def test_mock_open_unknown_path_enoent():
 def test_mock_fds_are_real_and_released(echo):
     be, fd = echo
     assert os.readlink(f"/proc/self/fd/{fd}") == "/dev/null"
-    f = be.kernel.files[fd]
+    f = machine(be).file(fd)
     be.close(fd)
-    assert f.released and fd not in be.kernel.files
+    assert f.released and fd not in machine(be).files
     with pytest.raises(errors.BadFileError):
         be.ioctl(fd, ioctls.VFIO_GET_API_VERSION, 0)
 

@@ -18,10 +18,9 @@ from pyvfio import ioctls
 from pyvfio.errors import (ArgumentError, InvalidArgumentError, NotFoundError,
                            PermissionDeniedError, PyvfioError)
 from pyvfio.iommufd import IommuFd, open_device
-from pyvfio.mockkernel import iommufd as miommufd
-from pyvfio.mockkernel import vfio as mvfio
 from pyvfio.services.dma import DmaBuffer
 from pyvfio.uapi import ffi
+from pyvfio.testing import machine
 
 PAGE = 4096
 
@@ -30,7 +29,7 @@ PAGE = 4096
 def be(be):
     """conftest's mock kernel, checked for mock files left open before it is powered off."""
     yield be
-    assert not be.kernel.files, f"mock files left open: {be.kernel.files}"
+    assert not machine(be).files, f"mock files left open: {machine(be).files}"
 
 
 @pytest.mark.backends("mock", "intel", "amd", "virtio", iommufd=True)
@@ -42,7 +41,7 @@ def test_scenario(scenario, env, no_fd_leak):
 def test_dirty_tracking_on_an_iommu_that_has_it(be, no_fd_leak):
     """With a dirty-tracking IOMMU (mock knob): HWPT_ALLOC(DIRTY_TRACKING), SET_DIRTY_TRACKING,
     edu writes mark exactly the written pages, NO_CLEAR keeps them, a plain read clears them."""
-    miommufd.state(be.kernel).dirty_tracking = True
+    machine(be).iommufd.dirty_tracking = True
     with IommuFd(backend=be) as fd, DmaBuffer(16 * PAGE) as buf:
         ioas = fd.ioas_alloc()
         dev = fd.bind("0000:00:03.0")
@@ -76,15 +75,15 @@ def test_dirty_tracking_on_an_iommu_that_has_it(be, no_fd_leak):
 
 
 def test_bind_without_interrupt_remapping_eperm_then_allow_unsafe(be, no_fd_leak):
-    mvfio.state(be.kernel).groups[3].interrupt_remapping = False
+    machine(be).group(3).interrupt_remapping = False
     with IommuFd(backend=be) as fd:
         with pytest.raises(PermissionDeniedError) as ei:
             fd.bind("0000:00:03.0")
         assert "allow_unsafe_interrupts" in ei.value.hint
         assert not fd.devices
-        mvfio.state(be.kernel).write_param("iommufd", "allow_unsafe_interrupts", "Y")
+        machine(be).write_param("iommufd", "allow_unsafe_interrupts", "Y")
         dev = fd.bind("0000:00:03.0")
-        assert any("MSI interrupts are not secure" in line for line in be.kernel.dmesg)
+        assert any("MSI interrupts are not secure" in line for line in machine(be).dmesg)
         dev.close()
 
 
@@ -94,8 +93,8 @@ def test_open_device_unwinds_when_attach_fails(be, no_fd_leak):
         open_device("0000:00:03.0", backend=faulty)  # type: ignore[arg-type]
     assert ei.value.errno == errno.ENOMEM
     assert "IOMMU_DESTROY" in faulty.ops  # the IOAS was destroyed on the way out
-    assert not be.kernel.files
-    assert not miommufd.state(be.kernel).bound  # the device can be bound again
+    assert not machine(be).files
+    assert not machine(be).iommufd.bound  # the device can be bound again
     with open_device("0000:00:03.0", backend=be):
         pass
 
@@ -112,10 +111,10 @@ def test_close_order_with_everything_open(be, no_fd_leak):
     m = ioas.map(buf, 0x100000)
     buf.close()
     assert not buf.released  # mapped: the memory stays
-    assert miommufd.state(be.kernel).pinned_vm == PAGE
+    assert machine(be).iommufd.pinned_vm == PAGE
     fd.close()
     assert m.closed and buf.released and hwpt.closed and ioas.closed and dev.closed
-    assert miommufd.state(be.kernel).pinned_vm == 0
+    assert machine(be).iommufd.pinned_vm == 0
     fd.close()  # idempotent
 
 
@@ -159,7 +158,7 @@ def test_kernel_chosen_iova_exhausted_enospc(be, no_fd_leak):
 
 
 def test_rlimit_mode_needs_cap_sys_resource(be, no_fd_leak):
-    miommufd.state(be.kernel).cap_sys_resource_override = False
+    machine(be).iommufd.cap_sys_resource_override = False
     with IommuFd(backend=be) as fd:
         with pytest.raises(PermissionDeniedError) as ei:
             fd.rlimit_mode = 1
@@ -203,10 +202,10 @@ def test_rlimit_mode_mm_charges_vmlck(be, no_fd_leak):
     """RLIMIT_MODE 1 without CAP_IPC_LOCK: pins are charged to the process's locked_vm (what
     type1 uses) and refused over RLIMIT_MEMLOCK (in process, with the mock's capability and
     limit overrides; the setpriv child of scenario_memlock_enomem needs CAP_SYS_RESOURCE)."""
-    st = miommufd.state(be.kernel)
+    st = machine(be).iommufd
     st.cap_sys_resource_override = True
     st.cap_ipc_lock_override = False
-    task = mvfio.state(be.kernel).task
+    task = machine(be).task
     base = task.locked_vm()
     task.rlimit_override = (base + (1 << 20)) // PAGE * PAGE
     with IommuFd(backend=be) as fd, DmaBuffer(256 << 10, hugepages=None) as s, \
@@ -228,7 +227,7 @@ def test_rlimit_mode_mm_charges_vmlck(be, no_fd_leak):
 def test_kernel_chosen_iova_alignment_follows_thp(be, thp, no_fd_leak):
     """What the kernels showed: with THP an 8 KiB 2 MiB-aligned buffer lands at 0x2000, without
     (pyvfio's iommufd guest kernel) at 0x1000; a 2 MiB buffer at 2 MiB only with THP."""
-    miommufd.state(be.kernel).thp = thp
+    machine(be).iommufd.thp = thp
     with IommuFd(backend=be) as fd, DmaBuffer(8192) as a, DmaBuffer(2 << 20) as b:
         ioas = fd.ioas_alloc()
         assert ioas.map(a).iova == (0x2000 if thp else 0x1000)
@@ -241,5 +240,5 @@ def test_hwpt_scenario_as_other_viommus(be, kind, no_fd_leak):
     """The HWPT/HW_INFO scenario with the mock behaving like amd-iommu and virtio-iommu (what
     the amd and virtio guests showed: type NONE; virtio's HWPT allocated before an attach has
     an empty aperture)."""
-    miommufd.state(be.kernel).set_kind(kind)
+    machine(be).iommufd.set_kind(kind)
     sc.scenario_hwpt_and_hw_info(Env("mock", lambda: be, facts={"variant": kind}))

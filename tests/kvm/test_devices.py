@@ -10,6 +10,7 @@ from pyvfio import ioctls as I
 from pyvfio.errors import ArgumentError, ExistsError, InvalidArgumentError, NotFoundError, StateError
 from pyvfio.kvm import GuestMemory, Kvm, guestcode
 from pyvfio.seam.mock import MockBackend
+from pyvfio.testing import machine
 
 pytestmark = pytest.mark.backends("mock", "kvm")
 
@@ -139,14 +140,14 @@ def test_vfio_device_group_and_device_files_on_the_mock():
         with pytest.raises(NotFoundError):
             kdev.del_file(device)
         # the KVM device holds a reference: the group file outlives its fd until DEL/close
-        mock_group = be.kernel.files[group.fileno()]
+        mock_group = machine(be).file(group.fileno())
         refs = mock_group._refs
         assert refs >= 2
         kdev.del_group(group)
         assert mock_group._refs == refs - 1
         kdev.add_group(group)
     # closing the VM dropped the device's reference
-    assert be.kernel.files[group.fileno()]._refs >= 1
+    assert machine(be).file(group.fileno())._refs >= 1
     group.close()
     container.close()
 

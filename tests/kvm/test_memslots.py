@@ -24,6 +24,7 @@ from pyvfio.errors import (
 )
 from pyvfio.kvm import GuestMemory, Kvm, MemFlag, guestcode
 from pyvfio.seam.mock import MockBackend
+from pyvfio.testing import machine
 
 pytestmark = pytest.mark.backends("mock", "kvm")
 
@@ -80,7 +81,7 @@ def test_readonly_flag_depends_on_the_arch(backend, mem):
         s = vm.add_memslot(mem, 0, MiB, readonly=True)
         assert s.readonly and s.flags == MemFlag.READONLY
     mb = MockBackend()
-    mb.kernel.state["kvm"].config.readonly_mem = False  # an arch without KVM_CAP_READONLY_MEM
+    machine(mb).kvm_config.readonly_mem = False  # an arch without KVM_CAP_READONLY_MEM
     m2 = GuestMemory.anonymous(MiB, backend=mb)
     with Kvm(backend=mb) as k, k.create_vm() as vm:
         with pytest.raises(ArgumentError, match="READONLY_MEM"):
@@ -218,7 +219,7 @@ def test_guest_memfd_slot(backend):
         vm.close()
         m.close()
     mb = MockBackend()
-    mb.kernel.state["kvm"].config.guest_memfd = False
+    machine(mb).kvm_config.guest_memfd = False
     with Kvm(backend=mb) as k, k.create_vm() as vm:
         with pytest.raises(UnsupportedError):
             vm.create_guest_memfd(MiB)
@@ -284,7 +285,7 @@ def test_address_spaces_are_separate_on_a_two_space_mock():
     """x86 with SMM has two memslot address spaces (KVM_CAP_MULTI_ADDRESS_SPACE = 2): the same
     gpa may be mapped once in each, ids are per space, and slot numbers carry as_id << 16."""
     be = MockBackend()
-    be.kernel.state["kvm"].config.address_spaces = 2
+    machine(be).kvm_config.address_spaces = 2
     mem = GuestMemory.anonymous(MiB, backend=be)
     with Kvm(backend=be) as k, k.create_vm() as vm:
         assert vm.address_spaces == 2

@@ -23,6 +23,7 @@ from pyvfio.errors import (
 )
 from pyvfio.kvm import GuestMemory, Kvm, guestcode
 from pyvfio.seam.mock import MockBackend
+from pyvfio.testing import machine
 
 pytestmark = pytest.mark.backends("mock", "kvm")
 
@@ -102,11 +103,11 @@ def test_validation_matches_the_kernel(backend_name, reqs):
 def test_enable_dirty_ring_checks():
     be = MockBackend()
     with Kvm(backend=be) as kvm, kvm.create_vm() as vm:
-        before = be.kernel.files[vm.fileno()].nr_ioctls
+        before = machine(be).file(vm.fileno()).nr_ioctls
         for bad, exc in ((3 * PAGE, ArgumentError), (PAGE // 2, ArgumentError), (1 << 21, RangeError)):
             with pytest.raises(exc):
                 vm.enable_dirty_ring(bad)
-        assert be.kernel.files[vm.fileno()].nr_ioctls == before + 1  # only the cap query
+        assert machine(be).file(vm.fileno()).nr_ioctls == before + 1  # only the cap query
         vm.enable_dirty_ring(PAGE)
         with pytest.raises(StateError):
             vm.enable_dirty_ring(PAGE)
@@ -115,7 +116,7 @@ def test_enable_dirty_ring_checks():
         with pytest.raises(StateError):
             vm.enable_dirty_ring(PAGE)
     be2 = MockBackend()
-    be2.kernel.state["kvm"].config.dirty_ring_max = 0          # a kernel without the cap
+    machine(be2).kvm_config.dirty_ring_max = 0          # a kernel without the cap
     with Kvm(backend=be2) as kvm, kvm.create_vm() as vm:
         with pytest.raises(UnsupportedError):
             vm.enable_dirty_ring(PAGE)

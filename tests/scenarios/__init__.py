@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pyvfio.seam import Backend, request_name
+from pyvfio.testing import machine
 
 
 @dataclass
@@ -93,7 +94,7 @@ def assert_unmapped_write_faults(env: Env, be: Backend, edu: Any, iova: int, dst
     edu.from_device(iova, 64)  # unmapped now
     assert dst.read(0, 4096) == bytes(4096), "a DMA write to an unmapped IOVA landed"
     if env.is_mock:
-        log = be.kernel.dmesg  # type: ignore[attr-defined]
+        log = machine(be).dmesg  # type: ignore[attr-defined]
     else:
         log = []
         for _ in range(20):  # the fault is reported asynchronously

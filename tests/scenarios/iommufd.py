@@ -28,6 +28,7 @@ from pyvfio.seam import Backend
 from pyvfio.services.dma import DmaBuffer, DmaMapper
 from pyvfio.uapi import ffi
 from pyvfio.vfio import Group
+from pyvfio.testing import machine
 
 from . import CountingBackend, Env, assert_unmapped_write_faults, locked_vm
 
@@ -50,7 +51,7 @@ def thp(env: Env) -> bool:
     """The kernel has CONFIG_TRANSPARENT_HUGEPAGE: iopt_alloc_iova then keeps a buffer's
     alignment up to 2 MiB (else one page) when it picks an IOVA."""
     if env.is_mock:
-        return bool(env.backend().kernel.state["iommufd"].thp)  # type: ignore[attr-defined]
+        return bool(machine(env.backend()).iommufd.thp)  # type: ignore[attr-defined]
     return os.path.isdir("/sys/kernel/mm/transparent_hugepage")
 
 

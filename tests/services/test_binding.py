@@ -11,7 +11,8 @@ import pytest
 from pyvfio.errors import PyvfioError
 from pyvfio.services import binding as b
 from pyvfio.services.discovery import SysfsTreeSource
-from pyvfio.services.fakesys import EmulatedDriverCore, FakeHost, sample_host
+from pyvfio.services.binding import DriverCore as EmulatedDriverCore  # the host at a fake tree reacts
+from pyvfio.testing import FakeHost, sample_host
 
 
 @pytest.fixture

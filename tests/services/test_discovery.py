@@ -15,7 +15,7 @@ from pyvfio.services.discovery import (
     open_source,
     survey,
 )
-from pyvfio.services.fakesys import FakeHost, decorate, sample_host
+from pyvfio.testing import FakeHost, machine, sample_host
 
 
 @pytest.fixture
@@ -96,8 +96,6 @@ def test_empty_tree(tmp_path):
 
 
 def test_mock_kernel_tree_is_readable_and_follows_rebinds(mock_backend):
-    from pyvfio.mockkernel import vfio as mvfio
-
     src = open_source(mock_backend.sysfs_root)
     assert isinstance(src, SysfsTreeSource)
     devs = {d.bdf: d for d in src.devices()}
@@ -105,9 +103,8 @@ def test_mock_kernel_tree_is_readable_and_follows_rebinds(mock_backend):
     assert devs["0000:00:03.0"].ids == "1234:11e8"
     assert devs["0000:00:02.0"].driver == "e1000e"
     assert not src.group(2).viability.viable
-    mvfio.bind_driver(mock_backend.kernel, "0000:00:02.0", "vfio-pci")
+    machine(mock_backend).bind("0000:00:02.0", "vfio-pci")
     assert src.device("0000:00:02.0").driver == "vfio-pci" and src.group(2).viability.viable
-    decorate(mock_backend.sysfs_root)
     d = src.device("0000:00:03.0")
     assert d.numa_node is None and d.driver_override is None and d.revision == 0x10 and not d.resettable
 

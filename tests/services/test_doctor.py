@@ -8,7 +8,7 @@ import pytest
 
 from pyvfio.services.discovery import SysfsTreeSource
 from pyvfio.services.doctor import Doctor, DoctorOptions, Status, parse_size, read_kmsg
-from pyvfio.services.fakesys import limits_text, sample_host
+from pyvfio.testing import limits_text, sample_host
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_interrupt_remapping(host):
 def test_group_viability_names_the_sibling(host):
     host.remove("sys/bus/pci/devices/0000:01:00.0/driver")
     host.add_driver("vfio-pci")
-    from pyvfio.services.fakesys import _link
+    from pyvfio.mockkernel.host import _link
     _link(os.path.join(host.paths.sys, "bus/pci/drivers/vfio-pci"), host.dev_dir("0000:01:00.0") + "/driver")
     r = run(host, "group-viability")
     assert r.status is Status.FAIL and "0000:01:00.1" in r.summary and "snd_hda_intel" in r.summary

@@ -17,11 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyvfio.errors import ArgumentError, BusyError, PyvfioError
-from pyvfio.mockkernel.spapr import POWER_EDU_GROUP, power_kernel
+from pyvfio.mockkernel.vfio.spapr import POWER_EDU_GROUP, power_kernel
 from pyvfio.mockkernel.vfio import shutdown
 from pyvfio.seam.mock import MockBackend
 from pyvfio.services.dma import DmaBuffer
 from pyvfio.vfio import Container, Group
+from pyvfio.testing import machine
 
 PAGE = 4096
 BUF_PAGES = 64
@@ -29,7 +30,7 @@ GiB = 1 << 30
 
 
 def _kernel_view(iommu):
-    drv = iommu.container.backend.kernel.files[iommu.container.fileno()].iommu
+    drv = machine(iommu.container.backend).iommu(iommu.container)
     regions = {(p.ua, p.size) for p in drv.prereg}
     tces = {}
     for w in drv.tables:

@@ -28,6 +28,7 @@ from pyvfio.services.dma import DmaBuffer
 from pyvfio.vfio import Container, Group
 from pyvfio.vfio.edu import EduDevice
 from pyvfio.vfio.spapr import DmaWindow, SpaprTceIommu, SpaprTceV2Iommu
+from pyvfio.testing import machine
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -67,7 +68,7 @@ class Env:
     def locked(self) -> int:
         """Bytes of locked memory the kernel accounts to this process."""
         if not self.real:
-            return self.backend.kernel.state["vfio"].task.pinned
+            return machine(self.backend).task.pinned
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmLck:"):
@@ -87,7 +88,7 @@ def env(backend_name):
             edu = [d for d in json.load(f)["devices"] if d["name"] == "edu"][0]
         yield Env(RealBackend(), edu["bdf"], int(edu["iommu_group"]), True)
         return
-    from pyvfio.mockkernel.spapr import POWER_EDU_BDF, POWER_EDU_GROUP, power_kernel
+    from pyvfio.mockkernel.vfio.spapr import POWER_EDU_BDF, POWER_EDU_GROUP, power_kernel
     from pyvfio.mockkernel.vfio import shutdown
     from pyvfio.seam.mock import MockBackend
 

@@ -16,13 +16,13 @@ from scenarios import device as sc
 
 from pyvfio.errors import ArgumentError, RangeError, UnsupportedError
 from pyvfio.eventfd import EventFd
-from pyvfio.mockkernel import pci as mpci
-from pyvfio.mockkernel import vfio as mvfio
 from pyvfio.seam.mock import MockBackend
 from pyvfio.vfio import open_device
 from pyvfio.vfio.caps import walk_info_caps
 from pyvfio.vfio.device import Device, PciIrq
 from pyvfio.vfio.edu import EduDevice, EduError
+from pyvfio.mockkernel import MockKernel
+from pyvfio.testing import machine, standalone_device
 
 EDU, NIC = "0000:00:03.0", "0000:00:02.0"
 
@@ -32,9 +32,9 @@ def be():
     """The default mock machine with the e1000e-like NIC bound to vfio-pci as well (as the guest
     tests bind it); powered off afterwards."""
     backend = MockBackend()
-    mvfio.bind_driver(backend.kernel, NIC, "vfio-pci")
+    machine(backend).bind(NIC, "vfio-pci")
     yield backend
-    mvfio.shutdown(backend.kernel)
+    machine(backend).shutdown()
 
 
 #: Both devices bound to vfio-pci in the guests
@@ -77,7 +77,7 @@ def test_scenario(scenario, env, no_fd_leak):
 def test_sparse_mmap_areas(no_fd_leak):
     """A region with a SPARSE_MMAP capability: areas parsed, mmap only inside an area (pyvfio
     refuses before the syscall, the kernel with EINVAL), mmap_areas maps each."""
-    dev = mpci.standalone_device("e1000e", sparse_msix=True)
+    dev = standalone_device("e1000e", sparse_msix=True)
     try:
         r = dev.region_info(3)
         assert not r.msix_mappable
@@ -103,7 +103,7 @@ def test_sparse_mmap_areas(no_fd_leak):
 def test_region_info_grows_argsz():
     """The first GET_REGION_INFO (fixed size) is answered with the size the caps need; pyvfio
     calls again, as with the real kernel."""
-    be = MockBackend(mvfio.MockKernel(subsystems=[]))
+    be = MockBackend(MockKernel(subsystems=[]))
     calls = []
     orig = be.ioctl
 
@@ -114,7 +114,7 @@ def test_region_info_grows_argsz():
         return r
 
     be.ioctl = spy  # type: ignore[method-assign]
-    dev = mpci.standalone_device("e1000e", backend=be)
+    dev = standalone_device("e1000e", backend=be)
     try:
         assert dev.region_info(3).msix_mappable
         assert calls == [40, 40]  # 32 asked, 32 + 8-byte cap header needed
@@ -138,7 +138,7 @@ def test_cap_chain_guards():
 
 def test_edu_big_endian_registers():
     """edu on a big-endian QEMU target reads byte-swapped; EduDevice detects it from the ident."""
-    dev = mpci.standalone_device("edu", byteorder="big")
+    dev = standalone_device("edu", byteorder="big")
     try:
         assert dev.read_u32(0, 0) == 0xED000001
         edu = EduDevice(dev)
@@ -151,7 +151,7 @@ def test_edu_big_endian_registers():
 def test_edu_rejects_what_qemu_aborts_on():
     """Transfers QEMU's edu aborts on (0 bytes, ending at the buffer end on 7.2, beyond the DMA
     mask) are refused before any register is written; the mock device stops like QEMU if forced."""
-    dev = mpci.standalone_device("edu")
+    dev = standalone_device("edu")
     try:
         edu = EduDevice(dev)
         for iova, size, off in ((0x1000, 0, 0), (0x1000, 4096, 0), (0x1000, 10, 4090), (1 << 28, 16, 0),
@@ -167,7 +167,7 @@ def test_edu_rejects_what_qemu_aborts_on():
         dev.write_u32(0, 0x88, 0x40000)
         dev.write_u32(0, 0x90, 4096)
         dev.write_u32(0, 0x98, 1)
-        assert any("out of bounds" in line for line in dev.backend.kernel.dmesg)
+        assert any("out of bounds" in line for line in machine(dev.backend).dmesg)
         with pytest.raises(EduError):
             EduDevice(dev)  # ident reads all-ones now
     finally:
@@ -176,26 +176,26 @@ def test_edu_rejects_what_qemu_aborts_on():
 
 def test_edu_dma_without_iommu_domain_faults():
     """A device with no IOMMU domain behind it: the DMA is dropped and a fault logged."""
-    dev = mpci.standalone_device("edu")
+    dev = standalone_device("edu")
     try:
         edu = EduDevice(dev)
         edu.enable_bus_master()
         edu.from_device(0x100000, 16)
-        assert any("DMAR" in line and "0x100000" in line for line in dev.backend.kernel.dmesg)
+        assert any("DMAR" in line and "0x100000" in line for line in machine(dev.backend).dmesg)
     finally:
         dev.close()
 
 
 def test_hot_reset_info_off_root_bus(no_fd_leak):
     """Off the root bus a bus reset exists: the dependent devices are listed (ENOSPC first)."""
-    be = MockBackend(mvfio.MockKernel(subsystems=[]))
-    dev = mpci.standalone_device("e1000e", backend=be, name="0000:01:00.0")
+    be = MockBackend(MockKernel(subsystems=[]))
+    dev = standalone_device("e1000e", backend=be, name="0000:01:00.0")
     try:
         info = dev.hot_reset_info()
         assert [d.bdf for d in info.devices] == ["0000:01:00.0"]
     finally:
         dev.close()
-        mvfio.shutdown(be.kernel)
+        machine(be).shutdown()
 
 
 def test_device_close_releases_everything(be, no_fd_leak):
@@ -206,7 +206,7 @@ def test_device_close_releases_everything(be, no_fd_leak):
         dev.config.enable_bus_master()
         efds = dev.enable_irq(PciIrq.MSI)
         m = dev.mmap(0)
-        sim = mvfio.state(be.kernel).devices[EDU].sim
+        sim = machine(be).device(EDU)
         assert sim.triggers and sim.bus_master()
         dev.close()
         dev.close()
@@ -216,7 +216,7 @@ def test_device_close_releases_everything(be, no_fd_leak):
 
 
 def test_eventfd_basics(no_fd_leak):
-    be = MockBackend(mvfio.MockKernel(subsystems=[]))
+    be = MockBackend(MockKernel(subsystems=[]))
     with EventFd(backend=be) as e:
         assert e.wait(0) == 0 and not e.poll(0)
         e.signal(3)
@@ -228,7 +228,7 @@ def test_eventfd_basics(no_fd_leak):
 
 
 def test_reset_unsupported_is_typed():
-    dev = mpci.standalone_device("edu")
+    dev = standalone_device("edu")
     try:
         with pytest.raises(UnsupportedError) as ei:
             dev.reset()
@@ -240,7 +240,7 @@ def test_reset_unsupported_is_typed():
 def test_mmap_areas_unwinds_on_failure(no_fd_leak):
     """Mapping every sparse area is all or nothing: when the second mmap fails, the first
     mapping is undone."""
-    dev = mpci.standalone_device("e1000e", sparse_msix=True)
+    dev = standalone_device("e1000e", sparse_msix=True)
     real_mmap = dev.backend.mmap
     calls = []
 
@@ -265,7 +265,7 @@ def test_mmap_areas_unwinds_on_failure(no_fd_leak):
 
 def test_edu_mmap_mode_closes_mapping_on_bad_ident(no_fd_leak):
     """EduDevice(use_mmap=True) on a device that is not an edu leaves no mapping behind."""
-    dev = mpci.standalone_device("e1000e")
+    dev = standalone_device("e1000e")
     try:
         with pytest.raises(EduError):
             EduDevice(dev, use_mmap=True)

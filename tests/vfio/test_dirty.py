@@ -24,8 +24,6 @@ from scenarios import dirty as sc
 
 from pyvfio.errors import (AlignmentError, ArgumentError, InvalidArgumentError, OverlapError,
                            RangeError, UnsupportedError)
-from pyvfio.mockkernel import dirty as mdirty
-from pyvfio.mockkernel import vfio as mvfio
 from pyvfio.seam.mock import MockBackend
 from pyvfio.core.bitmap import DirtyBitmap
 from pyvfio.services.dirty import DeviceDirtyLog, DirtyTracker, or_shifted
@@ -33,6 +31,8 @@ from pyvfio.services.dma import DmaBuffer
 from pyvfio.vfio import IommuBase, open_device
 from pyvfio.vfio.dirty import LOG_MAX_RANGES, DmaLogging, dirty_pages
 from pyvfio.vfio.edu import EduDevice
+from pyvfio.mockkernel.pci import dmalog as _dmalog
+from pyvfio.testing import Machine, machine
 
 PAGE = 4096
 BASE = sc.BASE
@@ -42,7 +42,7 @@ BASE = sc.BASE
 def mock_env(be, backend_name) -> Env:
     """The mock kernel with the dirty semantics the backend names (``mock-exact``, ``mock-pinned``)."""
     semantics = backend_name.removeprefix("mock-")
-    mdirty.set_semantics(be.kernel, semantics)
+    machine(be).set_dirty_semantics(semantics)
     return Env("mock", lambda: be, facts={"dirty_semantics": semantics})
 
 
@@ -56,8 +56,8 @@ def test_scenario(scenario, env, no_fd_leak):
 
 
 def _edu_with_logger(be, **kw):
-    sim = mvfio.state(be.kernel).devices["0000:00:03.0"].sim
-    logger = mdirty.enable_device_logging(sim, **kw)
+    sim = machine(be).device("0000:00:03.0")
+    logger = _dmalog.enable_device_logging(sim, **kw)
     opened = open_device("0000:00:03.0", backend=be)
     edu = EduDevice(opened.device)
     edu.enable_bus_master()
@@ -198,7 +198,7 @@ def test_windowed_report_equals_one_window(layout, wbytes, data):
             bufs.append(b)
             maps.append(iommu.map(b, BASE + pos * PAGE))
             pos += n
-        drv = be.kernel.files[d.container.fileno()].iommu
+        drv = machine(be).iommu(d.container)
         small = DirtyTracker(iommu, max_bitmap_bytes=8 * wbytes)
         if max(m.size for m in maps) // PAGE > small.window_pages:
             small = DirtyTracker(iommu, max_bitmap_bytes=8 * ((max(m.size for m in maps) // PAGE + 63) // 64))
@@ -207,16 +207,16 @@ def test_windowed_report_equals_one_window(layout, wbytes, data):
         pages = data.draw(st.lists(st.sampled_from([(m.iova - BASE) // PAGE + k for m in maps
                                                     for k in range(m.size // PAGE)]), max_size=30))
         for p in pages:
-            mdirty.mark(drv, BASE + p * PAGE, 1)
+            Machine.mark_dirty(drv, BASE + p * PAGE, 1)
         a = small.report(BASE, pos * PAGE)
         for p in pages:
-            mdirty.mark(drv, BASE + p * PAGE, 1)
+            Machine.mark_dirty(drv, BASE + p * PAGE, 1)
         b = big.report(BASE, pos * PAGE)
         assert a == b and set(a.pages().tolist()) == set(pages)
         small.close()
         for b_ in bufs:
             b_.close()
-    mvfio.shutdown(be.kernel)
+    machine(be).shutdown()
 
 
 def test_or_shifted_matches_bit_by_bit():
@@ -232,12 +232,12 @@ def test_or_shifted_matches_bit_by_bit():
 def test_watch_counts_pages_per_interval(be, no_fd_leak):
     with open_device("0000:00:03.0", backend=be) as d, DmaBuffer(64 * PAGE, hugepages=None) as buf:
         d.iommu.map(buf, BASE)
-        drv = be.kernel.files[d.container.fileno()].iommu
+        drv = machine(be).iommu(d.container)
         with DirtyTracker(d.iommu) as t:
             samples = []
             for s in t.watch(0.3, 0.1):
                 samples.append(s)
-                mdirty.mark(drv, BASE, 5 * PAGE)  # 5 pages dirty before the next report
+                Machine.mark_dirty(drv, BASE, 5 * PAGE)  # 5 pages dirty before the next report
         assert samples and samples[0].dirty == 0
         assert all(s.dirty == 5 for s in samples[1:])
         assert samples[-1].total == 5 * (len(samples) - 1)

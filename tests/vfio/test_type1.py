@@ -16,13 +16,14 @@ from scenarios import type1 as sc
 
 from pyvfio.errors import (BusyError, NotFoundError,
                            PermissionDeniedError, StateError)
-from pyvfio.mockkernel import vfio as mvfio
-from pyvfio.mockkernel.type1 import Type1Iommu as MockType1
+from pyvfio.mockkernel.vfio.type1 import Type1Iommu as MockType1
 from pyvfio import ioctls
 from pyvfio.seam.mock import MockBackend
 from pyvfio.services.dma import DmaBuffer, DmaMapper
 from pyvfio.services.iova import IovaAllocator, IovaExhaustedError
 from pyvfio.vfio import Container, Group, IovaRange, open_device
+from pyvfio.mockkernel.vfio import IommuFault
+from pyvfio.testing import machine
 
 
 @pytest.mark.backends("mock", "intel", "amd")
@@ -35,14 +36,14 @@ def test_scenario(scenario, env, no_fd_leak):
 
 
 def test_non_viable_group_set_container_eperm(be, no_fd_leak):
-    mvfio.bind_driver(be.kernel, "0000:00:02.0", None)  # the NIC leaves its host driver...
-    nic = mvfio.state(be.kernel).devices["0000:00:02.0"]
+    machine(be).bind("0000:00:02.0", None)  # the NIC leaves its host driver...
+    nic = machine(be).entry("0000:00:02.0")
     # ...and joins edu's IOMMU group on a host driver: the group is no longer viable
     nic.group.devices.remove(nic)
-    edu_group = mvfio.state(be.kernel).groups[3]
+    edu_group = machine(be).group(3)
     nic.group = edu_group
     edu_group.devices.append(nic)
-    mvfio.bind_driver(be.kernel, "0000:00:02.0", "e1000e")
+    machine(be).bind("0000:00:02.0", "e1000e")
     with Container(backend=be) as c, Group(3, backend=be) as g:
         assert not g.status().viable
         with pytest.raises(PermissionDeniedError) as ei:
@@ -62,15 +63,15 @@ def test_group_of_host_driver_device_has_no_node():
 
 
 def test_no_interrupt_remapping_eperm_then_allow_unsafe(be, no_fd_leak):
-    mvfio.state(be.kernel).groups[3].interrupt_remapping = False
+    machine(be).group(3).interrupt_remapping = False
     with Container(backend=be) as c:
         c.attach(Group(3, backend=be))
         with pytest.raises(PermissionDeniedError) as ei:
             c.set_iommu()
         assert "allow_unsafe_interrupts" in ei.value.hint and "interrupt remapping" in ei.value.hint
-        assert any("No interrupt remapping support" in line for line in be.kernel.dmesg)
+        assert any("No interrupt remapping support" in line for line in machine(be).dmesg)
         assert c.iommu is None
-        mvfio.state(be.kernel).write_param("vfio_iommu_type1", "allow_unsafe_interrupts", "Y")
+        machine(be).write_param("vfio_iommu_type1", "allow_unsafe_interrupts", "Y")
         c.set_iommu()
 
 
@@ -79,26 +80,26 @@ def test_open_device_undoes_steps_on_failure(be, no_fd_leak):
     with pytest.raises(PermissionDeniedError):
         open_device("0000:00:03.0", backend=faulty)
     assert "VFIO_SET_IOMMU!" in faulty.ops
-    assert len(be.kernel.files) == 0  # container and group closed
+    assert len(machine(be).files) == 0  # container and group closed
     # the group can be opened again: nothing holds it
     Group(3, backend=be).close()
     faulty = FaultyBackend(be, {"VFIO_GROUP_SET_CONTAINER": errno.EBUSY})
     with pytest.raises(BusyError):
         open_device("0000:00:03.0", backend=faulty)
-    assert len(be.kernel.files) == 0
+    assert len(machine(be).files) == 0
     faulty = FaultyBackend(be, {"VFIO_GROUP_GET_DEVICE_FD": errno.ENODEV})
     with pytest.raises(NotFoundError):
         open_device("0000:00:03.0", backend=faulty)
     ops = faulty.ops
     assert ops.index("VFIO_GROUP_GET_DEVICE_FD!") < ops.index("VFIO_GROUP_UNSET_CONTAINER")  # unwound
-    assert len(be.kernel.files) == 0
+    assert len(machine(be).files) == 0
     faulty = FaultyBackend(be, {"VFIO_GET_API_VERSION": errno.ENOTTY})
     with pytest.raises(OSError):
         open_device("0000:00:03.0", backend=faulty)
-    assert len(be.kernel.files) == 0
+    assert len(machine(be).files) == 0
     with open_device("0000:00:03.0", backend=be) as d:  # and everything still works
         assert d.device.name == "0000:00:03.0"
-    assert len(be.kernel.files) == 0
+    assert len(machine(be).files) == 0
 
 
 def test_close_order_and_idempotence(be, no_fd_leak):
@@ -115,7 +116,7 @@ def test_close_order_and_idempotence(be, no_fd_leak):
     ops = counting.ops
     assert ops.index("VFIO_IOMMU_UNMAP_DMA") < ops.index("VFIO_GROUP_UNSET_CONTAINER")
     assert locked_vm(be) == base - 4096
-    assert be.kernel.files == {}
+    assert machine(be).files == {}
     buf.close()
     with pytest.raises(StateError):
         c.fileno()
@@ -135,16 +136,16 @@ def test_finalizer_closes_dropped_container():
     be = MockBackend()
     c = Container(backend=be)
     fd = c.fileno()
-    assert fd in be.kernel.files
+    assert fd in machine(be).files
     del c
     import gc
 
     gc.collect()
-    assert fd not in be.kernel.files
+    assert fd not in machine(be).files
 
 
 def test_enomem_via_simulated_task(be, no_fd_leak):
-    task = mvfio.state(be.kernel).task
+    task = machine(be).task
     task.cap_ipc_lock_override = False
     task.rlimit_override = task.locked_vm() + (64 << 10)
     with sc.type1(be, "0000:00:03.0") as (_c, _g, iommu), DmaBuffer(128 << 10, hugepages=None) as buf:
@@ -168,15 +169,15 @@ def test_translate_and_fault_logging():
     be = MockBackend()
     with sc.type1(be, "0000:00:03.0") as (_c, g, iommu), DmaBuffer(8192) as buf:
         iommu.map(buf, 0x100000, write=False)
-        mgroup = mvfio.state(be.kernel).groups[3].vfio
+        mgroup = machine(be).group(3).vfio
         buf.write(0, b"hello")
         assert mgroup.dma_read(0x100000, 5) == b"hello"
-        with pytest.raises(mvfio.IommuFault):
+        with pytest.raises(IommuFault):
             mgroup.dma_write(0x100000, b"xx")
         assert buf.read(0, 5) == b"hello"
-        with pytest.raises(mvfio.IommuFault):
+        with pytest.raises(IommuFault):
             mgroup.dma_read(0x900000, 4)
-        faults = [l for l in be.kernel.dmesg if l.startswith("DMAR:")]
+        faults = [l for l in machine(be).dmesg if l.startswith("DMAR:")]
         assert "DMA Write" in faults[0] and "0x100000" in faults[0]
         assert "DMA Read" in faults[1] and "0x900000" in faults[1]
 
@@ -267,7 +268,7 @@ def test_container_refuses_unknown_api_version_and_closes(be, no_fd_leak):
 
     with pytest.raises(UnsupportedError):
         Container(backend=_OldApiBackend(be))
-    assert be.kernel.files == {}
+    assert machine(be).files == {}
 
 
 def test_set_iommu_needs_a_group_before_the_syscall(be, no_fd_leak):
@@ -316,7 +317,7 @@ def test_concurrent_maps_from_threads_keep_their_arguments(be, no_fd_leak):
         for th in threads:
             th.join()
         assert not errors
-        entries = mvfio.state(be.kernel).groups[3].vfio.iommu.entries()
+        entries = machine(be).group(3).vfio.iommu.entries()
         assert len(entries) == 256
         for e in entries:
             k = (e.iova - 0x1000000) // 0x10000

@@ -66,10 +66,15 @@ import errno
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import ioctls
-from ..uapi import ffi
-from .core import KernelError, MockKernel, handles
-from .vfio import IommuDriver, IommuFault, MockGroup, register_iommu_driver, state
+from ... import ioctls
+from ...uapi import ffi
+from ..core import KernelError, MockKernel, handles
+from . import install as vfio_install
+from ..pci import make_edu
+from .topology import add_device
+from .core import IommuDriver, IommuFault, register_iommu_driver, state
+from .group import MockGroup
+from ..memory import user_mapped
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -345,7 +350,7 @@ class SpaprTceIommu(IommuDriver):
                     raise KernelError(errno.EINVAL, f"tce_vfio: {ua:#x} is not in registered memory")
                 plan.append((ua, direction, r))
             else:
-                if not MockKernel.user_mapped(ua, w.page_size):
+                if not user_mapped(ua, w.page_size):
                     raise KernelError(errno.EFAULT, f"tce_vfio: {ua:#x} not mapped")
                 if w.page_shift > PAGE_SHIFT:
                     raise KernelError(errno.EPERM, "tce_vfio: page smaller than the IOMMU page")
@@ -398,7 +403,7 @@ class SpaprTceIommu(IommuDriver):
             if entries == 0:
                 raise KernelError(errno.ENOMEM, "mm_iommu_new: no entries (vzalloc(0))")
             _charge(self.kernel, size, "mm_iommu_new")
-            if not MockKernel.user_mapped(ua, size):
+            if not user_mapped(ua, size):
                 state(self.kernel).task.pinned -= size
                 raise KernelError(errno.EFAULT, f"mm_iommu_new: {ua:#x}+{size:#x} not mapped")
             if any(o.ua < ua + size and ua < o.ua + o.size for o in mm.regions):
@@ -545,19 +550,12 @@ class _PowerMachine:
 
     @staticmethod
     def install(kernel: MockKernel) -> None:
-        from . import vfio
-
-        vfio.install(kernel, machine=False)
+        vfio_install(kernel, machine=False)
         install(kernel)
-        try:
-            from .pci import make_edu
-        except ImportError:  # pragma: no cover - the simulated devices land separately
-            edu: Any = vfio.PciIdentity(POWER_EDU_BDF, 0x1234, 0x11E8, 0x00FF00)
-        else:
-            # edu in a little-endian POWER guest: registers byte-swapped; all-ones DMA mask
-            # (-device edu,dma_mask=0xffffffffffffffff)
-            edu = make_edu(kernel, POWER_EDU_BDF, byteorder="big", dma_mask=U64)
-        vfio.add_device(kernel, edu, group=POWER_EDU_GROUP, driver="vfio-pci", reserved=[])
+        # edu in a little-endian POWER guest: registers byte-swapped; all-ones DMA mask
+        # (-device edu,dma_mask=0xffffffffffffffff)
+        edu = make_edu(kernel, POWER_EDU_BDF, byteorder="big", dma_mask=U64)
+        add_device(kernel, edu, group=POWER_EDU_GROUP, driver="vfio-pci", reserved=[])
 
 
 def power_kernel() -> MockKernel:

@@ -1,382 +1,17 @@
-"""Mock iommufd: /dev/iommu and the VFIO device cdevs /dev/vfio/devices/vfioN (6.12 rules).
-
-Follows drivers/iommu/iommufd/{main.c,ioas.c,io_pagetable.c,pages.c,device.c,hw_pagetable.c}
-and drivers/vfio/device_cdev.c. What user space can tell, with the kernel's errnos:
-
-* Command framing (iommufd_fops_ioctl): ``size`` (the first u32) below the command's minimum →
-  EINVAL; bytes past the struct the kernel knows must be zero (E2BIG); the answer is copied back
-  over ``min(size, sizeof)``. Reserved fields or unknown flags → EOPNOTSUPP.
-* Objects live in one id table per open /dev/iommu (ids from 1). IOMMU_DESTROY: unknown id →
-  ENOENT; an object still used (an IOAS under a HWPT, a HWPT with a device attached, a bound
-  device) → EBUSY.
-* IOAS: a fresh IOAS spans [0, 2^64-1] with alignment 1. Attaching a device narrows it: the
-  device's reserved regions (the MSI window) and everything outside the IOMMU aperture become
-  reserved (EADDRINUSE if a mapping or an allowed range is there), the alignment becomes the
-  IOMMU's smallest page. IOVA_RANGES lists the holes (EMSGSIZE, with ``num_iovas`` set, when the
-  array is too small). ALLOW_IOVAS: start >= last or overlapping ranges → EINVAL; intersecting a
-  reserved range → EADDRINUSE. MAP: no READABLE/WRITEABLE → EINVAL; length 0 or unaligned →
-  EINVAL; FIXED_IOVA unaligned or reserved → EINVAL, overlap → EEXIST; otherwise the kernel picks
-  the IOVA (iopt_alloc_iova: first fit above page 0, aligned like the user address up to 2 MiB
-  with THP or one page without, inside the allowed ranges if any; ENOSPC when none). UNMAP: iova 0 + length 2^64-1 unmaps all;
-  a range cutting a mapping → ENOENT (mappings before it are already gone), nothing inside →
-  ENOENT, length 0 → EINVAL; ``length`` is rewritten to the bytes unmapped. COPY maps the pages
-  behind a contiguous source range (ENOENT if not fully mapped; EPERM for WRITEABLE over memory
-  mapped read-only).
-* Pinning and accounting (pages.c): pages are pinned only while the IOAS has a domain (a HWPT),
-  at MAP time or when the first domain arrives. Every pin adds to the mm's ``pinned_vm`` (VmPin).
-  Without CAP_IPC_LOCK it is also charged to the user's locked_vm (RLIMIT_MODE 0, the default for
-  /dev/iommu) or to the mm's locked_vm (RLIMIT_MODE 1, VmLck, what type1 uses), ENOMEM over
-  RLIMIT_MEMLOCK. RLIMIT_MODE can be set only with CAP_SYS_RESOURCE (EPERM) and only while the
-  context holds no object (EBUSY). A user address that is not mapped gives EFAULT when pinned.
-* OPTION HUGE_PAGES (per IOAS): SET 0 raises the alignment to PAGE_SIZE (EINVAL once a domain
-  holds mappings), values other than 0/1 → EINVAL.
-* GET_HW_INFO: the intel vIOMMU answers type INTEL_VTD with ``struct iommu_hw_info_vtd``; amd and
-  virtio answer type NONE. DIRTY_TRACKING capability only where the IOMMU has it (QEMU's do not:
-  ``IommufdState.dirty_tracking`` turns it on in the mock). HWPT_ALLOC with DIRTY_TRACKING on an
-  IOMMU without it → EOPNOTSUPP; SET_DIRTY_TRACKING/GET_DIRTY_BITMAP on a HWPT allocated without
-  it → EOPNOTSUPP.
-* The cdev (device_cdev.c): every ioctl but BIND_IOMMUFD → EINVAL before the bind; BIND: bad
-  argsz/flags/negative fd → EINVAL, the VFIO group file open → EBUSY (and opening the group while
-  a cdev is bound → EBUSY), bound twice → EINVAL, fd not open → EBADF, not /dev/iommu → EBADFD,
-  no interrupt remapping without iommufd's allow_unsafe_interrupts → EPERM. ATTACH_IOMMUFD_PT to
-  an IOAS reuses or creates an automatic HWPT (destroyed again on detach) and returns its id;
-  attaching again replaces. DETACH when not attached is a no-op.
-
-Simulated devices behind a cdev DMA through the IOAS of the HWPT they are attached to: the cdev
-hands the vfio-pci device file (:func:`pyvfio.mockkernel.pci.open_device_file`) its own DMA
-object (``dma_read``/``dma_write``, the same contract as a VFIO group's), so no change to the
-device model was needed. A refused access lands nowhere and logs a DMAR fault to dmesg.
+"""/dev/iommu: one iommufd context (drivers/iommu/iommufd/main.c, ioas.c, hw_pagetable.c, device.c).
 """
 
 from __future__ import annotations
 
-import bisect
 import errno
-import os
-from dataclasses import dataclass, field
 from typing import Any
 
-from .. import ioctls as I
-from ..uapi import ffi
-from .core import KernelError, MockFile, MockKernel, handles
-from .vfio import IommuFault, MockIommuGroup, state as vfio_state
-
-NAME = "iommufd"
-PAGE = 4096
-U64_MAX = (1 << 64) - 1
-ULONG_MAX = U64_MAX
-HPAGE = 2 << 20
-IOMMU_READ = 1
-IOMMU_WRITE = 2
-#: The smallest IOMMU page of the mock's vIOMMU (4 KiB | 2 MiB | 1 GiB like intel's).
-DEFAULT_PGSIZES = 0x40201000
-#: cap_reg / ecap_reg reported for the intel vIOMMU (values of the shape QEMU reports).
-VTD_CAP_REG = 0x00D2008C22260286
-VTD_ECAP_REG = 0x0000000000F00F5E
-
-ACCOUNT_NONE, ACCOUNT_USER, ACCOUNT_MM = 0, 1, 2
-
-
-def _cap(bit: int) -> bool:
-    from .vfio import _cap_eff
-
-    return bool(_cap_eff() & (1 << bit))
-
-
-class IommufdState:
-    """Per-kernel iommufd state: cdev numbering, accounting counters and vIOMMU knobs."""
-
-    def __init__(self, kernel: MockKernel) -> None:
-        self.kernel = kernel
-        #: BDF -> N of /dev/vfio/devices/vfioN
-        self.cdev_index: dict[str, int] = {}
-        #: group number -> bound cdev count (vfio_group.cdev_device_open_cnt)
-        self.cdev_open: dict[int, int] = {}
-        #: BDFs bound through a cdev (device->open_count of the cdev path)
-        self.bound: set[str] = set()
-        #: group number -> the ctx owning the group's DMA (iommu_device_claim_dma_owner)
-        self.dma_owner: dict[int, Any] = {}
-        #: mm->pinned_vm (VmPin) added by the mock, bytes
-        self.pinned_vm = 0
-        #: user->locked_vm charged by the mock (RLIMIT_MODE 0), bytes
-        self.user_locked_vm = 0
-        # knobs of the simulated vIOMMU
-        #: "intel", "amd" or "virtio" (see :meth:`set_kind`)
-        self.kind = "intel"
-        self.hw_info_type = I.IOMMU_HW_INFO_TYPE_INTEL_VTD
-        #: the driver allocates domains with domain_alloc_user (HWPT_ALLOC flags allowed)
-        self.domain_alloc_user = True
-        #: the driver completes a domain (its aperture) only at the first attach (virtio-iommu)
-        self.finalise_at_attach = False
-        self.dirty_tracking = False
-        self.pgsize_bitmap = DEFAULT_PGSIZES
-        #: CONFIG_TRANSPARENT_HUGEPAGE: kernel-chosen IOVAs keep the user address's alignment
-        #: up to 2 MiB (else up to one page; pyvfio's iommufd guest kernel has no THP)
-        self.thp = True
-        #: CAP_IPC_LOCK / CAP_SYS_RESOURCE of the caller (None: the real process's).
-        self.cap_ipc_lock_override: bool | None = None
-        self.cap_sys_resource_override: bool | None = None
-
-    def set_kind(self, kind: str) -> None:
-        """Behave like QEMU's intel-iommu (GET_HW_INFO INTEL_VTD), amd-iommu (type NONE) or
-        virtio-iommu (type NONE, no domain_alloc_user: HWPT_ALLOC flags → EOPNOTSUPP; a domain
-        allocated before any attach has an empty aperture, so its IOAS keeps only IOVA 0)."""
-        if kind not in ("intel", "amd", "virtio"):
-            raise ValueError(f"unknown vIOMMU kind {kind!r}")
-        self.kind = kind
-        self.hw_info_type = (I.IOMMU_HW_INFO_TYPE_INTEL_VTD if kind == "intel"
-                             else I.IOMMU_HW_INFO_TYPE_NONE)
-        self.domain_alloc_user = kind != "virtio"
-        self.finalise_at_attach = kind == "virtio"
-
-    def cap_ipc_lock(self) -> bool:
-        if self.cap_ipc_lock_override is not None:
-            return self.cap_ipc_lock_override
-        return vfio_state(self.kernel).task.cap_ipc_lock()
-
-    def cap_sys_resource(self) -> bool:
-        if self.cap_sys_resource_override is not None:
-            return self.cap_sys_resource_override
-        return _cap(24)
-
-
-def state(kernel: MockKernel) -> IommufdState:
-    st = kernel.state.get(NAME)
-    if st is None:
-        raise KernelError(errno.ENODEV, "iommufd subsystem not installed in this mock kernel")
-    return st
-
-
-# ---------------------------------------------------------------------------------------------
-# pages, areas, the io_pagetable
-# ---------------------------------------------------------------------------------------------
-
-
-class Pages:
-    """iopt_pages: a span of user memory (page granular) shared by areas (COPY shares it)."""
-
-    def __init__(self, uptr: int, length: int, writable: bool, account: int) -> None:
-        self.uptr = uptr & ~(PAGE - 1)
-        self.npages = (length + (uptr - self.uptr) + PAGE - 1) // PAGE
-        self.writable = writable
-        self.account = account
-        #: page indexes currently pinned (the union over areas filled into a domain)
-        self.pinned: set[int] = set()
-
-
-@dataclass
-class Area:
-    """iopt_area: [iova, iova+length) mapping ``pages`` from ``start_byte``."""
-
-    iova: int
-    length: int
-    pages: Pages
-    start_byte: int
-    prot: int
-    filled: bool = False
-
-    @property
-    def last(self) -> int:
-        return self.iova + self.length - 1
-
-    def vaddr(self, iova: int) -> int:
-        return self.pages.uptr + self.start_byte + (iova - self.iova)
-
-    def page_indexes(self) -> range:
-        return range(self.start_byte // PAGE, (self.start_byte + self.length - 1) // PAGE + 1)
-
-
-class Obj:
-    """An iommufd object: ``id`` in the context's table and its ``users`` count."""
-
-    kind = "?"
-
-    def __init__(self) -> None:
-        self.id = 0
-        self.users = 1  # the table's own reference
-
-
-class Ioas(Obj):
-    kind = "IOAS"
-
-    def __init__(self, ctx: "IommufdFile") -> None:
-        super().__init__()
-        self.ctx = ctx
-        self.starts: list[int] = []
-        self.areas: list[Area] = []
-        #: (start, last, owner)
-        self.reserved: list[tuple[int, int, Any]] = []
-        self.allowed: list[tuple[int, int]] = []
-        self.iova_alignment = 1
-        self.disable_large_pages = False
-        self.hwpts: list[Hwpt] = []
-
-    # -- lookups --------------------------------------------------------------------------
-    def areas_in(self, start: int, last: int) -> list[Area]:
-        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
-        out = []
-        for a in self.areas[i:]:
-            if a.iova > last:
-                break
-            if a.last >= start:
-                out.append(a)
-        return out
-
-    def reserved_in(self, start: int, last: int) -> bool:
-        return any(s <= last and start <= e for s, e, _o in self.reserved)
-
-    def allowed_in(self, start: int, last: int) -> bool:
-        return any(s <= last and start <= e for s, e in self.allowed)
-
-    def holes(self) -> list[tuple[int, int]]:
-        """The IOVA ranges not reserved (what IOVA_RANGES reports)."""
-        spans = sorted((s, e) for s, e, _o in self.reserved)
-        out, cur = [], 0
-        for s, e in spans:
-            if s > cur:
-                out.append((cur, s - 1))
-            cur = max(cur, e + 1)
-            if cur > ULONG_MAX:
-                return out
-        if cur <= ULONG_MAX:
-            out.append((cur, ULONG_MAX))
-        return out
-
-    @property
-    def has_domains(self) -> bool:
-        return bool(self.hwpts)
-
-    # -- area insertion / removal ---------------------------------------------------------
-    def _link(self, a: Area) -> None:
-        i = bisect.bisect_left(self.starts, a.iova)
-        self.starts.insert(i, a.iova)
-        self.areas.insert(i, a)
-
-    def _unlink(self, a: Area) -> None:
-        i = self.areas.index(a)
-        del self.starts[i]
-        del self.areas[i]
-
-    def alloc_iova(self, uptr: int, length: int) -> int:
-        """iopt_alloc_iova: first fit, page 0 never used."""
-        if length == 0 or length >= ULONG_MAX // 2:
-            raise KernelError(errno.EOVERFLOW, "iommufd: alloc_iova length")
-        page_offset = uptr % PAGE
-        pow2 = 1 << (length - 1).bit_length()
-        align = pow2 if not uptr else min(pow2, uptr & -uptr)
-        align = min(align, HPAGE if self.ctx.st.thp else PAGE)  # max_alignment
-        if align < self.iova_alignment:
-            raise KernelError(errno.EINVAL, "iommufd: user address alignment below the IOAS alignment")
-        lo_lim, hi_lim = PAGE, ULONG_MAX - PAGE
-        allowed = sorted(self.allowed) if self.allowed else [(lo_lim, hi_lim)]
-        used = sorted([(s, e) for s, e, _o in self.reserved] + [(a.iova, a.last) for a in self.areas])
-        for a_lo, a_hi in allowed:
-            a_lo, a_hi = max(a_lo, lo_lim), min(a_hi, hi_lim)
-            if a_lo > a_hi:
-                continue
-            cur = a_lo
-            for s, e in used + [(a_hi + 1, a_hi + 1)]:
-                if e < cur:
-                    continue
-                hole_last = min(s - 1, a_hi)
-                if hole_last >= cur:
-                    start = ((cur + align - 1) & ~(align - 1)) | page_offset
-                    if start < hole_last and hole_last - start >= length - 1:
-                        return start
-                cur = max(cur, e + 1)
-                if cur > a_hi:
-                    break
-        raise KernelError(errno.ENOSPC, "iommufd: no free IOVA block")
-
-    def check_iova(self, iova: int, length: int) -> None:
-        """iopt_check_iova."""
-        if iova & (self.iova_alignment - 1):
-            raise KernelError(errno.EINVAL, f"iommufd: IOVA {iova:#x} not aligned to {self.iova_alignment:#x}")
-        last = iova + length - 1
-        if last > ULONG_MAX:
-            raise KernelError(errno.EOVERFLOW, "iommufd: IOVA range wraps")
-        if self.reserved_in(iova, last):
-            raise KernelError(errno.EINVAL, f"iommufd: IOVA {iova:#x}+{length:#x} is reserved")
-        if self.areas_in(iova, last):
-            raise KernelError(errno.EEXIST, "")
-
-    def map_pages(self, pieces: list[tuple[Pages, int, int]], length: int, iova: int | None,
-                  prot: int) -> int:
-        """iopt_map_pages: place ``pieces`` (pages, start_byte, length) at ``iova`` or an
-        allocated IOVA, then fill the domains (pin). Returns the IOVA."""
-        if length & (self.iova_alignment - 1) or not length:
-            raise KernelError(errno.EINVAL, "iommufd: length zero or not aligned")
-        first_pages, first_start, _ = pieces[0]
-        if iova is None:
-            iova = self.alloc_iova(first_pages.uptr + first_start, length)
-        else:
-            self.check_iova(iova, length)
-        new: list[Area] = []
-        at = iova
-        for pages, start_byte, n in pieces:
-            if prot & IOMMU_WRITE and not pages.writable:
-                raise KernelError(errno.EPERM, "iommufd: WRITEABLE over read-only pages")
-            if (start_byte % PAGE) & (self.iova_alignment - 1):
-                raise KernelError(errno.EINVAL, "iommufd: user address not aligned to the IOAS")
-            new.append(Area(at, n, pages, start_byte, prot))
-            at += n
-        for a in new:
-            self._link(a)
-        if self.has_domains:
-            try:
-                self.ctx.fill(new)
-            except KernelError:
-                for a in new:
-                    self._unlink(a)
-                raise
-        return iova
-
-    def unmap_range(self, start: int, last: int) -> tuple[int, int]:
-        """iopt_unmap_iova_range: (errno or 0, bytes unmapped)."""
-        done = 0
-        for a in self.areas_in(start, last):
-            if a.iova < start or a.last > last:
-                return errno.ENOENT, done
-            self.remove_area(a)
-            done += a.length
-        return 0, done
-
-    def remove_area(self, a: Area) -> None:
-        self._unlink(a)
-        if a.filled:
-            self.ctx.unfill([a])
-
-    def unmap_all(self) -> int:
-        return self.unmap_range(0, ULONG_MAX)[1]
-
-
-class Hwpt(Obj):
-    kind = "HWPT_PAGING"
-
-    def __init__(self, ioas: Ioas, group: MockIommuGroup, *, auto: bool, dirty: bool) -> None:
-        super().__init__()
-        self.ioas = ioas
-        self.group = group
-        self.auto_domain = auto
-        self.dirty_ops = dirty
-        self.dirty_tracking = False
-        self.dirty: set[int] = set()  # dirty IOVA pages (iova // PAGE)
-        #: the domain's geometry when it was added to the IOAS
-        self.aperture = group.aperture
-        self.devices: list[Idev] = []
-
-
-class Idev(Obj):
-    kind = "DEVICE"
-
-    def __init__(self, ctx: "IommufdFile", entry: Any, cdev: "VfioCdevFile") -> None:
-        super().__init__()
-        self.ctx = ctx
-        self.entry = entry
-        self.group: MockIommuGroup = entry.group
-        self.cdev = cdev
-        self.hwpt: Hwpt | None = None
-        self.users += 1  # the driver holds it until unbind
+from ... import ioctls as I
+from ...uapi import ffi
+from ..core import KernelError, MockFile, MockKernel, handles
+from ..vfio import state as vfio_state
+from ..memory import read_user, user_mapped, write_user
+from .objects import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Area, Hwpt, IOMMU_READ, IOMMU_WRITE, Idev, Ioas, Obj, PAGE, Pages, U64_MAX, ULONG_MAX, VTD_CAP_REG, VTD_ECAP_REG, state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,8 +99,6 @@ class IommufdFile(MockFile):
 
     def fill(self, areas: list[Area]) -> None:
         """Pin the areas' pages into the domains (iopt_area_fill_domains); all or nothing."""
-        from .type1 import _user_mapped
-
         done: list[tuple[Area, set[int]]] = []
         try:
             for a in areas:
@@ -473,7 +106,7 @@ class IommufdFile(MockFile):
                     continue
                 lo = a.vaddr(a.iova) & ~(PAGE - 1)
                 hi = (a.vaddr(a.last) | (PAGE - 1)) + 1
-                if not _user_mapped(lo, hi - lo):
+                if not user_mapped(lo, hi - lo):
                     raise KernelError(errno.EFAULT, f"iommufd: user memory of IOVA {a.iova:#x} is not mapped")
                 want = set(a.page_indexes()) - a.pages.pinned
                 self._charge(a.pages, len(want))
@@ -700,7 +333,7 @@ class IommufdFile(MockFile):
         room = int(cmd.num_iovas)
         if room and holes:
             out = ffi.cast("struct iommu_iova_range *", int(cmd.allowed_iovas))
-            if not MockKernel.user_mapped(int(cmd.allowed_iovas),
+            if not user_mapped(int(cmd.allowed_iovas),
                                           min(room, len(holes)) * ffi.sizeof("struct iommu_iova_range")):
                 raise KernelError(errno.EFAULT, "iommufd: allowed_iovas not mapped")
             for i, (s, e) in enumerate(holes[:room]):
@@ -721,7 +354,7 @@ class IommufdFile(MockFile):
         n = int(cmd.num_iovas)
         new: list[tuple[int, int]] = []
         if n:
-            if not MockKernel.user_mapped(int(cmd.allowed_iovas), n * ffi.sizeof("struct iommu_iova_range")):
+            if not user_mapped(int(cmd.allowed_iovas), n * ffi.sizeof("struct iommu_iova_range")):
                 raise KernelError(errno.EFAULT, "iommufd: allowed_iovas not mapped")
             rng = ffi.cast("struct iommu_iova_range *", int(cmd.allowed_iovas))
             for i in range(n):
@@ -890,10 +523,10 @@ class IommufdFile(MockFile):
             data = bytes(ffi.buffer(vtd))
         want = int(cmd.data_len)
         if want:
-            if not MockKernel.user_mapped(int(cmd.data_uptr), want):
+            if not user_mapped(int(cmd.data_uptr), want):
                 raise KernelError(errno.EFAULT, "iommufd: data_uptr not mapped")
             out = (data + bytes(want))[:want]
-            MockKernel.write_user(int(cmd.data_uptr), out)
+            write_user(int(cmd.data_uptr), out)
         cmd.out_data_type = self.st.hw_info_type
         cmd.data_len = len(data)
         cmd.out_capabilities = I.IOMMU_HW_CAP_DIRTY_TRACKING if self.st.dirty_tracking else 0
@@ -969,16 +602,16 @@ class IommufdFile(MockFile):
             raise KernelError(errno.EOPNOTSUPP, "iommufd: HWPT allocated without DIRTY_TRACKING")
         nbits = length // pgsize
         nbytes = (nbits + 63) // 64 * 8
-        if not MockKernel.user_mapped(int(cmd.data), nbytes):
+        if not user_mapped(int(cmd.data), nbytes):
             raise KernelError(errno.ENOMEM, "iommufd: bitmap memory not mapped")
-        words = bytearray(MockKernel.read_user(int(cmd.data), nbytes))
+        words = bytearray(read_user(int(cmd.data), nbytes))
         hits = sorted(p for p in hwpt.dirty if iova <= p * PAGE <= last)
         for p in hits:
             if not hwpt.ioas.areas_in(p * PAGE, p * PAGE):
                 continue
             bit = (p * PAGE - iova) // pgsize
             words[bit // 8] |= 1 << (bit % 8)
-        MockKernel.write_user(int(cmd.data), bytes(words))
+        write_user(int(cmd.data), bytes(words))
         if not cmd.flags & I.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR:
             hwpt.dirty -= set(hits)
         return 0
@@ -1011,242 +644,3 @@ def _live_contexts(kernel: MockKernel) -> list[IommufdFile]:
     return list(_contexts(kernel))
 
 
-# ---------------------------------------------------------------------------------------------
-# /dev/vfio/devices/vfioN
-# ---------------------------------------------------------------------------------------------
-
-
-class CdevDma:
-    """What a simulated device behind a cdev DMAs through: the IOAS of its attached HWPT.
-
-    Provides the same ``dma_read``/``dma_write`` contract as :class:`~pyvfio.mockkernel.vfio.MockGroup`
-    (and ``iommu_group`` for hot-reset reports)."""
-
-    def __init__(self, cdev: "VfioCdevFile") -> None:
-        self.cdev = cdev
-        self.iommu_group = cdev.entry.group
-
-    def translate(self, iova: int, size: int, write: bool, device: str | None = None) -> int:
-        idev = self.cdev.idev
-        hwpt = idev.hwpt if idev is not None else None
-        try:
-            if hwpt is None:
-                raise IommuFault(errno.EFAULT, "blocked domain")
-            need = IOMMU_WRITE if write else IOMMU_READ
-            pos, base = iova, None
-            while pos < iova + size:
-                hit = hwpt.ioas.areas_in(pos, pos)
-                a = hit[0] if hit else None
-                if a is None or not a.filled or not a.prot & need:
-                    raise IommuFault(errno.EFAULT, f"IOMMU fault at {pos:#x}")
-                va = a.vaddr(pos)
-                if base is None:
-                    base = va
-                elif va != base + (pos - iova):
-                    raise IommuFault(errno.EFAULT, "IOVA range not contiguous in memory")
-                pos = a.last + 1
-            assert base is not None
-        except IommuFault:
-            self._fault(iova, write, device)
-            raise
-        if write and hwpt.dirty_tracking:
-            hwpt.dirty.update(range(iova // PAGE, (iova + size - 1) // PAGE + 1))
-        return base
-
-    def _fault(self, iova: int, write: bool, device: str | None) -> None:
-        name = device or self.cdev.entry.name
-        label = name.split(":", 1)[1] if name.count(":") == 2 else name
-        kind, reason, text = (("Write", "0x05", "PTE Write access is not set") if write
-                              else ("Read", "0x06", "PTE Read access is not set"))
-        self.cdev.kernel.log(f"DMAR: [DMA {kind} NO_PASID] Request device [{label}] "
-                             f"fault addr {iova:#x} [fault reason {reason}] {text}")
-
-    def dma_read(self, iova: int, size: int, device: str | None = None) -> bytes:
-        return MockKernel.read_user(self.translate(iova, size, False, device), size)
-
-    def dma_write(self, iova: int, data: bytes, device: str | None = None) -> None:
-        MockKernel.write_user(self.translate(iova, len(data), True, device), bytes(data))
-
-
-class VfioCdevFile(MockFile):
-    """An open /dev/vfio/devices/vfioN (vfio_device_fops through the cdev)."""
-
-    def __init__(self, kernel: MockKernel, path: str, entry: Any) -> None:
-        super().__init__(kernel, path)
-        self.entry = entry
-        self.ctx: IommufdFile | None = None
-        self.idev: Idev | None = None
-        self.inner: MockFile | None = None
-
-    def ioctl(self, request: int, arg: Any) -> int:
-        if request in self._requests:
-            return super().ioctl(request, arg)
-        if self.inner is None:
-            raise KernelError(errno.EINVAL, f"{self.path}: not bound to an iommufd yet")
-        return self.inner.ioctl(request, arg)
-
-    def _bound(self) -> MockFile:
-        if self.inner is None:
-            raise KernelError(errno.EINVAL, f"{self.path}: not bound to an iommufd yet")
-        return self.inner
-
-    def pread(self, size: int, offset: int) -> bytes:
-        return self._bound().pread(size, offset)
-
-    def pwrite(self, data: bytes, offset: int) -> int:
-        return self._bound().pwrite(data, offset)
-
-    def mmap(self, length: int, prot: int, flags: int, offset: int) -> int:
-        return self._bound().mmap(length, prot, flags, offset)
-
-    @staticmethod
-    def _argsz(arg: Any, ctype: str, last: str) -> Any:
-        if isinstance(arg, int):
-            raise KernelError(errno.EFAULT, "vfio: the argument must point to a struct")
-        s = ffi.cast(ctype + " *", arg)
-        fields = dict(ffi.typeof(ctype).fields)
-        minsz = fields[last].offset + ffi.sizeof(fields[last].type)
-        if s.argsz < minsz or s.flags:
-            raise KernelError(errno.EINVAL, f"vfio: {ctype} argsz/flags invalid")
-        return s
-
-    @handles("VFIO_DEVICE_BIND_IOMMUFD")
-    def bind_iommufd(self, arg: Any) -> int:
-        b = self._argsz(arg, "struct vfio_device_bind_iommufd", "out_devid")
-        if b.iommufd < 0:
-            raise KernelError(errno.EINVAL, "vfio: BIND_IOMMUFD negative fd")
-        st = state(self.kernel)
-        g = self.entry.group
-        if g.vfio is not None:
-            raise KernelError(errno.EBUSY, f"vfio: group {g.number} is open through /dev/vfio/{g.number}")
-        if self.ctx is not None:
-            raise KernelError(errno.EINVAL, "vfio: device already bound")
-        target = self.kernel.files.get(int(b.iommufd))
-        if target is None:
-            try:
-                os.fstat(int(b.iommufd))
-            except OSError:
-                raise KernelError(errno.EBADF, f"vfio: fd {b.iommufd} is not open") from None
-            raise KernelError(errno.EBADFD, f"vfio: fd {b.iommufd} is not an iommufd")
-        if not isinstance(target, IommufdFile):
-            raise KernelError(errno.EBADFD, f"vfio: fd {b.iommufd} is not an iommufd")
-        if self.entry.name in st.bound:  # vfio_df_open: the cdev path opens a device once
-            raise KernelError(errno.EINVAL, f"vfio: {self.entry.name} is already open through another cdev fd")
-        # iommufd_device_bind
-        if not g.interrupt_remapping:
-            unsafe = vfio_state(self.kernel).read_param("iommufd", "allow_unsafe_interrupts", "N")
-            if unsafe not in ("Y", "1"):
-                raise KernelError(errno.EPERM, "iommufd: MSI interrupts cannot be isolated by the "
-                                  'platform; use the "allow_unsafe_interrupts" module parameter')
-            self.kernel.log(f"vfio-pci {self.entry.name}: MSI interrupts are not secure, they "
-                            "cannot be isolated by the platform.")
-        owner = st.dma_owner.get(g.number)
-        if owner is not None and owner is not target:
-            raise KernelError(errno.EBUSY, f"iommufd: group {g.number} DMA is owned by another iommufd")
-        from . import pci
-
-        inner = pci.open_device_file(self.kernel, CdevDma(self), self.entry.sim)
-        idev = Idev(target, self.entry, self)
-        target.add(idev)
-        st.dma_owner[g.number] = target
-        st.bound.add(self.entry.name)
-        st.cdev_open[g.number] = st.cdev_open.get(g.number, 0) + 1
-        self.ctx = target.get_ref()
-        self.idev = idev
-        self.inner = inner
-        b.out_devid = idev.id
-        return 0
-
-    @handles("VFIO_DEVICE_ATTACH_IOMMUFD_PT")
-    def attach_pt(self, arg: Any) -> int:
-        if self.ctx is None or self.idev is None:
-            raise KernelError(errno.EINVAL, f"{self.path}: not bound to an iommufd yet")
-        a = self._argsz(arg, "struct vfio_device_attach_iommufd_pt", "pt_id")
-        a.pt_id = self.ctx.change_pt(self.idev, int(a.pt_id))
-        return 0
-
-    @handles("VFIO_DEVICE_DETACH_IOMMUFD_PT")
-    def detach_pt(self, arg: Any) -> int:
-        if self.ctx is None or self.idev is None:
-            raise KernelError(errno.EINVAL, f"{self.path}: not bound to an iommufd yet")
-        self._argsz(arg, "struct vfio_device_detach_iommufd_pt", "flags")
-        self.ctx.detach(self.idev)
-        return 0
-
-    def release(self) -> None:
-        if self.ctx is None or self.idev is None:
-            return
-        ctx, idev = self.ctx, self.idev
-        try:
-            if self.inner is not None:
-                self.inner.put()
-        finally:
-            ctx.detach(idev)
-            ctx.objects.pop(idev.id, None)
-            st = state(self.kernel)
-            st.bound.discard(self.entry.name)
-            n = idev.group.number
-            st.cdev_open[n] -= 1
-            if not st.cdev_open[n]:
-                del st.cdev_open[n]
-                if st.dma_owner.get(n) is ctx:
-                    del st.dma_owner[n]
-            self.ctx = self.idev = self.inner = None
-            ctx.put()
-
-
-# ---------------------------------------------------------------------------------------------
-# routes and sysfs
-# ---------------------------------------------------------------------------------------------
-
-
-def sync_cdevs(kernel: MockKernel) -> dict[str, int]:
-    """Give every vfio-pci bound device a cdev number and its sysfs ``vfio-dev/vfioN`` entry
-    (what vfio_device_add does); call again after adding devices to the mock topology."""
-    st = state(kernel)
-    for name, entry in vfio_state(kernel).devices.items():
-        if entry.driver != "vfio-pci" or name in st.cdev_index:
-            continue
-        n = len(st.cdev_index)
-        st.cdev_index[name] = n
-        d = os.path.join(kernel.sysfs_root, "bus", "pci", "devices", name, "vfio-dev", f"vfio{n}")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "dev"), "w") as f:
-            f.write(f"511:{n}\n")
-    return dict(st.cdev_index)
-
-
-def _open_iommu(kernel: MockKernel, m: Any, flags: int) -> MockFile:
-    f = IommufdFile(kernel, "/dev/iommu")
-    _contexts(kernel).add(f)
-    return f
-
-
-def _open_cdev(kernel: MockKernel, m: Any, flags: int) -> MockFile:
-    n = int(m.group(1))
-    st = state(kernel)
-    name = next((b for b, i in st.cdev_index.items() if i == n), None)
-    entry = vfio_state(kernel).devices.get(name) if name else None
-    if entry is None or entry.driver != "vfio-pci" or entry.sim is None:
-        raise KernelError(errno.ENOENT, f"/dev/vfio/devices/vfio{n}: no such device")
-    return VfioCdevFile(kernel, f"/dev/vfio/devices/vfio{n}", entry)
-
-
-def group_blocked(kernel: MockKernel, group: int) -> bool:
-    """True while a device of ``group`` is bound through its cdev (the group cannot open)."""
-    st = kernel.state.get(NAME)
-    return bool(st and st.cdev_open.get(group))
-
-
-def install(kernel: MockKernel) -> None:
-    """Register /dev/iommu, /dev/vfio/devices/vfioN and iommufd's module parameter."""
-    st = IommufdState(kernel)
-    kernel.state[NAME] = st
-    kernel.route(r"/dev/iommu", _open_iommu)
-    kernel.route(r"/dev/vfio/devices/vfio(\d+)", _open_cdev)
-    vfio_state(kernel).write_param("iommufd", "allow_unsafe_interrupts", "N")
-    sync_cdevs(kernel)
-
-
-__all__ = ["IommufdState", "IommufdFile", "VfioCdevFile", "CdevDma", "state", "sync_cdevs",
-           "group_blocked", "install"]

@@ -1,27 +1,54 @@
-"""A fake host for discovery, binding and doctor: a /sys + /proc + /dev tree, and a driver core
-that reacts to sysfs writes the way the kernel does.
+"""The mock's host: a /sys + /proc + /dev tree, and a driver core that reacts to sysfs writes the
+way the kernel does. It is the only code that writes a fake sysfs tree (the mock kernel's, and the
+hand-made fixtures of the tests).
 
 :class:`FakeHost` writes the files the real kernel exposes, in the real layout (devices under
-``sys/devices/pci0000:00/``, ``bus/pci/devices/BDF`` and ``class/*`` as links), so
-:class:`~pyvfio.services.discovery.SysfsTreeSource` and the doctor read it exactly as they read
-/sys and /proc. :func:`decorate` adds the attributes discovery uses (numa_node, reset_method,
-driver_override, revision, subsystem ids) to a tree that lacks them, such as the mock kernel's.
+``sys/devices/pci0000:00/``, ``bus/pci/devices/BDF`` and ``class/*`` as links), so discovery and
+the doctor read it exactly as they read /sys and /proc.
 
-:class:`EmulatedDriverCore` applies the driver core's rules to such a tree: ``driver/unbind``
-removes the driver link; ``drivers_probe`` binds the override driver if set, otherwise the first
-driver whose ``ids`` file (a fixture-only file: one ``vvvv:dddd`` per line) lists the device; a
-vfio driver without an IOMMU group fails with EINVAL like vfio-pci's probe; binding a vfio driver
-creates ``dev/vfio/N``.
+Its driver core (:meth:`FakeHost.unbind`, :meth:`FakeHost.set_override`, :meth:`FakeHost.probe`)
+applies the kernel's rules: ``driver/unbind`` removes the driver link; ``drivers_probe`` binds the
+override driver if set, otherwise the first driver whose ``ids`` file (a fixture-only file: one
+``vvvv:dddd`` per line) lists the device; a vfio driver without an IOMMU group fails with EINVAL
+like vfio-pci's probe; binding a vfio driver creates ``dev/vfio/N``. A mock kernel that owns the
+host hooks into each rebind (:attr:`FakeHost.rebind_hooks`) to apply its own rules (EBUSY while
+the device is in use through VFIO) and to follow the new driver. Errors are OSErrors with the
+errno the kernel's sysfs write returns.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from typing import Iterable
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
-from .binding import DriverCore
-from .discovery import HostPaths, is_vfio_driver
+
+def is_vfio_driver(driver: str | None) -> bool:
+    """True for vfio-pci and its variant drivers (``mlx5_vfio_pci``...)."""
+    return bool(driver) and "vfio" in str(driver)
+
+
+@dataclass(frozen=True)
+class HostRoots:
+    """Where a fake host's ``sys``, ``proc``, ``dev`` and pyvfio's state directory are."""
+
+    sys: str
+    proc: str
+    dev: str
+    state: str
+
+    @property
+    def is_live(self) -> bool:
+        """True when ``proc`` is this process's own /proc."""
+        return os.path.realpath(self.proc) == "/proc"
+
+
+#: A rebind hook: ``hook(bdf, driver)`` before the driver of ``bdf`` changes (None: unbound);
+#: raise OSError to refuse.
+RebindHook = Callable[[str, "str | None"], None]
 
 
 def _write(path: str, text: str) -> None:
@@ -43,7 +70,10 @@ class FakeHost:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self.paths = HostPaths.under(root)
+        j = os.path.join
+        self.paths = HostRoots(j(root, "sys"), j(root, "proc"), j(root, "dev"), j(root, "run", "pyvfio"))
+        #: Called before a device's driver changes (see :data:`RebindHook`).
+        self.rebind_hooks: list[RebindHook] = []
         for d in ("sys/bus/pci/devices", "sys/bus/pci/drivers", "sys/kernel/iommu_groups",
                   "sys/class/iommu", "sys/class/block", "sys/class/net", "proc/self", "proc/net",
                   "dev/vfio"):
@@ -68,6 +98,15 @@ class FakeHost:
             p = os.path.join(root, name)
             if not os.path.exists(p):
                 _write(p, text)
+
+    @classmethod
+    def attach(cls, paths: HostRoots) -> "FakeHost":
+        """The driver core and writers over an existing tree at ``paths`` (nothing is created)."""
+        self = cls.__new__(cls)
+        self.root = os.path.commonpath([paths.sys, paths.proc, paths.dev])
+        self.paths = paths
+        self.rebind_hooks = []
+        return self
 
     # -- PCI --------------------------------------------------------------------------------
     def dev_dir(self, bdf: str) -> str:
@@ -99,11 +138,16 @@ class FakeHost:
         revision: int = 0x10,
         sriov_totalvfs: int | None = None,
         physfn: str | None = None,
+        subsystem_vendor: int | None = None,
+        subsystem_device: int = 0x1100,
+        reserved: Iterable[tuple[int, int]] = (),
     ) -> "FakeHost":
+        """A PCI function; ``reserved`` are its group's reserved IOVA windows (start, end inclusive)."""
         d = self.dev_dir(bdf)
+        sv = vendor if subsystem_vendor is None else subsystem_vendor
         attrs = {
             "vendor": f"0x{vendor:04x}", "device": f"0x{device:04x}", "class": f"0x{class_code:06x}",
-            "subsystem_vendor": f"0x{vendor:04x}", "subsystem_device": "0x1100",
+            "subsystem_vendor": f"0x{sv:04x}", "subsystem_device": f"0x{subsystem_device:04x}",
             "revision": f"0x{revision:02x}", "numa_node": str(numa_node), "driver_override": "(null)\n",
             "modalias": f"pci:v{vendor:08X}d{device:08X}sv*sd*bc{class_code >> 16:02X}sc*i*",
         }
@@ -118,7 +162,7 @@ class FakeHost:
             _write(os.path.join(d, k), v if v.endswith("\n") or not v else v + "\n")
         _link(d, os.path.join(self.root, "sys/bus/pci/devices", bdf))
         if group is not None:
-            self.set_group(bdf, group)
+            self.set_group(bdf, group, reserved)
         if driver:
             self.add_driver(driver, [] if is_vfio_driver(driver) else [f"{vendor:04x}:{device:04x}"])
             self._bind(bdf, driver)
@@ -130,22 +174,140 @@ class FakeHost:
             _write(os.path.join(pf, "sriov_numvfs"), f"{n + 1}\n")
         return self
 
-    def set_group(self, bdf: str, group: int) -> "FakeHost":
+    def set_group(self, bdf: str, group: int, reserved: Iterable[tuple[int, int]] = ()) -> "FakeHost":
         g = os.path.join(self.root, "sys/kernel/iommu_groups", str(group))
         os.makedirs(os.path.join(g, "devices"), exist_ok=True)
         _write(os.path.join(g, "type"), "DMA\n")
+        windows = list(reserved)
+        if windows:
+            _write(os.path.join(g, "reserved_regions"),
+                   "\n".join(f"{lo:#018x} {hi:#018x} msi" for lo, hi in windows) + "\n")
         _link(g, os.path.join(self.dev_dir(bdf), "iommu_group"))
         _link(self.dev_dir(bdf), os.path.join(g, "devices", bdf))
         return self
 
     def _bind(self, bdf: str, driver: str) -> None:
-        drv = os.path.join(self.root, "sys/bus/pci/drivers", driver)
-        _link(drv, os.path.join(self.dev_dir(bdf), "driver"))
-        _link(self.dev_dir(bdf), os.path.join(drv, bdf))
+        drv = os.path.join(self.paths.sys, "bus", "pci", "drivers", driver)
+        dev = os.path.realpath(self.dev_path(bdf))
+        _link(drv, os.path.join(dev, "driver"))
+        _link(dev, os.path.join(drv, bdf))
         if is_vfio_driver(driver):
-            group = _group_of(self.dev_dir(bdf))
+            group = _group_of(dev)
             if group is not None:
-                _write(os.path.join(self.root, "dev/vfio", str(group)), "")
+                _write(os.path.join(self.paths.dev, "vfio", str(group)), "")
+
+    # -- the driver core (what writes to driver/unbind, driver_override, drivers_probe do) ----------
+    def dev_path(self, bdf: str, *rest: str) -> str:
+        return os.path.join(self.paths.sys, "bus", "pci", "devices", bdf, *rest)
+
+    def driver_of(self, bdf: str) -> str | None:
+        try:
+            return os.path.basename(os.readlink(self.dev_path(bdf, "driver")))
+        except OSError:
+            return None
+
+    def node_exists(self, group: int) -> bool:
+        """``dev/vfio/N`` exists (a device of group N is bound to a vfio driver)."""
+        return os.path.exists(os.path.join(self.paths.dev, "vfio", str(group)))
+
+    def _drv_dir(self, name: str) -> str:
+        return os.path.join(self.paths.sys, "bus", "pci", "drivers", name)
+
+    def _real_dev_dir(self, bdf: str) -> str:
+        return os.path.realpath(self.dev_path(bdf))
+
+    def _hooks(self, bdf: str, driver: str | None) -> None:
+        for hook in self.rebind_hooks:
+            hook(bdf, driver)
+
+    def _attach(self, bdf: str, driver: str) -> None:
+        dev = self._real_dev_dir(bdf)
+        if is_vfio_driver(driver):
+            group = _group_of(dev)
+            if group is None:  # vfio_pci_core_register_device: no iommu group -> -EINVAL
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL),
+                              os.path.join(self.paths.sys, "bus", "pci", "drivers_probe"))
+        self._hooks(bdf, driver)
+        os.makedirs(self._drv_dir(driver), exist_ok=True)
+        self._bind(bdf, driver)
+
+    def _detach(self, bdf: str, drv: str) -> None:
+        self._hooks(bdf, None)
+        dev = self._real_dev_dir(bdf)
+        for p in (os.path.join(dev, "driver"), os.path.join(self._drv_dir(drv), bdf)):
+            if os.path.lexists(p):
+                os.unlink(p)
+        if is_vfio_driver(drv):
+            group = _group_of(dev)
+            gdir = os.path.join(self.paths.sys, "kernel", "iommu_groups", str(group), "devices")
+            still = [m for m in (os.listdir(gdir) if os.path.isdir(gdir) else [])
+                     if m != bdf and is_vfio_driver(self.driver_of(m))]
+            node = os.path.join(self.paths.dev, "vfio", str(group))
+            if not still and os.path.exists(node):
+                os.unlink(node)
+
+    def unbind(self, bdf: str) -> None:
+        """``echo BDF > BDF/driver/unbind``; no-op when unbound. OSError when refused."""
+        drv = self.driver_of(bdf)
+        if drv is None:
+            return
+        _write(self.dev_path(bdf, "driver", "unbind"), bdf)
+        self._detach(bdf, drv)
+
+    def set_override(self, bdf: str, driver: str | None) -> None:
+        """``echo DRIVER > BDF/driver_override`` (a newline clears it)."""
+        _write(self.dev_path(bdf, "driver_override"), driver or "\n")
+
+    def probe(self, bdf: str) -> None:
+        """``echo BDF > bus/pci/drivers_probe``: the override driver, else the first whose ids match."""
+        _write(os.path.join(self.paths.sys, "bus", "pci", "drivers_probe"), bdf)
+        if self.driver_of(bdf) is not None:
+            return
+        dev = self._real_dev_dir(bdf)
+        override = (_read(os.path.join(dev, "driver_override")) or "").strip()
+        if override and override != "(null)":
+            if os.path.isdir(self._drv_dir(override)):
+                self._attach(bdf, override)
+            return  # override set: no other driver may take it
+        ids = f"{int(_read(os.path.join(dev, 'vendor')) or '0', 16):04x}:" \
+              f"{int(_read(os.path.join(dev, 'device')) or '0', 16):04x}"
+        drivers = os.path.join(self.paths.sys, "bus", "pci", "drivers")
+        for name in sorted(os.listdir(drivers)):
+            if ids in (_read(os.path.join(drivers, name, "ids")) or "").split():
+                self._attach(bdf, name)
+                return
+
+    def rebind(self, bdf: str, driver: str | None) -> None:
+        """Move ``bdf`` to ``driver`` at once (None: unbound), as unbind + a forced probe do."""
+        cur = self.driver_of(bdf)
+        if cur == driver:
+            self._hooks(bdf, driver)
+            return
+        if cur is not None:
+            self._detach(bdf, cur)
+        if driver:
+            self._attach(bdf, driver)
+
+    # -- module parameters --------------------------------------------------------------------
+    def param_path(self, module: str, name: str) -> str:
+        return os.path.join(self.paths.sys, "module", module, "parameters", name)
+
+    def param(self, module: str, name: str, default: str) -> str:
+        text = _read(self.param_path(module, name))
+        return default if text is None else text.strip()
+
+    def set_param(self, module: str, name: str, value: str) -> "FakeHost":
+        _write(self.param_path(module, name), f"{value}\n")
+        return self
+
+    def add_module(self, name: str) -> "FakeHost":
+        os.makedirs(os.path.join(self.paths.sys, "module", name), exist_ok=True)
+        return self
+
+    def add_vfio_cdev(self, bdf: str, n: int) -> "FakeHost":
+        """The device's VFIO cdev ``vfio-dev/vfioN`` (char 511:N), what vfio_device_add creates."""
+        _write(os.path.join(self.dev_path(bdf), "vfio-dev", f"vfio{n}", "dev"), f"511:{n}\n")
+        return self
 
     # -- children: block devices, network interfaces --------------------------------------------
     def add_block(self, bdf: str, name: str, devno: str, partitions: dict[str, str] | None = None) -> "FakeHost":
@@ -177,9 +339,6 @@ class FakeHost:
         return self.append("proc/swaps", f"{source}\t\t\t\tpartition\t1048572\t\t0\t\t-2\n")
 
     def add_ipv4_route(self, ifname: str, dest: str, prefix: int) -> "FakeHost":
-        import socket
-        import struct
-
         d = struct.unpack("<I", socket.inet_aton(dest))[0]
         m = struct.unpack("<I", struct.pack(">I", (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF))[0]
         return self.append("proc/net/route", f"{ifname}\t{d:08X}\t00000000\t0001\t0\t0\t0\t{m:08X}\t0\t0\t0\n")
@@ -244,155 +403,6 @@ def _group_of(dev_dir: str) -> int | None:
         return int(g) if g.isdigit() else None
 
 
-def decorate(sysfs_root: str) -> None:
-    """Add attributes discovery reads (numa_node, reset_method, driver_override, revision,
-    subsystem ids) to every PCI device of a sysfs-shaped tree that lacks them (the mock kernel's)."""
-    for mod in ("vfio", "vfio_pci"):  # the mock kernel implements both
-        os.makedirs(os.path.join(sysfs_root, "module", mod), exist_ok=True)
-    base = os.path.join(sysfs_root, "bus", "pci", "devices")
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return
-    # no reset_method/reset: like QEMU's edu, the mock's devices have no reset method
-    defaults = {"numa_node": "-1\n", "driver_override": "(null)\n",
-                "revision": "0x10\n", "subsystem_vendor": None, "subsystem_device": "0x1100\n"}
-    for bdf in names:
-        d = os.path.join(base, bdf)
-        for k, v in defaults.items():
-            p = os.path.join(d, k)
-            if os.path.exists(p):
-                continue
-            if v is None:
-                v = _read(os.path.join(d, "vendor")) or "0x0000\n"
-            _write(p, v)
-
-
-class EmulatedDriverCore(DriverCore):
-    """The kernel's driver-core reaction to sysfs writes, applied to a fake tree."""
-
-    def _drv_dir(self, name: str) -> str:
-        return os.path.join(self.paths.sys, "bus", "pci", "drivers", name)
-
-    def _dev_dir(self, bdf: str) -> str:
-        return os.path.realpath(self.dev_path(bdf))
-
-    def _attach(self, bdf: str, driver: str) -> None:
-        dev = self._dev_dir(bdf)
-        if is_vfio_driver(driver):
-            group = _group_of(dev)
-            if group is None:  # vfio_pci_core_register_device: no iommu group -> -EINVAL
-                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL),
-                              os.path.join(self.paths.sys, "bus", "pci", "drivers_probe"))
-            _write(os.path.join(self.paths.dev, "vfio", str(group)), "")
-        _link(self._drv_dir(driver), os.path.join(dev, "driver"))
-        _link(dev, os.path.join(self._drv_dir(driver), bdf))
-
-    def unbind(self, bdf: str) -> None:
-        drv = self.driver_of(bdf)
-        super().unbind(bdf)
-        if drv is None:
-            return
-        dev = self._dev_dir(bdf)
-        for p in (os.path.join(dev, "driver"), os.path.join(self._drv_dir(drv), bdf)):
-            if os.path.lexists(p):
-                os.unlink(p)
-        if is_vfio_driver(drv):
-            group = _group_of(dev)
-            gdir = os.path.join(self.paths.sys, "kernel", "iommu_groups", str(group), "devices")
-            still = [m for m in (os.listdir(gdir) if os.path.isdir(gdir) else [])
-                     if m != bdf and is_vfio_driver(self.driver_of(m))]
-            node = os.path.join(self.paths.dev, "vfio", str(group))
-            if not still and os.path.exists(node):
-                os.unlink(node)
-
-    def probe(self, bdf: str) -> None:
-        super().probe(bdf)
-        try:
-            self._probe(bdf)
-        except OSError as e:
-            raise self.translate(e, os.path.join(self.paths.sys, "bus", "pci", "drivers_probe"),
-                                 "drivers_probe") from None
-
-    def _probe(self, bdf: str) -> None:
-        if self.driver_of(bdf) is not None:
-            return
-        dev = self._dev_dir(bdf)
-        override = (_read(os.path.join(dev, "driver_override")) or "").strip()
-        if override and override != "(null)":
-            if os.path.isdir(self._drv_dir(override)):
-                self._attach(bdf, override)
-            return  # override set: no other driver may take it
-        ids = f"{int(_read(os.path.join(dev, 'vendor')) or '0', 16):04x}:" \
-              f"{int(_read(os.path.join(dev, 'device')) or '0', 16):04x}"
-        drivers = os.path.join(self.paths.sys, "bus", "pci", "drivers")
-        for name in sorted(os.listdir(drivers)):
-            if ids in (_read(os.path.join(drivers, name, "ids")) or "").split():
-                self._attach(bdf, name)
-                return
-
-
-__all__ = ["FakeHost", "EmulatedDriverCore", "MockKernelDriverCore", "decorate", "limits_text", "sample_host"]
-
-
-class MockKernelDriverCore(DriverCore):
-    """Driver-core writes turned into the mock kernel's rebinds (``mockkernel.vfio.bind_driver``).
-
-    The mock's sysfs tree has no driver_override or drivers_probe files; this keeps the override
-    here and moves the device in the mock kernel, which updates its tree and its groups'
-    viability exactly as a real rebind would. A device's first host driver is remembered so an
-    override-less probe gives it back (the real driver core matches by ID instead).
-    """
-
-    def __init__(self, paths: HostPaths, kernel: object) -> None:
-        super().__init__(paths)
-        from ..mockkernel import vfio as mvfio
-
-        self._vfio = mvfio
-        self.kernel = kernel
-        self._override: dict[str, str | None] = {}
-        self._native: dict[str, str] = kernel.state.setdefault("pyvfio.native_drivers", {})  # type: ignore[attr-defined]
-
-    def _rebind(self, bdf: str, driver: str | None) -> None:
-        from ..mockkernel.core import KernelError
-
-        try:
-            self._vfio.bind_driver(self.kernel, bdf, driver)  # type: ignore[arg-type]
-        except KernelError as e:
-            raise OSError(e.errno, os.strerror(e.errno), self.dev_path(bdf)) from None
-
-    def unbind(self, bdf: str) -> None:
-        drv = self.driver_of(bdf)
-        if drv is None:
-            return
-        if not is_vfio_driver(drv):
-            self._native.setdefault(bdf, drv)
-        try:
-            self._rebind(bdf, None)
-        except OSError as e:
-            from ..errors import from_oserror
-
-            raise from_oserror(e, op="driver/unbind") from None
-
-    def set_override(self, bdf: str, driver: str | None) -> None:
-        self._override[bdf] = driver
-
-    def probe(self, bdf: str) -> None:
-        if self.driver_of(bdf) is not None:
-            return
-        want = self._override.get(bdf) or self._native.get(bdf)
-        if want is None:
-            return
-        dev = self._vfio.state(self.kernel).devices.get(bdf)  # type: ignore[arg-type]
-        if dev is None:
-            return
-        self._rebind(bdf, want)
-
-    def node_exists(self, group: int) -> bool:
-        g = self._vfio.state(self.kernel).groups.get(group)  # type: ignore[arg-type]
-        return bool(g is not None and g.has_vfio_device())
-
-
 def sample_host(root: str) -> FakeHost:
     """A small passthrough host with one example of each situation the CLI and doctor handle.
 
@@ -445,3 +455,6 @@ def sample_host(root: str) -> FakeHost:
     h.write("dev/vfio/vfio", "").write("dev/kvm", "")
     h.write("dev/kmsg", "6,1,100,-;DMAR: IOMMU enabled\n6,2,200,-;DMAR-IR: Enabled IRQ remapping in x2apic mode\n")
     return h
+
+
+__all__ = ["FakeHost", "HostRoots", "RebindHook", "is_vfio_driver", "limits_text", "sample_host"]

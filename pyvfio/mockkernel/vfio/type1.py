@@ -29,10 +29,13 @@ import errno
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import ioctls
-from ..uapi import ffi
-from .core import KernelError, MockKernel, handles
-from .vfio import IommuDriver, IommuFault, MockGroup, register_iommu_driver, state
+from ... import ioctls
+from ...uapi import ffi
+from . import dirty
+from ..core import KernelError, MockKernel, handles
+from .core import IommuDriver, IommuFault, register_iommu_driver, state
+from .group import MockGroup
+from ..memory import user_mapped
 
 PAGE_SIZE = 4096
 #: What the 6.12 intel-iommu guest reports: 4K | 2M | 1G.
@@ -61,33 +64,6 @@ class DmaEntry:
     @property
     def end(self) -> int:
         return self.iova + self.size
-
-
-_libc: Any = None
-
-
-def _user_mapped(addr: int, size: int) -> bool:
-    """pin_user_pages' view: is [addr, addr+size) mapped in this process? mincore(2) answers
-    ENOMEM for a range with unmapped pages, in microseconds (parsing /proc/self/maps is the
-    fallback)."""
-    global _libc
-    try:
-        if _libc is None:
-            import ctypes
-
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
-            _libc.mincore.restype = ctypes.c_int
-        import ctypes
-
-        vec = ctypes.create_string_buffer((size + PAGE_SIZE - 1) // PAGE_SIZE + 1)
-        if _libc.mincore(addr & ~(PAGE_SIZE - 1), size + (addr & (PAGE_SIZE - 1)), vec) == 0:
-            return True
-        if ctypes.get_errno() == errno.ENOMEM:
-            return False
-    except (OSError, AttributeError):
-        pass
-    return MockKernel.user_mapped(addr, size)
 
 
 class Type1Iommu(IommuDriver):
@@ -306,7 +282,7 @@ class Type1Iommu(IommuDriver):
         if not any(a <= iova and end <= b for a, b in self.iova_ranges()):
             raise KernelError(errno.EINVAL, f"type1: MAP_DMA {iova:#x}+{size:#x} outside the IOVA ranges")
         task = self.vfio.task
-        if not _user_mapped(vaddr, size):
+        if not user_mapped(vaddr, size):
             raise KernelError(errno.EFAULT, "type1: MAP_DMA vaddr not mapped")
         lock_cap = task.cap_ipc_lock()
         if not lock_cap:
@@ -376,16 +352,12 @@ class Type1Iommu(IommuDriver):
 
     def unmap_with_bitmap(self, u: Any) -> int:
         """UNMAP_DMA with GET_DIRTY_BITMAP: implemented by the dirty-tracking module."""
-        from . import dirty
-
         return dirty.type1_unmap_with_bitmap(self, u)
 
     @handles("VFIO_IOMMU_DIRTY_PAGES")
     def dirty_pages(self, arg: Any) -> int:
         """VFIO_IOMMU_DIRTY_PAGES (0x3b75, the number sPAPR uses for REGISTER_MEMORY: it only
         reaches this handler when the container's IOMMU is type1)."""
-        from . import dirty
-
         return dirty.type1_dirty_pages(self, arg)
 
     # -- what simulated devices use --------------------------------------------------------------
@@ -410,8 +382,6 @@ class Type1Iommu(IommuDriver):
             pos = e.end
         assert base is not None
         if write and self.dirty_page_tracking:
-            from . import dirty
-
             dirty.mark(self, iova, size)  # the IOMMU sets the pages' dirty bits on a write
         return base
 
