@@ -30,6 +30,7 @@ import click
 from ..errors import ArgumentError, NotFoundError, PermissionDeniedError, PyvfioError, UnsupportedError
 from ..seam import Host, new_backend
 from ..services import binding as _binding
+from ..services.doctor import DEFAULT_MAPPINGS, Doctor, DoctorOptions, Status, parse_size
 from ..services.discovery import (
     DeviceSource,
     HostPaths,
@@ -522,8 +523,6 @@ def unbind_cmd(env: Env, bdf: str, whole_group: bool, no_restore: bool, force: b
 def doctor_cmd(env: Env, guest_memory: str, mappings: int | None, pid: int | None, devices: tuple[str, ...],
                only: tuple[str, ...]) -> None:
     """Check the host for VFIO passthrough; explain each problem with a fix hint."""
-    from ..services.doctor import DEFAULT_MAPPINGS, Doctor, DoctorOptions, Status, parse_size
-
     opts = DoctorOptions(guest_memory=parse_size(guest_memory), mappings=mappings or DEFAULT_MAPPINGS,
                          pid=str(pid) if pid else "self", devices=list(devices))
     host = env.host  # a machine that keeps its own log or knows its IR says so

@@ -25,10 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-
-def is_vfio_driver(driver: str | None) -> bool:
-    """True for vfio-pci and its variant drivers (``mlx5_vfio_pci``...)."""
-    return bool(driver) and "vfio" in str(driver)
+from ..util.bdf import is_vfio_driver
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import errno
 
-import cffi
-
-from ..uapi import ffi
+from ..uapi import ffi, lib
 
 PAGE_SIZE = 4096
-
-_cffi = cffi.FFI()
-_cffi.cdef("int mincore(void *addr, size_t length, unsigned char *vec);")
-_libc = _cffi.dlopen(None)
-
 
 def _maps_cover(addr: int, size: int, perms: str = "") -> bool:
     """[addr, addr+size) lies in mappings of this process having ``perms`` (/proc/self/maps)."""
@@ -51,10 +44,10 @@ def user_mapped(addr: int, size: int, perms: str = "") -> bool:
     if perms:
         return _maps_cover(addr, size, perms)
     off = addr & (PAGE_SIZE - 1)
-    vec = _cffi.new("unsigned char[]", (size + off + PAGE_SIZE - 1) // PAGE_SIZE + 1)
-    if _libc.mincore(_cffi.cast("void *", addr - off), size + off, vec) == 0:
+    vec = ffi.new("unsigned char[]", (size + off + PAGE_SIZE - 1) // PAGE_SIZE + 1)
+    if lib.mincore(ffi.cast("void *", addr - off), size + off, vec) == 0:
         return True
-    if _cffi.errno == errno.ENOMEM:
+    if ffi.errno == errno.ENOMEM:
         return False
     return _maps_cover(addr, size)
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 import pyudev
 
 from ..errors import NotFoundError
-from ..util.bdf import InvalidBdfError, is_bdf, normalize_bdf
+from ..util.bdf import InvalidBdfError, is_bdf, is_vfio_driver, normalize_bdf
 
 
 #: Drivers that leave DMA ownership to user space (``driver_managed_dma`` in the kernel), so a
@@ -80,10 +80,6 @@ class HostPaths:
 class DeviceNotFoundError(NotFoundError):
     """No PCI device (or IOMMU group) of that name in this sysfs tree."""
 
-
-def is_vfio_driver(driver: str | None) -> bool:
-    """True for vfio-pci and its variant drivers (``mlx5_vfio_pci``, ``vfio-pci-core`` users...)."""
-    return bool(driver) and ("vfio" in driver)  # type: ignore[operator]
 
 
 def is_dma_safe_driver(driver: str | None) -> bool:

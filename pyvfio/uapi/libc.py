@@ -18,6 +18,7 @@ int ioctl(int fd, unsigned long request, ...);
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
 int madvise(void *addr, size_t length, int advice);
+int mincore(void *addr, size_t length, unsigned char *vec);
 int mlock(const void *addr, size_t len);
 int munlock(const void *addr, size_t len);
 int eventfd(unsigned int initval, int flags);

@@ -1,4 +1,4 @@
-"""PCI addresses (``[DDDD:]BB:DD.F``) as the kernel names them."""
+"""PCI addresses (``[DDDD:]BB:DD.F``) as the kernel names them, and PCI driver names."""
 
 from __future__ import annotations
 
@@ -34,4 +34,13 @@ def normalize_bdf(bdf: str) -> str:
     return f"{int(dom or '0', 16):04x}:{bus.lower()}:{dev.lower()}.{fn}"
 
 
-__all__ = ["BDF_RX", "InvalidBdfError", "is_bdf", "normalize_bdf"]
+def is_vfio_driver(driver: str | None) -> bool:
+    """True for vfio-pci and its variant drivers (``mlx5_vfio_pci``, ``vfio-pci-core`` users...).
+
+    >>> is_vfio_driver("vfio-pci"), is_vfio_driver("e1000e"), is_vfio_driver(None)
+    (True, False, False)
+    """
+    return bool(driver) and "vfio" in str(driver)
+
+
+__all__ = ["BDF_RX", "InvalidBdfError", "is_bdf", "is_vfio_driver", "normalize_bdf"]

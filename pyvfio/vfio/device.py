@@ -14,7 +14,7 @@ device fd. The group closes its devices before it detaches, or the kernel answer
 
 Example (runs on the mock)::
 
-    >>> from pyvfio.mockkernel.pci import standalone_device
+    >>> from pyvfio.testing import standalone_device
     >>> dev = standalone_device("edu")
     >>> hex(dev.read_u32(0, 0x00))
     '0x10000ed'

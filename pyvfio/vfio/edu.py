@@ -20,7 +20,7 @@ guest; ``byteorder=None`` detects that from the ident register.
 
 Example (runs on the mock)::
 
-    >>> from pyvfio.mockkernel.pci import standalone_device
+    >>> from pyvfio.testing import standalone_device
     >>> dev = standalone_device("edu")
     >>> edu = EduDevice(dev)
     >>> hex(edu.ident), edu.liveness(0x12345678)

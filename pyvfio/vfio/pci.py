@@ -8,7 +8,7 @@ user of the device fd sees.
 
 Example (runs on the mock)::
 
-    >>> from pyvfio.mockkernel.pci import standalone_device
+    >>> from pyvfio.testing import standalone_device
     >>> dev = standalone_device("edu")
     >>> [(c.name, hex(c.offset)) for c in dev.config.capabilities()]
     [('MSI', '0x40')]

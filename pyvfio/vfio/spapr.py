@@ -32,7 +32,7 @@ registered buffer stays pinned until unregistered. :class:`DmaMapping` and
 
 Example (mock, a POWER-shaped machine)::
 
-    >>> from pyvfio.mockkernel.spapr import power_kernel
+    >>> from pyvfio.mockkernel.vfio.spapr import power_kernel
     >>> from pyvfio.seam.mock import MockBackend
     >>> from pyvfio.services.dma import DmaBuffer
     >>> from pyvfio.vfio import Container, Group

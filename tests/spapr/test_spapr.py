@@ -1,6 +1,6 @@
 """sPAPR TCE v1/v2 through pyvfio, written once and run on two kernels:
 
-* ``[mock]``: pyvfio.mockkernel.spapr's POWER-shaped machine (everywhere);
+* ``[mock]``: pyvfio.testing.power_backend's POWER-shaped machine (everywhere);
 * ``[power]``: the real Linux 6.12 kernel in the POWER9 pseries guest, with edu DMA through the
   TCE tables (marked ``power_guest``: vm/pytest_plugin.py runs every ``[power]`` test in one POWER
   guest boot and each host item reports its guest outcome).

@@ -15,7 +15,7 @@ import pytest
 
 from pyvfio import ioctls
 from pyvfio.errors import RangeError
-from pyvfio.mockkernel.spapr import power_kernel
+from pyvfio.mockkernel.vfio.spapr import power_kernel
 from pyvfio.seam.mock import MockBackend
 from pyvfio.uapi import ffi
 from pyvfio.uapi import pack
