@@ -6,13 +6,11 @@ first: bound devices (their cdev fds) → HWPTs → IOASes (their mappings) → 
 Example (mock)::
 
     >>> from pyvfio.seam.mock import MockBackend
-    >>> from pyvfio.services.dma import DmaBuffer
-    >>> with IommuFd(backend=MockBackend()) as fd:
-    ...     ioas = fd.ioas_alloc()
-    ...     with DmaBuffer(8192) as buf:
-    ...         m = ioas.map(buf)             # the kernel picks the IOVA
-    ...         (hex(m.iova), m.size, ioas.unmap_all())
-    ('0x2000', 8192, 8192)
+    >>> fd = IommuFd(backend=MockBackend())
+    >>> ioas = fd.ioas_alloc()
+    >>> fd.close()                           # closes the IOAS first
+    >>> (fd.closed, ioas.closed)
+    (True, True)
 """
 
 from __future__ import annotations

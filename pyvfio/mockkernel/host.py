@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ..util.bdf import is_vfio_driver
+from ..util.sysfs import pci_dev_path, pci_driver_of
 
 
 @dataclass(frozen=True)
@@ -195,13 +196,10 @@ class FakeHost:
 
     # -- the driver core (what writes to driver/unbind, driver_override, drivers_probe do) ----------
     def dev_path(self, bdf: str, *rest: str) -> str:
-        return os.path.join(self.paths.sys, "bus", "pci", "devices", bdf, *rest)
+        return pci_dev_path(self.paths.sys, bdf, *rest)
 
     def driver_of(self, bdf: str) -> str | None:
-        try:
-            return os.path.basename(os.readlink(self.dev_path(bdf, "driver")))
-        except OSError:
-            return None
+        return pci_driver_of(self.paths.sys, bdf)
 
     def node_exists(self, group: int) -> bool:
         """``dev/vfio/N`` exists (a device of group N is bound to a vfio driver)."""

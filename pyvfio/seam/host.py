@@ -24,6 +24,7 @@ from ..mockkernel import vfio as mock_vfio
 from ..mockkernel.core import MockKernel
 from ..mockkernel.host import FakeHost, HostRoots, limits_text
 from ..util import proc as _proc
+from ..util.sysfs import pci_dev_path, pci_driver_of
 
 
 class Host:
@@ -71,7 +72,7 @@ class Host:
 
     # -- the driver core: each write is one step of a bind (OSError when the kernel refuses) -----
     def dev_path(self, bdf: str, *rest: str) -> str:
-        return os.path.join(self.sys, "bus", "pci", "devices", bdf, *rest)
+        return pci_dev_path(self.sys, bdf, *rest)
 
     def driver_path(self, bdf: str) -> str:
         return self.dev_path(bdf, "driver", "unbind")
@@ -88,10 +89,7 @@ class Host:
             f.write(value)
 
     def driver_of(self, bdf: str) -> str | None:
-        try:
-            return os.path.basename(os.readlink(self.dev_path(bdf, "driver")))
-        except OSError:
-            return None
+        return pci_driver_of(self.sys, bdf)
 
     def unbind(self, bdf: str) -> None:
         """``BDF/driver/unbind``; no-op when unbound."""

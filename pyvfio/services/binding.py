@@ -323,7 +323,7 @@ class DriverCore:
         return from_oserror(e, op=op, path=path, hint=hint)
 
     def dev_path(self, bdf: str, *rest: str) -> str:
-        return os.path.join(self.paths.sys, "bus", "pci", "devices", bdf, *rest)
+        return self.host.dev_path(bdf, *rest)
 
     def driver_of(self, bdf: str) -> str | None:
         return self.host.driver_of(bdf)
