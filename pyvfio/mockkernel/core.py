@@ -66,6 +66,10 @@ class MockFile:
         owner: dict[int, str] = {}
         for attr, fn in vars(cls).items():
             for name in getattr(fn, "__mock_requests__", ()):
+                if name not in numbers:
+                    if name in ioctls.X86_ONLY:
+                        continue  # an x86-only request (KVM_GET_REGS...) on another machine
+                    raise KeyError(f"{cls.__name__}: no request named {name}")
                 nr = numbers[name]
                 if nr in owner and owner[nr] != attr:
                     raise TypeError(
