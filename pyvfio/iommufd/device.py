@@ -12,6 +12,7 @@ iommufd's HWPTs and IOASes; :meth:`IommuFd.close` does it in that order.
 
 Example (mock)::
 
+    >>> from pyvfio.iommufd import open_device
     >>> from pyvfio.seam.mock import MockBackend
     >>> from pyvfio.services.dma import DmaBuffer
     >>> from pyvfio.vfio.edu import EduDevice
