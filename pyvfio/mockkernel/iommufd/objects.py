@@ -4,7 +4,6 @@ HWPT and bound devices.
 
 from __future__ import annotations
 
-import bisect
 import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from ... import ioctls as I
 from ..core import KernelError, MockKernel
 from ..vfio import MockIommuGroup, state as vfio_state
 from ..task import MockTask
+from ...util.intervals import SortedIndex
 
 if TYPE_CHECKING:
     from .cdev import VfioCdevFile
@@ -142,6 +142,10 @@ class Area:
         return range(self.start_byte // PAGE, (self.start_byte + self.length - 1) // PAGE + 1)
 
 
+def _area_end(a: Area) -> int:
+    return a.last + 1
+
+
 class Obj:
     """An iommufd object: ``id`` in the context's table and its ``users`` count."""
 
@@ -158,8 +162,8 @@ class Ioas(Obj):
     def __init__(self, ctx: "IommufdFile") -> None:
         super().__init__()
         self.ctx = ctx
-        self.starts: list[int] = []
-        self.areas: list[Area] = []
+        #: The areas by IOVA (disjoint).
+        self.areas: SortedIndex[Area] = SortedIndex()
         #: (start, last, owner)
         self.reserved: list[tuple[int, int, Any]] = []
         self.allowed: list[tuple[int, int]] = []
@@ -169,14 +173,7 @@ class Ioas(Obj):
 
     # -- lookups --------------------------------------------------------------------------
     def areas_in(self, start: int, last: int) -> list[Area]:
-        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
-        out = []
-        for a in self.areas[i:]:
-            if a.iova > last:
-                break
-            if a.last >= start:
-                out.append(a)
-        return out
+        return self.areas.overlapping(start, last + 1, _area_end)
 
     def reserved_in(self, start: int, last: int) -> bool:
         return any(s <= last and start <= e for s, e, _o in self.reserved)
@@ -204,14 +201,10 @@ class Ioas(Obj):
 
     # -- area insertion / removal ---------------------------------------------------------
     def _link(self, a: Area) -> None:
-        i = bisect.bisect_left(self.starts, a.iova)
-        self.starts.insert(i, a.iova)
-        self.areas.insert(i, a)
+        self.areas.insert(a.iova, a)
 
     def _unlink(self, a: Area) -> None:
-        i = self.areas.index(a)
-        del self.starts[i]
-        del self.areas[i]
+        self.areas.remove(a.iova, a)
 
     def alloc_iova(self, uptr: int, length: int) -> int:
         """iopt_alloc_iova: first fit, page 0 never used."""

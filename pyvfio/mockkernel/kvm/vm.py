@@ -3,7 +3,6 @@ eventfd.c, dirty_ring.c)."""
 
 from __future__ import annotations
 
-import bisect
 import errno
 import os
 from typing import Any
@@ -15,6 +14,7 @@ from ..core import KernelError, MockFile, MockKernel, handles
 from ..memory import read_user, user_mapped, write_user
 from .core import DIRTY_RING_RSVD_ENTRIES, KVM_MEM_MAX_NR_PAGES, PAGE, TASK_SIZE, state, _addr, _eventfd_id, _fd_kind, _ptr
 from .devices import GuestMemfdFile, KvmVfioDeviceFile
+from ...util.intervals import SortedIndex
 from .vcpu import VcpuFile
 
 
@@ -39,6 +39,10 @@ class Slot:
         self.dirty[page >> 6] |= np.uint64(1 << (page & 63))
 
 
+def _end_gfn(s: Slot) -> int:
+    return s.end_gfn
+
+
 class VmFile(MockFile):
     """A VM: memslots, dirty logs, vCPUs, devices, ioeventfds, irqfds."""
 
@@ -46,8 +50,8 @@ class VmFile(MockFile):
         super().__init__(kernel, path)
         self.cfg = state(kernel).config
         self.slots: dict[int, Slot] = {}
-        self.starts: list[list[int]] = [[] for _ in range(self.cfg.address_spaces)]
-        self.ordered: list[list[Slot]] = [[] for _ in range(self.cfg.address_spaces)]
+        #: Per address space, the slots by base gfn (disjoint).
+        self.index: list[SortedIndex[Slot]] = [SortedIndex() for _ in range(self.cfg.address_spaces)]
         self.manual_protect = 0
         self.dirty_ring_size = 0
         self.vcpus: dict[int, VcpuFile] = {}
@@ -193,35 +197,20 @@ class VmFile(MockFile):
         return 0
 
     def _index(self, s: Slot) -> None:
-        i = bisect.bisect_left(self.starts[s.as_id], s.base_gfn)
-        self.starts[s.as_id].insert(i, s.base_gfn)
-        self.ordered[s.as_id].insert(i, s)
+        self.index[s.as_id].insert(s.base_gfn, s)
 
     def _unindex(self, s: Slot) -> None:
-        i = bisect.bisect_left(self.starts[s.as_id], s.base_gfn)
-        while self.ordered[s.as_id][i] is not s:
-            i += 1
-        del self.starts[s.as_id][i]
-        del self.ordered[s.as_id][i]
+        self.index[s.as_id].remove(s.base_gfn, s)
 
     def _overlaps(self, as_id: int, start: int, end: int, exclude: Slot | None) -> bool:
-        i = bisect.bisect_left(self.starts[as_id], end) - 1
-        while i >= 0:
-            s = self.ordered[as_id][i]
-            if s is exclude:
-                i -= 1
-                continue
-            return s.end_gfn > start
+        for s in self.index[as_id].below(end):
+            if s is not exclude:
+                return s.end_gfn > start
         return False
 
     def slot_at(self, gpa: int, as_id: int = 0) -> Slot | None:
         gfn = gpa // PAGE
-        i = bisect.bisect_right(self.starts[as_id], gfn) - 1
-        if i >= 0:
-            s = self.ordered[as_id][i]
-            if s.end_gfn > gfn:
-                return s
-        return None
+        return self.index[as_id].containing(gfn, _end_gfn)
 
     # -- dirty logs ----------------------------------------------------------------------------
     def _log_slot(self, slot: int) -> Slot:

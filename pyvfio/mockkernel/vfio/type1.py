@@ -24,7 +24,6 @@ extensions (dirty tracking keeps its per-mapping bitmap there).
 
 from __future__ import annotations
 
-import bisect
 import errno
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ from ..core import KernelError, MockKernel, handles
 from .core import IommuDriver, IommuFault, register_iommu_driver, state
 from .group import MockGroup
 from ..memory import user_mapped
+from ...util.intervals import SortedIndex
 
 PAGE_SIZE = 4096
 #: What the 6.12 intel-iommu guest reports: 4K | 2M | 1G.
@@ -66,6 +66,10 @@ class DmaEntry:
         return self.iova + self.size
 
 
+def _end(e: DmaEntry) -> int:
+    return e.end
+
+
 class Type1Iommu(IommuDriver):
     """The iommu_data of a container whose IOMMU is type1 (v1, v2 or nesting)."""
 
@@ -85,8 +89,7 @@ class Type1Iommu(IommuDriver):
         st = state(kernel)
         self.vfio = st
         self.dma_avail = int(st.read_param("vfio_iommu_type1", "dma_entry_limit", "65535"))
-        self._starts: list[int] = []
-        self._entries: list[DmaEntry] = []
+        self._index: SortedIndex[DmaEntry] = SortedIndex()
         self.vaddr_invalid_count = 0
         self.dirty_page_tracking = False
 
@@ -147,32 +150,25 @@ class Type1Iommu(IommuDriver):
 
     # -- the mapping tree --------------------------------------------------------------------
     def entries(self) -> list[DmaEntry]:
-        return list(self._entries)
+        return list(self._index)
 
     def _find(self, start: int, size: int = 1) -> DmaEntry | None:
         """The mapping overlapping [start, start+size), if any (vfio_find_dma)."""
-        i = bisect.bisect_left(self._starts, start + max(size, 1)) - 1
-        if i >= 0 and self._entries[i].end > start:
-            return self._entries[i]
-        return None
+        e = next(self._index.below(start + max(size, 1)), None)
+        return e if e is not None and e.end > start else None
 
     def _link(self, e: DmaEntry) -> None:
-        i = bisect.bisect_left(self._starts, e.iova)
-        self._starts.insert(i, e.iova)
-        self._entries.insert(i, e)
+        self._index.insert(e.iova, e)
 
     def _remove(self, e: DmaEntry) -> None:
-        i = bisect.bisect_left(self._starts, e.iova)
-        assert self._entries[i] is e
-        del self._starts[i]
-        del self._entries[i]
+        self._index.remove(e.iova, e)
         self.vfio.task.pinned -= e.size
         self.dma_avail += 1
         if e.vaddr_invalid:
             self.vaddr_invalid_count -= 1
 
     def _remove_all(self) -> None:
-        for e in list(self._entries):
+        for e in list(self._index):
             self._remove(e)
 
     # -- ioctls --------------------------------------------------------------------------------
@@ -332,7 +328,7 @@ class Type1Iommu(IommuDriver):
             if last is not None and last.end != iova + size:
                 raise KernelError(errno.EINVAL, "type1: UNMAP_DMA would bisect a mapping (v2)")
         end = iova + size  # may exceed U64 for UNMAP_ALL; Python ints do not wrap
-        victims = [e for e in self._entries if e.end > iova and e.iova < end]
+        victims = self._index.overlapping(iova, end, _end)
         if not self.v2:
             if victims and victims[0].iova < iova:  # v1: an offset unmap removes nothing
                 victims = []
