@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import mmap as _mmap
+import operator
 import threading
 from typing import Any
 
@@ -159,7 +160,20 @@ class DmaBuffer(HostMemory):
         self._cbuf[offset:offset + len(data)] = data
 
     def fill(self, byte: int = 0) -> None:
+        """Set every byte of the buffer to ``byte`` (0..255; ints and numpy ints).
+
+        Raises ArgumentError for a non-integer and RangeError outside 0..255, before writing
+        (memset would keep only the low 8 bits: 300 would write 0x2c, -1 0xff).
+        """
         self._check()
+        if isinstance(byte, bool):
+            raise ArgumentError(f"fill byte must be an integer 0..255, not {byte!r}")
+        try:
+            byte = operator.index(byte)
+        except TypeError:
+            raise ArgumentError(f"fill byte must be an integer 0..255, not {byte!r}") from None
+        if not 0 <= byte <= 0xff:
+            raise RangeError(f"fill byte {byte} is outside 0..255")
         lib.memset(ffi.cast("void *", self.addr), byte, self.size)
 
     # -- mapping bookkeeping (called by the IOMMU objects) ---------------------------------------

@@ -7,10 +7,12 @@ import gc
 import mmap
 import os
 
+import numpy as np
 import pytest
 
 from pyvfio.core.fd import Closeable
 from pyvfio.core.memory import HostMemory
+from pyvfio.errors import ArgumentError, RangeError
 from pyvfio.kvm import GuestMemory
 from pyvfio.seam.mock import MockBackend
 from pyvfio.services.dma import DmaBuffer
@@ -97,3 +99,21 @@ def test_dropped_guest_memory_is_unmapped_without_del():
     assert be.unmapped == [(addr, PAGE)]
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+@pytest.mark.parametrize("bad, error", [(300, RangeError), (-1, RangeError), (256, RangeError),
+                                        (1.0, ArgumentError), (None, ArgumentError),
+                                        (True, ArgumentError)])
+def test_fill_refuses_a_value_that_is_not_one_byte(bad: object, error: type) -> None:
+    # memset keeps the low 8 bits: fill(300) used to write 0x2c, fill(-1) 0xff
+    with DmaBuffer(PAGE, hugepages=None, backend=MockBackend()) as buf:
+        buf.fill(0x5a)
+        with pytest.raises(error):
+            buf.fill(bad)  # type: ignore[arg-type]
+        assert buf.read(0, PAGE) == b"\x5a" * PAGE
+
+
+def test_fill_takes_numpy_integers() -> None:
+    with DmaBuffer(PAGE, hugepages=None, backend=MockBackend()) as buf:
+        buf.fill(np.uint8(0xa5))
+        assert buf.read(0, PAGE) == b"\xa5" * PAGE
