@@ -48,9 +48,11 @@ Example (mock, a POWER-shaped machine)::
 from __future__ import annotations
 
 import errno
+import functools
 import struct
+import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 from ..core.fd import Closeable
 from .. import ioctls
@@ -198,6 +200,20 @@ class RegisteredMemory(Closeable):
                 f"{state}>")
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_S = TypeVar("_S", bound="_SpaprBase")
+
+
+def _locked(fn: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+    """Run the method under its IOMMU object's :attr:`_SpaprBase.lock`."""
+    @functools.wraps(fn)
+    def under_lock(self: _S, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.lock:
+            return fn(self, *args, **kwargs)
+    return under_lock
+
+
 def _pow2(x: int) -> bool:
     return x > 0 and not x & (x - 1)
 
@@ -206,14 +222,18 @@ class _SpaprBase(MappingTable, IommuBase):
     """What v1 and v2 share: TCE_GET_INFO, windows, MAP/UNMAP, EEH.
 
     Threads: ``map_dma``/``unmap_dma`` pack a fresh argument per call and may run
-    concurrently. ``map``/``unmap`` of distinct IOVAs may too, but their overlap check reads
-    :attr:`mappings` unlocked: two threads mapping overlapping ranges at once are not refused
-    by pyvfio (the kernel then replaces TCEs). ``info``/``windows`` fill caches (a race stores
-    the same answer). Window and registration changes, ``unmap_all`` and ``close``: one thread.
+    concurrently with anything. ``map``, ``unmap``, ``unmap_all``, ``register``/``unregister``
+    and ``create_window``/``remove_window`` may run concurrently from several threads: each
+    holds the object's lock (:attr:`lock`, re-entrant) from its checks (which walk
+    :attr:`mappings`, :attr:`regions` and the windows) through the ioctl to the bookkeeping, so
+    two threads mapping overlapping ranges at once get one mapping and one OverlapError.
+    ``info``/``windows`` fill caches (a race stores the same answer). ``close()`` runs alone.
     """
 
     def __init__(self, container: Container, iommu_type: int) -> None:
         super().__init__(container, iommu_type)
+        #: Held by every call that reads and then changes the bookkeeping (see Threads).
+        self.lock = threading.RLock()
         self._info: SpaprTceInfo | None = None
         #: Live mappings made through map(), by IOVA.
         self.mappings: dict[int, DmaMapping] = {}
@@ -329,21 +349,22 @@ class _SpaprBase(MappingTable, IommuBase):
         vaddr, n = buffer_span(buffer, size, offset)
         if not (read or write):
             raise ArgumentError("a mapping needs read=True and/or write=True")
-        self.check(iova, n, vaddr)
-        self._require_enabled()
-        region = self._region_for(vaddr, n)
         flags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
-        self.map_dma(vaddr, iova, n, flags)
-        mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)
-        try:
-            pin(buffer, mapping)
-        except BaseException:  # closed meanwhile: do not leave the TCEs behind
-            self.unmap_dma(iova, n)
-            raise
-        self.mappings[iova] = mapping
-        if region is not None:
-            region.mappings.add(mapping)
-            mapping.state["spapr_region"] = region
+        with self.lock:  # check, MAP_DMA and bookkeeping as one step (see Threads)
+            self.check(iova, n, vaddr)
+            self._require_enabled()
+            region = self._region_for(vaddr, n)
+            self.map_dma(vaddr, iova, n, flags)
+            mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)
+            try:
+                pin(buffer, mapping)
+            except BaseException:  # closed meanwhile: do not leave the TCEs behind
+                self.unmap_dma(iova, n)
+                raise
+            self.mappings[iova] = mapping
+            if region is not None:
+                region.mappings.add(mapping)
+                mapping.state["spapr_region"] = region
         return mapping
 
     def _region_for(self, vaddr: int, size: int) -> "RegisteredMemory | None":
@@ -361,15 +382,19 @@ class _SpaprBase(MappingTable, IommuBase):
             return
         if mapping.iommu is not self:
             raise ArgumentError(f"{mapping!r} belongs to another IOMMU")
-        self.unmap_dma(mapping.iova, mapping.size)
-        self._forget(mapping)
+        with self.lock:
+            if not mapping._live:  # another thread unmapped it meanwhile
+                return
+            self.unmap_dma(mapping.iova, mapping.size)
+            self._forget(mapping)
 
     def unmap_all(self) -> int:
         """Unmap every mapping made through this object; returns the bytes unmapped."""
         done = 0
-        for m in sorted(self.mappings.values(), key=lambda m: m.iova):
-            self.unmap(m)
-            done += m.size
+        with self.lock:
+            for m in sorted(self.mappings.values(), key=lambda m: m.iova):
+                self.unmap(m)
+                done += m.size
         return done
 
     # -- EEH --------------------------------------------------------------------------------------
@@ -505,6 +530,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         self._ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_REMOVE, r)
 
     # -- registered memory ----------------------------------------------------------------------
+    @_locked
     def register(self, buffer: Any, *, size: int | None = None, offset: int = 0) -> RegisteredMemory:
         """Pre-register ``buffer`` (pin + account it once): checks, then REGISTER_MEMORY.
 
@@ -532,6 +558,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         self.regions[vaddr] = region
         return region
 
+    @_locked
     def unregister(self, region: RegisteredMemory) -> None:
         """Unpin ``region`` (VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY with its exact vaddr and size).
 
@@ -586,6 +613,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         return region
 
     # -- windows ------------------------------------------------------------------------------------
+    @_locked
     def create_window(self, page_size: int, window_size: int, *, levels: int = 1) -> DmaWindow:
         """VFIO_IOMMU_SPAPR_TCE_CREATE after checking the page size against ddw.pgsizes, the
         window size (a power of two, at least one page) and ``levels`` against ddw.levels.
@@ -612,6 +640,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         self._created.append(w)
         return w
 
+    @_locked
     def remove_window(self, window: DmaWindow) -> None:
         """VFIO_IOMMU_SPAPR_TCE_REMOVE of ``window`` (a created one or the default one).
 
