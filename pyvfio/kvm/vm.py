@@ -23,8 +23,10 @@ Example (mock kernel)::
 
 from __future__ import annotations
 
+import functools
 import heapq
-from typing import TYPE_CHECKING, Any, Iterator
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 from .. import ioctls as I
 from ..core.fd import FdObject
@@ -54,20 +56,36 @@ from .vcpu import Vcpu
 if TYPE_CHECKING:
     from .system import Kvm
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(fn: "Callable[Concatenate[Vm, _P], _R]") -> "Callable[Concatenate[Vm, _P], _R]":
+    """Run the method under its VM's :attr:`Vm.lock`."""
+    @functools.wraps(fn)
+    def under_lock(self: "Vm", *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.lock:
+            return fn(self, *args, **kwargs)
+    return under_lock
+
 class Vm(FdObject):
     """A KVM VM fd: capabilities, memslots, dirty logs, vCPUs, devices, ioeventfd/irqfd.
 
     Made by :meth:`Kvm.create_vm`. Closing it closes its vCPUs, devices and eventfd bindings
     and forgets its memslots (the kernel frees them with the VM).
 
-    Threads: a Vm has no lock. The memslot and dirty-log calls (``set_user_memory_region[2]``,
-    ``get_dirty_log``, ``clear_dirty_log``, ``add_memslot`` and every :class:`MemSlot` method)
-    reuse one ioctl struct each and unlocked slot bookkeeping, so they must be called from one
-    thread at a time per VM (serialise them in the caller). ``create_vcpu``/``create_device``/
-    ``ioeventfd``/``irqfd`` update the child lists: one thread at a time as well. What may run
-    concurrently with all of that: the vCPUs (:meth:`Vcpu.run`, each in its own thread; the
+    Threads: the memslot and dirty-log calls may run concurrently from several threads:
+    ``set_user_memory_region[2]``, ``get_dirty_log``, ``clear_dirty_log``, ``add_memslot`` and
+    every :class:`MemSlot` method (``move``, ``set_dirty_logging``, ``delete``, the dirty-log
+    calls). They share one ioctl struct each and the slot bookkeeping, so each holds the VM's
+    lock (:attr:`lock`, re-entrant, one per VM) from slot-id allocation and the overlap check
+    through the struct fill and the ioctl to the bookkeeping update: they run one at a time
+    per VM, in some order, never interleaved (different VMs do not contend). Also free to run
+    concurrently with everything: the vCPUs (:meth:`Vcpu.run`, each in its own thread; the
     kernel orders memslot updates against running vCPUs), ``check_extension`` (a cache of
-    immutable answers) and the bindings' ``read``/``trigger``. ``close()`` runs alone.
+    immutable answers) and the bindings' ``read``/``trigger``. ``create_vcpu``/
+    ``create_device``/``ioeventfd``/``irqfd`` update the child lists unlocked: one thread at a
+    time. ``close()`` runs alone.
     """
 
     def __init__(self, kvm: Kvm, fd: int, vm_type: int = 0) -> None:
@@ -75,6 +93,8 @@ class Vm(FdObject):
         self.kvm = kvm
         self.vm_type = vm_type
         self._caps: dict[int, int] = {}
+        #: Serialises the memslot and dirty-log calls (see Threads).
+        self.lock = threading.RLock()
         # bookkeeping: (as_id, id) -> MemSlot; per address space a sorted list of starts and
         # the slots in the same order (for O(log n) overlap checks).
         self._slots: dict[int, MemSlot] = {}
@@ -168,6 +188,7 @@ class Vm(FdObject):
         self.dirty_ring_acq_rel = acq_rel
 
     # -- raw ioctls (no validation: the kernel's rules apply) --------------------------------
+    @_locked
     def set_user_memory_region(self, slot: int, flags: int, gpa: int, size: int, hva: int) -> None:
         """KVM_SET_USER_MEMORY_REGION, raw: create (new slot), modify, or delete (size 0).
 
@@ -182,6 +203,7 @@ class Vm(FdObject):
         r.userspace_addr = hva
         self._ioctl(I.KVM_SET_USER_MEMORY_REGION, r)
 
+    @_locked
     def set_user_memory_region2(self, slot: int, flags: int, gpa: int, size: int, hva: int,
                                 guest_memfd: int = 0, guest_memfd_offset: int = 0) -> None:
         """KVM_SET_USER_MEMORY_REGION2, raw (adds guest_memfd + offset; KVM_CAP_USER_MEMORY2)."""
@@ -197,6 +219,7 @@ class Vm(FdObject):
         r.guest_memfd_offset = guest_memfd_offset
         self._ioctl(I.KVM_SET_USER_MEMORY_REGION2, r)
 
+    @_locked
     def get_dirty_log(self, slot: int, bitmap_addr: int) -> None:
         """KVM_GET_DIRTY_LOG, raw: the kernel writes ALIGN(npages, 64) / 8 bytes at ``bitmap_addr``.
 
@@ -208,6 +231,7 @@ class Vm(FdObject):
         d.dirty_bitmap = ffi.cast("void *", bitmap_addr)
         self._ioctl(I.KVM_GET_DIRTY_LOG, d)
 
+    @_locked
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap_addr: int) -> None:
         """KVM_CLEAR_DIRTY_LOG, raw: clear the pages whose bit is set (bit 0 = ``first_page``).
 
@@ -325,44 +349,45 @@ class Vm(FdObject):
         if (size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or hva % PAGE_SIZE
                 or size >> PAGE_SHIFT > KVM_MEM_MAX_NR_PAGES or hva + size > TASK_SIZE):
             check_range(gpa, size, hva)  # raises, saying why
-        if as_id >= len(self._index_of):
-            self._as(as_id)
-        if slot is None:
-            slot_id = self._alloc_id(as_id)
-        else:
-            if not 0 <= slot < max_slots:
-                raise RangeError(f"slot id {slot} out of range 0..{max_slots - 1}")
-            if (as_id << 16 | slot) in self._slots:
-                raise ArgumentError(f"slot {slot} of address space {as_id} is in use")
-            slot_id = slot
-        key = as_id << 16 | slot_id
-        try:
-            other = self._overlap(as_id, gpa, gpa + size)
-            if other is not None:
-                raise OverlapError(f"guest range {gpa:#x}+{size:#x} overlaps slot {other.id} "
-                                   f"({other.gpa:#x}+{other.size:#x})")
-            if gpa + size > _MAX_GPA:
-                check_gpa_limit(gpa, size)
-            if flags & _GMEM:
-                self.set_user_memory_region2(key, flags, gpa, size, hva, gmem_fd, guest_memfd_offset)
-            else:
-                r = self._region
-                r.slot = key
-                r.flags = flags
-                r.guest_phys_addr = gpa
-                r.memory_size = size
-                r.userspace_addr = hva
-                self.backend.ioctl(self._fd, _SET_REGION, r)
-        except BaseException:
+        with self.lock:  # id allocation, overlap check, struct fill, ioctl, bookkeeping
+            if as_id >= len(self._index_of):
+                self._as(as_id)
             if slot is None:
-                self._release_id(as_id, slot_id)
-            raise
-        s = MemSlot(self, slot_id, as_id, gpa, size, hva, flags, keep, guest_memfd, guest_memfd_offset)
-        self._slots[key] = s
-        self._index_of[as_id].insert(s.gpa, s)
-        if keep is not None:
-            keep.users += 1
-        return s
+                slot_id = self._alloc_id(as_id)
+            else:
+                if not 0 <= slot < max_slots:
+                    raise RangeError(f"slot id {slot} out of range 0..{max_slots - 1}")
+                if (as_id << 16 | slot) in self._slots:
+                    raise ArgumentError(f"slot {slot} of address space {as_id} is in use")
+                slot_id = slot
+            key = as_id << 16 | slot_id
+            try:
+                other = self._overlap(as_id, gpa, gpa + size)
+                if other is not None:
+                    raise OverlapError(f"guest range {gpa:#x}+{size:#x} overlaps slot {other.id} "
+                                       f"({other.gpa:#x}+{other.size:#x})")
+                if gpa + size > _MAX_GPA:
+                    check_gpa_limit(gpa, size)
+                if flags & _GMEM:
+                    self.set_user_memory_region2(key, flags, gpa, size, hva, gmem_fd, guest_memfd_offset)
+                else:
+                    r = self._region
+                    r.slot = key
+                    r.flags = flags
+                    r.guest_phys_addr = gpa
+                    r.memory_size = size
+                    r.userspace_addr = hva
+                    self.backend.ioctl(self._fd, _SET_REGION, r)
+            except BaseException:
+                if slot is None:
+                    self._release_id(as_id, slot_id)
+                raise
+            s = MemSlot(self, slot_id, as_id, gpa, size, hva, flags, keep, guest_memfd, guest_memfd_offset)
+            self._slots[key] = s
+            self._index_of[as_id].insert(s.gpa, s)
+            if keep is not None:
+                keep.users += 1
+            return s
 
     def _alloc_id(self, as_id: int) -> int:
         free = self._free_ids[as_id]
