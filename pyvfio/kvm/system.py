@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 
 from .. import ioctls as I
-from ..core.fd import FdObject
+from ..core.fd import FdObject, raise_first
 from ..errors import UnsupportedError
 from ..seam import Backend, get_backend
 from .vm import Vm
@@ -60,8 +60,14 @@ class Kvm(FdObject):
         return vm
 
     def _close_children(self) -> None:
+        """Close every VM, whatever fails on the way; then raise the first error."""
+        errors: list[Exception] = []
         for vm in list(self._vms):
-            vm.close()
+            try:
+                vm.close()
+            except Exception as e:
+                errors.append(e)
+        raise_first(errors, f"closing {self!r}")
 
     def __repr__(self) -> str:
         return f"<Kvm {self.path} fd={self._fd}>"

@@ -29,7 +29,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 from .. import ioctls as I
-from ..core.fd import FdObject
+from ..core.fd import FdObject, raise_first
 from ..errors import AlignmentError, ArgumentError, OverlapError, RangeError, StateError, UnsupportedError
 from ..uapi import ffi
 from ..util.intervals import SortedIndex
@@ -507,21 +507,29 @@ class Vm(FdObject):
         return gm
 
     def _close_children(self) -> None:
+        """Close every child (bindings, devices, guest memfds, vCPUs) and forget every memslot,
+        whatever fails on the way; then raise the first error (the others as its notes)."""
+        errors: list[Exception] = []
         for child in reversed(self._children):
             try:
                 child.close()
-            except OSError:
-                pass
+            except Exception as e:
+                errors.append(e)
         self._children.clear()
         for v in list(self.vcpus.values()):
-            v.close()
+            try:
+                v.close()
+            except Exception as e:
+                errors.append(e)
         self.vcpus.clear()
-        for s in list(self._slots.values()):
-            s._dead()
-        self._slots.clear()
-        self._index_of.clear()
-        self._free_ids.clear()
-        self._next_id.clear()
+        with self.lock:
+            for s in list(self._slots.values()):
+                s._dead()
+            self._slots.clear()
+            self._index_of.clear()
+            self._free_ids.clear()
+            self._next_id.clear()
+        raise_first(errors, f"closing {self!r}")
 
     def __repr__(self) -> str:
         return f"<Vm fd={self._fd} slots={len(self._slots)} vcpus={len(self.vcpus)}>"

@@ -111,11 +111,19 @@ class DmaBuffer(HostMemory):
                 raw_len = self.size + alignment
                 raw = self.backend.mmap(raw_len, prot, _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
                 start = _round_up(raw, alignment)
-                if start > raw:
-                    self.backend.munmap(raw, start - raw)
-                tail = raw + raw_len - (start + self.size)
-                if tail:
-                    self.backend.munmap(start + self.size, tail)
+                try:
+                    if start > raw:
+                        self.backend.munmap(raw, start - raw)
+                    tail = raw + raw_len - (start + self.size)
+                    if tail:
+                        self.backend.munmap(start + self.size, tail)
+                except BaseException:
+                    # give the whole reservation back (munmap of already unmapped parts is fine)
+                    try:
+                        self.backend.munmap(raw, raw_len)
+                    except OSError:
+                        pass
+                    raise
                 self.addr = start
                 if hugepages == "thp":
                     lib.madvise(ffi.cast("void *", self.addr), self.size, MADV_HUGEPAGE)

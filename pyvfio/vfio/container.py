@@ -140,8 +140,21 @@ class Container(FdObject):
 
     # -- groups ---------------------------------------------------------------------------------
     def attach(self, group: "Group") -> "Group":
-        """VFIO_GROUP_SET_CONTAINER: attach ``group`` to this container; returns the group."""
-        group.set_container(self)
+        """VFIO_GROUP_SET_CONTAINER: attach ``group`` to this container; returns the group.
+
+        The container owns ``group`` from the call on: if the attach fails (EPERM: not viable,
+        EINVAL/EBUSY: already in a container), the group is closed before the error propagates,
+        so its fd is not leaked and a retry can open the group again (a group file opens only
+        once system-wide). ArgumentError (nothing closed) for something that is not a Group.
+        """
+        set_container = getattr(group, "set_container", None)
+        if set_container is None or not hasattr(group, "close"):
+            raise ArgumentError(f"attach() takes a vfio Group, not {group!r}")
+        try:
+            set_container(self)
+        except BaseException:
+            group.close()
+            raise
         return group
 
     # -- IOMMU ----------------------------------------------------------------------------------
