@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import ioctls as I
 from ..core.bitmap import DirtyBitmap, bytes_for
 from ..errors import AlignmentError, ArgumentError, OverlapError, RangeError, StateError, register_hint
+from ..uapi.args import u64
 from .memory import GuestMemory
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ class MemSlot:
         """Change the guest physical address (KVM_MR_MOVE). OverlapError/AlignmentError/RangeError
         before the syscall; the dirty bitmap survives the move."""
         vm = self.vm
+        gpa = u64(gpa, "memslot gpa")
         with vm.lock:
             self._live()
             check_range(gpa, self.size, self.hva)

@@ -6,6 +6,7 @@ import weakref
 
 from .. import ioctls as I
 from ..core.fd import FdObject, raise_first
+from ..uapi.args import u32
 from ..errors import UnsupportedError
 from ..seam import Backend, get_backend
 from .vm import Vm
@@ -53,7 +54,7 @@ class Kvm(FdObject):
 
     def create_vm(self, vm_type: int = 0) -> "Vm":
         """KVM_CREATE_VM: a new VM. EINVAL for a type this kernel does not support."""
-        fd = self._ioctl(I.KVM_CREATE_VM, int(vm_type))
+        fd = self._ioctl(I.KVM_CREATE_VM, u32(vm_type, "VM type"))
         self.backend.label(fd, "anon_inode:kvm-vm")
         vm = Vm(self, fd, vm_type)
         self._vms.add(vm)

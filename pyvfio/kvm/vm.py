@@ -32,6 +32,7 @@ from .. import ioctls as I
 from ..core.fd import FdObject, raise_first
 from ..errors import AlignmentError, ArgumentError, OverlapError, RangeError, StateError, UnsupportedError
 from ..uapi import ffi
+from ..uapi.args import as_int, check_int, fill, new, struct_error, u32, u64
 from ..util.intervals import SortedIndex
 from .device import KvmDevice, KvmVfioDevice
 from .eventfd import IoEventFd, IrqFd
@@ -126,11 +127,10 @@ class Vm(FdObject):
         """KVM_ENABLE_CAP on the VM fd. EINVAL: unknown cap, bad args or flags, wrong state."""
         if len(args) > 4:
             raise ArgumentError("KVM_ENABLE_CAP takes at most 4 arguments")
-        c = ffi.new("struct kvm_enable_cap *")
-        c.cap = int(cap)
-        c.flags = flags
+        c = new("struct kvm_enable_cap", cap=u32(cap, "KVM_ENABLE_CAP cap"),
+                flags=u32(flags, "KVM_ENABLE_CAP flags"))
         for i, a in enumerate(args):
-            c.args[i] = int(a)
+            c.args[i] = u64(a, f"KVM_ENABLE_CAP args[{i}]")
         self._ioctl(I.KVM_ENABLE_CAP, c)
         self._caps.clear()
         self._valid = None
@@ -196,11 +196,15 @@ class Vm(FdObject):
         as_id out of range, size/hva/READONLY change, delete of a missing slot; EEXIST: overlap.
         """
         r = self._region
-        r.slot = slot
-        r.flags = flags
-        r.guest_phys_addr = gpa
-        r.memory_size = size
-        r.userspace_addr = hva
+        try:
+            r.slot = slot
+            r.flags = flags
+            r.guest_phys_addr = gpa
+            r.memory_size = size
+            r.userspace_addr = hva
+        except (OverflowError, TypeError) as e:
+            raise struct_error(r, dict(slot=slot, flags=flags, guest_phys_addr=gpa,
+                                       memory_size=size, userspace_addr=hva), e) from None
         self._ioctl(I.KVM_SET_USER_MEMORY_REGION, r)
 
     @_locked
@@ -209,14 +213,9 @@ class Vm(FdObject):
         """KVM_SET_USER_MEMORY_REGION2, raw (adds guest_memfd + offset; KVM_CAP_USER_MEMORY2)."""
         if self._region2 is None:
             self._region2 = ffi.new("struct kvm_userspace_memory_region2 *")
+        fill(self._region2, slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size,
+             userspace_addr=hva, guest_memfd=guest_memfd, guest_memfd_offset=guest_memfd_offset)
         r = self._region2
-        r.slot = slot
-        r.flags = flags
-        r.guest_phys_addr = gpa
-        r.memory_size = size
-        r.userspace_addr = hva
-        r.guest_memfd = guest_memfd
-        r.guest_memfd_offset = guest_memfd_offset
         self._ioctl(I.KVM_SET_USER_MEMORY_REGION2, r)
 
     @_locked
@@ -226,9 +225,8 @@ class Vm(FdObject):
         ENOENT: no such slot or no logging; EINVAL: id out of range; ENXIO: dirty ring in use;
         EFAULT: the buffer is not writable for the whole bitmap size.
         """
-        d = self._dirty_log
-        d.slot = slot
-        d.dirty_bitmap = ffi.cast("void *", bitmap_addr)
+        d = fill(self._dirty_log, slot=slot)
+        d.dirty_bitmap = ffi.cast("void *", u64(bitmap_addr, "dirty bitmap address"))
         self._ioctl(I.KVM_GET_DIRTY_LOG, d)
 
     @_locked
@@ -238,11 +236,8 @@ class Vm(FdObject):
         EINVAL: first_page not a multiple of 64, num_pages not a multiple of 64 without reaching
         the slot end, or a range beyond the slot; ENOENT: no such slot or no logging; ENXIO: ring.
         """
-        c = self._clear_log
-        c.slot = slot
-        c.first_page = first_page
-        c.num_pages = num_pages
-        c.dirty_bitmap = ffi.cast("void *", bitmap_addr)
+        c = fill(self._clear_log, slot=slot, first_page=first_page, num_pages=num_pages)
+        c.dirty_bitmap = ffi.cast("void *", u64(bitmap_addr, "dirty bitmap address"))
         self._ioctl(I.KVM_CLEAR_DIRTY_LOG, c)
 
     def reset_dirty_rings(self) -> int:
@@ -311,6 +306,13 @@ class Vm(FdObject):
         """
         if self._fd < 0:
             self.fileno()  # StateError
+        gpa = u64(gpa, "memslot gpa")
+        offset = as_int(offset, "memslot offset")
+        as_id = check_int(as_id, "address space", 0, 0xFFFF)
+        if slot is not None:
+            slot = check_int(slot, "slot id", 0, 0xFFFF)
+        if size is not None:
+            size = as_int(size, "memslot size")
         if isinstance(memory, GuestMemory):
             if memory.closed:
                 memory._check_open()
@@ -326,7 +328,7 @@ class Vm(FdObject):
         else:
             if size is None:
                 raise ArgumentError("size is required when memory is a raw address")
-            hva = int(memory) + offset
+            hva = as_int(memory, "memory (a GuestMemory or a host address)") + offset
             keep = None
         flags = (_LOG if log_dirty else 0) | (_RO if readonly else 0)
         gmem_fd = 0
@@ -442,6 +444,7 @@ class Vm(FdObject):
             vcpu_id = 0
             while vcpu_id in self.vcpus:
                 vcpu_id += 1
+        vcpu_id = u32(vcpu_id, "vcpu id")
         fd = self._ioctl(I.KVM_CREATE_VCPU, vcpu_id)
         self.backend.label(fd, f"anon_inode:kvm-vcpu:{vcpu_id}")
         v = Vcpu(self, fd, vcpu_id)
