@@ -36,10 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from ..core.buffer import buffer_span
 from ..core.memory import HostMemory
 from ..errors import ArgumentError, RangeError, StateError
 from ..seam import Backend, get_backend
 from ..uapi import ffi, lib
+from ..uapi.args import as_int
 from .iova import IovaAllocator
 
 __all__ = ["DmaBuffer", "DmaMapper", "PAGE_SIZE", "HUGE_2M"]
@@ -245,8 +247,9 @@ class DmaMapper:
             write: bool = True, align: int | None = None) -> Any:
         """The live mapping of ``buffer`` (whole, or ``size`` bytes at ``offset``) with this
         access, mapping it at a fresh IOVA the first time. Returns a DmaMapping."""
-        addr = int(buffer.addr) + offset
-        n = int(buffer.size) - offset if size is None else size
+        addr, n = buffer_span(buffer, size, offset)
+        if align is not None:
+            align = as_int(align, "align")
         key = (addr, n, read, write)
         with self._lock:
             m = self._cache.get(key)
@@ -254,7 +257,8 @@ class DmaMapper:
                 return m
             iova = self.allocator.alloc(n, align=align, limit=self.limit)
             try:
-                m = self.iommu.map(buffer, iova, size=n, offset=offset, read=read, write=write)
+                m = self.iommu.map(buffer, iova, size=n, offset=as_int(offset, "offset"), read=read,
+                                   write=write)
             except BaseException:
                 self.allocator.free(iova)
                 raise

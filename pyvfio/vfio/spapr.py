@@ -58,10 +58,11 @@ from ..core.fd import Closeable
 from .. import ioctls
 from ..core.buffer import buffer_span, pin
 from ..core.iova import IovaRange
-from ..core.mapping import DmaFlags, DmaMapping, MappingTable
+from ..core.mapping import DmaFlags, DmaMapping, MappingTable, as_mapping
 from ..errors import (AlignmentError, ArgumentError, BusyError, OverlapError, PyvfioError,
                       RangeError, StateError, register_hint)
 from ..uapi import ffi
+from ..uapi.args import as_int, new
 from ..uapi.pack import TYPE1_DMA_MAP, TYPE1_DMA_UNMAP
 from .container import Container, IommuBase, register_iommu
 
@@ -315,6 +316,9 @@ class _SpaprBase(MappingTable, IommuBase):
     def check(self, iova: int, size: int, vaddr: int | None = None) -> DmaWindow:
         """Raise ArgumentError subclasses for what the kernel would refuse or mishandle; returns
         the window of ``[iova, iova+size)``."""
+        iova, size = as_int(iova, "iova"), as_int(size, "size")
+        if vaddr is not None:
+            vaddr = as_int(vaddr, "vaddr")
         if size <= 0:
             raise RangeError(f"size must be positive, not {size}")
         if iova < 0 or iova + size - 1 > U64_MAX:
@@ -378,7 +382,7 @@ class _SpaprBase(MappingTable, IommuBase):
 
     def unmap(self, mapping: DmaMapping) -> None:
         """VFIO_IOMMU_UNMAP_DMA of exactly ``mapping`` (idempotent)."""
-        if not mapping._live:
+        if not as_mapping(mapping)._live:
             return
         if mapping.iommu is not self:
             raise ArgumentError(f"{mapping!r} belongs to another IOMMU")
@@ -408,9 +412,7 @@ class _SpaprBase(MappingTable, IommuBase):
 
         Errors: ENODEV (the platform has no EEH for the group), EINVAL (unknown op).
         """
-        arg = ffi.new("struct vfio_eeh_pe_op *")
-        arg.argsz = _SZ_EEH
-        arg.op = op
+        arg = new("struct vfio_eeh_pe_op", argsz=_SZ_EEH, op=op)
         return self._ioctl(ioctls.VFIO_EEH_PE_OP, arg)
 
     def __iter__(self) -> Iterator[DmaMapping]:
@@ -488,10 +490,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         Errors: EINVAL (unaligned, wraps, overlaps another region), EBUSY (exactly this region
         is registered), ENOMEM (size 0, or RLIMIT_MEMLOCK), EFAULT (not mapped).
         """
-        r = ffi.new("struct vfio_iommu_spapr_register_memory *")
-        r.argsz = _SZ_REG
-        r.vaddr = vaddr
-        r.size = size
+        r = new("struct vfio_iommu_spapr_register_memory", argsz=_SZ_REG, vaddr=vaddr, size=size)
         self._ioctl(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY, r)
 
     def unregister_memory(self, vaddr: int, size: int) -> None:
@@ -501,10 +500,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         (nothing was ever registered), EINVAL (unaligned). While the region is still mapped,
         Linux 6.12 answers 0 and leaks the registration: use :meth:`unregister`, which refuses.
         """
-        r = ffi.new("struct vfio_iommu_spapr_register_memory *")
-        r.argsz = _SZ_REG
-        r.vaddr = vaddr
-        r.size = size
+        r = new("struct vfio_iommu_spapr_register_memory", argsz=_SZ_REG, vaddr=vaddr, size=size)
         self._ioctl(ioctls.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY, r)
 
     def tce_create(self, page_shift: int, window_size: int, levels: int = 1) -> int:
@@ -513,20 +509,15 @@ class SpaprTceV2Iommu(_SpaprBase):
         Errors: ENOSPC (no free window), EINVAL (page size not offered, window size not a power
         of two or too large, too many levels), EPERM (window #0 while #1 exists).
         """
-        c = ffi.new("struct vfio_iommu_spapr_tce_create *")
-        c.argsz = _SZ_CREATE
-        c.page_shift = page_shift
-        c.window_size = window_size
-        c.levels = levels
+        c = new("struct vfio_iommu_spapr_tce_create", argsz=_SZ_CREATE, page_shift=page_shift,
+                window_size=window_size, levels=levels)
         self._ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_CREATE, c)
         return int(c.start_addr)
 
     def tce_remove(self, start_addr: int) -> None:
         """VFIO_IOMMU_SPAPR_TCE_REMOVE as is: removes the window *containing* ``start_addr``
         (clearing its TCEs). Errors: EINVAL (no window there)."""
-        r = ffi.new("struct vfio_iommu_spapr_tce_remove *")
-        r.argsz = _SZ_REMOVE
-        r.start_addr = start_addr
+        r = new("struct vfio_iommu_spapr_tce_remove", argsz=_SZ_REMOVE, start_addr=start_addr)
         self._ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_REMOVE, r)
 
     # -- registered memory ----------------------------------------------------------------------
@@ -622,6 +613,8 @@ class SpaprTceV2Iommu(_SpaprBase):
         Note: without hugetlbfs backing, registered memory has 4 KiB pages, and a window with
         larger IOMMU pages cannot map it (EINVAL): use page_size=4096 for ordinary buffers.
         """
+        page_size, window_size = as_int(page_size, "page size"), as_int(window_size, "window size")
+        levels = as_int(levels, "levels")
         ddw = self.info().ddw
         if ddw is None:
             raise ArgumentError("this container reports no dynamic DMA windows (TCE_GET_INFO "

@@ -73,3 +73,31 @@ def test_finalizer_munmap_failure_warns():
         gc.collect()
     be.clear()
     be._inner.munmap(addr, size)
+
+
+# -- DirtyTracker ranges are bounded by the IOMMU's aperture (issue 21, item 4) -----------------
+from pyvfio.errors import RangeError  # noqa: E402
+from pyvfio.services.dirty import DirtyTracker  # noqa: E402
+from pyvfio.testing import machine  # noqa: E402
+from pyvfio.vfio import open_device  # noqa: E402
+
+
+@pytest.mark.parametrize("iova, size", [(0, 1 << 40), (0, 1 << 63), (1 << 39, 4096),
+                                        ((1 << 64) - 4096, 4096)])
+def test_dirty_report_outside_the_aperture_is_refused_before_any_ioctl(be, iova, size):
+    machine(be).set_dirty_semantics("exact")
+    faulty = FaultyBackend(be)
+    with open_device("0000:00:03.0", backend=faulty) as d, DmaBuffer(8192, hugepages=None) as buf:
+        t = DirtyTracker(d.iommu, max_bitmap_bytes=16)   # 128 pages per GET_BITMAP
+        assert t.aperture == (0, (1 << 39) - 1)          # the mock's type1 ranges
+        m = d.iommu.map(buf, 0x100000)
+        t.start()
+        mark = faulty.mark()
+        for call in (t.plan, t.report):
+            with pytest.raises(RangeError, match="aperture"):
+                call(iova, size)
+        assert faulty.since(mark) == []
+        bm = t.report(0x100000, 8192)                    # inside: works as before
+        assert bm.npages == 2
+        t.stop()
+        m.unmap()
