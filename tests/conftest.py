@@ -56,15 +56,22 @@ def _guest_variants(config: pytest.Config) -> tuple[str, ...]:
     return config.pluginmanager.get_plugin("vm.pytest_plugin").ALL_VARIANTS
 
 
-def _backend_param(name: str, guest_kwargs: dict[str, Any], variants: tuple[str, ...]) -> Any:
-    if name in variants:
-        return pytest.param(name, name, id=name, marks=pytest.mark.guest(variants=[name], **guest_kwargs))
+def _backend_params(name: str, guest_kwargs: dict[str, Any], config: pytest.Config) -> list[Any]:
+    plugin = config.pluginmanager.get_plugin("vm.pytest_plugin")
+    if name in plugin.ALL_VARIANTS:
+        kw = dict(guest_kwargs)
+        kernels = plugin._marker_kernels(pytest.mark.guest(**kw).mark)
+        kw.pop("iommufd", None)
+        kw.pop("kernels", None)
+        return [pytest.param(name, name, id=plugin.guest_id(name, k),
+                             marks=pytest.mark.guest(variants=[name], kernels=[k], **kw))
+                for k in kernels]
     if name == "kvm":
-        return pytest.param(name, None, id=name, marks=pytest.mark.kvm)
+        return [pytest.param(name, None, id=name, marks=pytest.mark.kvm)]
     if name == "power":
-        return pytest.param(name, None, id=name, marks=pytest.mark.power_guest)
+        return [pytest.param(name, None, id=name, marks=pytest.mark.power_guest)]
     if name == "mock" or name.startswith("mock-"):
-        return pytest.param(name, None, id=name)
+        return [pytest.param(name, None, id=name)]
     raise pytest.UsageError(f"pytest.mark.backends: unknown backend {name!r}; known mock, mock-<flavour>, "
                             f"kvm, power, {', '.join(variants)}")
 
@@ -77,9 +84,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: pytest.mark.backends needs backend names")
     if "guest_variant" not in metafunc.fixturenames:
         metafunc.fixturenames.append("guest_variant")
-    variants = _guest_variants(metafunc.config)
     metafunc.parametrize(["backend_name", "guest_variant"],
-                         [_backend_param(name, dict(marker.kwargs), variants) for name in marker.args])
+                         [p for name in marker.args
+                          for p in _backend_params(name, dict(marker.kwargs), metafunc.config)])
 
 
 @pytest.fixture
@@ -106,7 +113,8 @@ def kvm_env() -> Env:
 def guest_env(request: pytest.FixtureRequest, guest_info, guest_variant) -> Env:
     """``env`` on a guest variant: the real kernel of the guest and the edu the agent bound."""
     marker = request.node.get_closest_marker("guest")
-    iommufd = bool(marker.kwargs.get("iommufd", False)) if marker else False
+    iommufd = marker is not None and "built" in request.config.pluginmanager.get_plugin(
+        "vm.pytest_plugin")._marker_kernels(marker)
     return scenarios.guest_env(guest_info, guest_variant, iommufd=iommufd)
 
 

@@ -191,6 +191,8 @@ def main(job_path: str) -> int:
     info = {
         "variant": variant,
         "kernel": os.uname().release,
+        "kernel_generation": job.get("kernel_generation", "stable"),
+        "kernel_pin": job.get("kernel_pin", ""),
         "iommufd": os.path.exists("/dev/iommu"),
         "allow_unsafe_interrupts": unsafe,
         "devices": devices,

@@ -24,14 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-from .kernel import LINUX_SOURCE, Kernel, cache_root, private_apt
+from .kernel import LINUX_SOURCE_SERIES, Kernel, cache_root, private_apt
 
 IOMMUFD_FRAGMENT = """\
-# pyvfio iommufd guest kernel: on top of x86_64_defconfig, everything built in
+# pyvfio guest kernel (the bed's "built" generation): on top of x86_64_defconfig, all built in
 # CONFIG_MODULES is not set
 CONFIG_PCI=y
 CONFIG_PCI_MSI=y
 CONFIG_PCI_IOV=y
+CONFIG_PCIEPORTBUS=y
+CONFIG_HOTPLUG_PCI_PCIE=y
 CONFIG_X86_X2APIC=y
 CONFIG_IOMMU_SUPPORT=y
 CONFIG_IRQ_REMAP=y
@@ -39,14 +41,32 @@ CONFIG_INTEL_IOMMU=y
 CONFIG_INTEL_IOMMU_SVM=n
 CONFIG_AMD_IOMMU=y
 CONFIG_VIRTIO_IOMMU=y
+CONFIG_DEBUG_FS=y
+CONFIG_IOMMU_DEBUGFS=y
+CONFIG_INTEL_IOMMU_DEBUGFS=y
 CONFIG_IOMMUFD=y
+# /dev/vfio/vfio served by iommufd (the compat modes); excludes the legacy VFIO_CONTAINER, which
+# the Debian generations of the bed provide
+CONFIG_VFIO_CONTAINER=n
+CONFIG_IOMMUFD_VFIO_CONTAINER=y
+CONFIG_DEBUG_KERNEL=y
+CONFIG_FAULT_INJECTION=y
+CONFIG_RUNTIME_TESTING_MENU=y
+CONFIG_IOMMUFD_TEST=y
 CONFIG_VFIO=y
 CONFIG_VFIO_GROUP=y
-CONFIG_VFIO_CONTAINER=y
 CONFIG_VFIO_DEVICE_CDEV=y
-CONFIG_VFIO_IOMMU_TYPE1=y
+CONFIG_VFIO_NOIOMMU=y
 CONFIG_VFIO_PCI=y
 CONFIG_VFIO_PCI_CORE=y
+CONFIG_VFIO_MDEV=y
+CONFIG_SAMPLES=y
+CONFIG_SAMPLE_VFIO_MDEV_MTTY=y
+CONFIG_SAMPLE_VFIO_MDEV_MDPY=y
+CONFIG_SAMPLE_VFIO_MDEV_MBOCHS=y
+CONFIG_HUGETLBFS=y
+CONFIG_TRANSPARENT_HUGEPAGE=y
+CONFIG_MEMFD_CREATE=y
 CONFIG_VIRTIO=y
 CONFIG_VIRTIO_PCI=y
 CONFIG_NET_9P=y
@@ -60,6 +80,7 @@ CONFIG_RD_GZIP=y
 CONFIG_SERIAL_8250=y
 CONFIG_SERIAL_8250_CONSOLE=y
 CONFIG_E1000E=y
+CONFIG_IGB=y
 CONFIG_BLK_DEV_NVME=y
 CONFIG_MAGIC_SYSRQ=y
 CONFIG_IKCONFIG=y
@@ -99,9 +120,8 @@ CONFIG_NET_VENDOR_MARVELL=n
 REQUIRED = {line.split("=")[0]: line.split("=")[1]
             for line in IOMMUFD_FRAGMENT.splitlines() if line.startswith("CONFIG_")}
 REQUIRED["CONFIG_MODULES"] = "n"
-REQUIRED["CONFIG_IOMMUFD_VFIO_CONTAINER"] = "n"  # keep the real type1 container for /dev/vfio/vfio
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 BUILD_DEPS = ("gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "xz-utils",
               "cpio", "python3")
 
@@ -109,7 +129,9 @@ BUILD_DEPS = ("gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", 
 def fragment_hash() -> str:
     h = hashlib.sha256()
     h.update(IOMMUFD_FRAGMENT.encode())
-    h.update(f"{LINUX_SOURCE[0]}={LINUX_SOURCE[1]}".encode())
+    # the series, not the exact version: sid rolls point releases within weeks, and a warm
+    # cache keeps the build it has (the build records its version in ``source``)
+    h.update(f"{LINUX_SOURCE_SERIES[0]}@{LINUX_SOURCE_SERIES[1]}".encode())
     h.update(RECIPE_VERSION.encode())
     return h.hexdigest()[:12]
 
@@ -144,9 +166,29 @@ def _say(msg: str) -> None:
     print(f"build-kernel: {msg}", file=sys.stderr, flush=True)
 
 
-def fetch_source() -> Path:
-    """Download + unpack linux-source-6.12 (pinned); return the source tree."""
-    pkg, version = LINUX_SOURCE
+def source_version(*, network: bool = True) -> str:
+    """The linux-source package version to build: the newest the suite offers (network), else the
+    newest already unpacked in the cache."""
+    pkg, suite = LINUX_SOURCE_SERIES
+    if network:
+        apt = private_apt("amd64", (suite,))
+        try:
+            apt.update()
+            versions = apt.versions(pkg)
+        except Exception:  # offline or mid-sync: fall back to the cache
+            versions = []
+        if versions:
+            return versions[0]
+    have = sorted((d.name.removeprefix(pkg + "-") for d in (cache_root() / "src").glob(pkg + "-*")
+                   if (d / ".complete").exists()), reverse=True)
+    if not have:
+        raise RuntimeError(f"{pkg}: {suite} is unreachable and no source is cached")
+    return have[0]
+
+
+def fetch_source(version: str) -> Path:
+    """Download + unpack linux-source-<series>=version; return the source tree."""
+    pkg, suite = LINUX_SOURCE_SERIES
     src_root = cache_root() / "src" / f"{pkg}-{version}"
     tree = src_root / "tree"
     if (src_root / ".complete").exists():
@@ -154,8 +196,8 @@ def fetch_source() -> Path:
     if src_root.exists():
         shutil.rmtree(src_root)
     src_root.mkdir(parents=True)
-    _say(f"downloading {pkg}={version} (150 MB)")
-    apt = private_apt("amd64")
+    _say(f"downloading {pkg}={version} from {suite} (about 160 MB)")
+    apt = private_apt("amd64", (suite,))
     [deb] = apt.download({pkg: version}, src_root)
     apt.extract(deb, src_root / "deb")
     tarballs = list((src_root / "deb" / "usr" / "src").glob("linux-source-*.tar.*"))
@@ -208,7 +250,8 @@ def main(*, dry_run: bool = False, jobs: int = 2) -> int:
         if not dry_run:
             return 1
     t0 = time.monotonic()
-    src = fetch_source()
+    version = source_version()
+    src = fetch_source(version)
     build = cache_root() / "build" / f"iommufd-{fragment_hash()}"
     if missing:
         _say(f"dry run: source at {src}; would configure in {build} (tools missing, stopped)")
@@ -222,7 +265,8 @@ def main(*, dry_run: bool = False, jobs: int = 2) -> int:
         _say(f"dry run: would run nice -n 19 make -C {src} O={build} -j{jobs} bzImage "
              f"into {output_dir()}")
         return 0
-    _say(f"compiling with -j{jobs} at nice 19 (about 12 min on 2 cores); log in {build}/build.log")
+    _say(f"compiling {LINUX_SOURCE_SERIES[0]}={version} with -j{jobs} at nice 19 (about 12 min on "
+         f"2 cores); log in {build}/build.log")
     with open(build / "build.log", "w") as log:
         r = subprocess.run(_nice(["make", "-C", str(src), f"O={build}", f"-j{jobs}", "bzImage"]),
                            stdout=log, stderr=subprocess.STDOUT)
@@ -241,6 +285,7 @@ def main(*, dry_run: bool = False, jobs: int = 2) -> int:
     shutil.copy2(build / ".config", staging / "boot" / f"config-{release}")
     (staging / "release").write_text(release + "\n")
     (staging / "fragment").write_text(IOMMUFD_FRAGMENT)
+    (staging / ".pin").write_text(f"{LINUX_SOURCE_SERIES[0]}={version} + fragment {fragment_hash()}\n")
     (staging / ".complete").write_text("")
     if out.exists():
         shutil.rmtree(out)

@@ -1,8 +1,9 @@
 """python -m vm: the guest test bed's command line (x86 guests, and the POWER guest under ``power``).
 
     python -m vm run [--iommu intel|amd|virtio|none] [--timeout S] [--devices edu,e1000e|nvme]
-                     [--bind edu[,e1000e]] [--iommufd] [--quiet] -- CMD...
+                     [--bind edu[,e1000e]] [--kernel stable|newest|built] [--quiet] -- CMD...
     python -m vm fetch-kernel [--arch amd64]       download + cache the pinned guest kernel
+    python -m vm fetch-kernel --newest             ... the newest build of the newest series (sid)
     python -m vm build-kernel [--dry-run]          build the iommufd kernel (vm/build_kernel.py)
     python -m vm status                            can an x86 guest start here? which kernel?
     python -m vm power setup [--force]             fetch + prepare the POWER kernel and userland
@@ -48,7 +49,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                         + ", ".join(guest.DEVICE_KINDS))
     r.add_argument("--bind", type=_csv, default=["edu"],
                    help="devices to bind to vfio-pci (default edu)")
-    r.add_argument("--iommufd", action="store_true", help="boot the iommufd kernel")
+    r.add_argument("--iommufd", action="store_true", help="boot our kernel (= --kernel built)")
+    r.add_argument("--kernel", choices=kernel.GENERATIONS, default=None,
+                   help="kernel generation: stable (default), newest, built")
     r.add_argument("--results-dir", default=None)
     r.add_argument("--memory", default="1G")
     r.add_argument("--quiet", action="store_true", help="do not stream the console")
@@ -56,6 +59,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     f = sub.add_parser("fetch-kernel", help="download and cache the pinned guest kernel")
     f.add_argument("--arch", default="amd64", choices=sorted(kernel.KERNELS))
+    f.add_argument("--newest", action="store_true",
+                   help=f"the newest build of the {kernel.NEWEST.series} series ({kernel.NEWEST.suite})")
 
     b = sub.add_parser("build-kernel", help="build the iommufd guest kernel (slow)")
     b.add_argument("--dry-run", action="store_true")
@@ -81,7 +86,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 def _x86_run(a: argparse.Namespace, cmd: list[str]) -> int:
     try:
         res = guest.run(cmd, iommu=a.iommu, timeout=a.timeout, devices=a.devices,
-                        bind=a.bind, iommufd=a.iommufd, results_dir=a.results_dir,
+                        bind=a.bind, iommufd=a.iommufd, kernel=a.kernel, results_dir=a.results_dir,
                         memory=a.memory, stream=not a.quiet)
     except (guest.GuestUnavailable, ValueError) as e:
         print(f"vm run: {e}", file=sys.stderr)
@@ -98,10 +103,13 @@ def _x86_status() -> int:
     reason = guest.unavailable_reason()
     k = kernel.cached_kernel("amd64")
     print(f"guest: {'available' if reason is None else 'unavailable: ' + reason}")
-    print(f"kernel: {k.image if k else 'not cached'} (pin {kernel.KERNELS['amd64'].package}="
+    print(f"stable kernel: {k.image if k else 'not cached'} (pin {kernel.KERNELS['amd64'].package}="
           f"{kernel.KERNELS['amd64'].version})")
+    nk = kernel.cached_newest()
+    print(f"newest kernel: {nk.image if nk else 'not cached (python -m vm fetch-kernel --newest)'} "
+          f"(series {kernel.NEWEST.series} from {kernel.NEWEST.suite})")
     ik = build_kernel.cached_iommufd_kernel()
-    print(f"iommufd kernel: {ik.image if ik else 'not built (python -m vm build-kernel) for ' + str(build_kernel.output_dir())}")
+    print(f"built kernel: {ik.image if ik else 'not built (python -m vm build-kernel) for ' + str(build_kernel.output_dir())}")
     return 0 if reason is None else 1
 
 
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "run":
         return _x86_run(a, _command(parsers["run"], a.command))
     if a.cmd == "fetch-kernel":
-        k = kernel.fetch_kernel(a.arch, quiet=False)
+        k = kernel.fetch_newest(quiet=False) if a.newest else kernel.fetch_kernel(a.arch, quiet=False)
         print(k.image)
         return 0
     if a.cmd == "build-kernel":

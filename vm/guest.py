@@ -25,22 +25,34 @@ from typing import IO, Sequence
 
 from .build_kernel import cached_iommufd_kernel
 from .initramfs import build_initramfs, find_busybox
-from .kernel import Kernel, cached_kernel
+from .kernel import GENERATIONS, Kernel, cached_kernel, cached_newest, pin_of
 from .qemu import EXIT_FAILURE, EXIT_TIMEOUT, GuestResult, GuestUnavailable, QemuRun
 
 __all__ = ["GuestRun", "run", "unavailable_reason", "qemu_command", "GuestResult",
-           "GuestUnavailable", "EXIT_FAILURE", "EXIT_TIMEOUT", "VARIANTS", "DEVICE_KINDS"]
+           "GuestUnavailable", "guest_kernel", "EXIT_FAILURE", "EXIT_TIMEOUT", "VARIANTS", "DEVICE_KINDS"]
 
 VARIANTS = ("intel", "amd", "virtio", "none")
-DEVICE_KINDS = ("edu", "e1000e", "nvme")
+DEVICE_KINDS = ("edu", "e1000e", "nvme", "igb")
 QEMU = "qemu-system-x86_64"
 AGENT = Path(__file__).with_name("agent.py")
 
-# kernel command line pieces per vIOMMU variant
+#: 2 MiB hugetlbfs pages every x86 guest reserves at boot (vm/README.md: huge pages)
+HUGEPAGES_2M = 32
+
+#: variants whose vIOMMU offers no interrupt remapping: vfio_iommu_type1 (and iommufd) refuse
+#: SET_IOMMU / attach with EPERM there unless allow_unsafe_interrupts=Y, which the agent sets
+UNSAFE_INTERRUPTS = ("amd", "virtio")
+
+# QEMU and kernel command line pieces per vIOMMU variant
 _IOMMU_QEMU = {
-    "intel": ["-device", "intel-iommu,intremap=on,caching-mode=on"],
-    "amd": ["-device", "amd-iommu"],
-    "virtio": ["-device", "virtio-iommu-pci"],
+    # QEMU 10 defaults: intel aw-bits=48 (7.2: 39), kept at 39 so the reported IOVA ranges stay
+    # 0..0x7fffffffff; virtio aw-bits pinned at 64 (ranges end at 2^64-1, as on 7.2)
+    "intel": ["-device", "intel-iommu,intremap=on,caching-mode=on,aw-bits=39"],
+    # QEMU 10's amd-iommu with interrupt remapping on (its default, auto) loses the IOAPIC-routed
+    # serial interrupt: the console stays silent until power-off. Without remapping, vfio needs
+    # allow_unsafe_interrupts (as under virtio-iommu). pt=off: translated DMA for every device.
+    "amd": ["-device", "amd-iommu,intremap=off,pt=off"],
+    "virtio": ["-device", "virtio-iommu-pci,aw-bits=64"],
     "none": [],
 }
 _IOMMU_CMDLINE = {
@@ -50,7 +62,13 @@ _IOMMU_CMDLINE = {
     "none": ["intel_iommu=off", "amd_iommu=off"],
 }
 _DEVICE_QEMU = {
-    "edu": ["-device", "edu"],
+    # a full 64-bit DMA mask: QEMU's default is 28 bits and it clamps higher addresses silently
+    # (EduDevice still assumes 28 bits unless told: EduDevice(dev, dma_mask=...))
+    "edu": ["-device", "edu,dma_mask=0xffffffffffffffff"],
+    # igb (QEMU 8+): a PF with SR-IOV (7 VFs), behind its own PCIe root port so that a secondary
+    # bus reset (VFIO_DEVICE_PCI_HOT_RESET) has a device to reset and its VFs a bus to sit on
+    "igb": ["-device", "pcie-root-port,id=pyvfio-rp1,chassis=1,slot=1",
+            "-device", "igb,bus=pyvfio-rp1"],
     "e1000e": ["-device", "e1000e"],
     "nvme": ["-drive", "if=none,id=pyvfio-nvm,file=null-co://,format=raw",
              "-device", "nvme,serial=pyvfio0001,drive=pyvfio-nvm"],
@@ -77,15 +95,20 @@ def unavailable_reason(kernel: Kernel | None = None) -> str | None:
     return None
 
 
-def _guest_kernel(iommufd: bool) -> Kernel:
-    if iommufd:
+def guest_kernel(generation: str = "stable") -> Kernel:
+    """The cached kernel of a generation: ``stable`` (Debian's pinned stable-series kernel),
+    ``newest`` (the newest Debian series, vm/kernel.py NEWEST) or ``built`` (ours,
+    vm/build_kernel.py: iommufd, the compat container, mdev samples, IOMMUFD_TEST, debugfs)."""
+    if generation not in GENERATIONS:
+        raise ValueError(f"kernel generation must be one of {', '.join(GENERATIONS)}, not {generation!r}")
+    if generation == "built":
         k = cached_iommufd_kernel()
         if k is None:
-            raise GuestUnavailable("the iommufd kernel is not built: run python -m vm build-kernel")
+            raise GuestUnavailable("our kernel is not built: run python -m vm build-kernel")
         return k
-    k = cached_kernel("amd64")
+    k = cached_kernel("amd64") if generation == "stable" else cached_newest()
     if k is None:
-        raise GuestUnavailable("the guest kernel is not cached: run tools/dev setup")
+        raise GuestUnavailable(f"the {generation} guest kernel is not cached: run tools/dev setup")
     return k
 
 
@@ -100,6 +123,8 @@ def qemu_command(kernel: Kernel, initrd: Path, results_dir: Path, *, iommu: str,
             raise ValueError(f"unknown device {d!r}; known: {', '.join(_DEVICE_QEMU)}")
     modules = kernel.modules_dir if kernel.modules_dir.is_dir() else None
     append = ["console=ttyS0", "quiet", "loglevel=4", "panic=-1", "oops=panic", "mitigations=off",
+              # 32 x 2 MiB hugetlbfs pages reserved at boot (1 GiB pages need more guest memory)
+              "hugepagesz=2M", f"hugepages={HUGEPAGES_2M}",
               "tsc=reliable", "no_timer_check", "rdinit=/init", "pyvfio.variant=" + iommu,
               f"pyvfio.results={results_dir}", f"pyvfio.agent={AGENT}", f"pyvfio.python={python}",
               *_IOMMU_CMDLINE[iommu], *extra_append]
@@ -128,8 +153,8 @@ class GuestRun(QemuRun):
                  cwd: str | os.PathLike | None = None, env: dict[str, str] | None = None,
                  results_dir: str | os.PathLike | None = None,
                  stream: IO[str] | None | bool = True, tail_lines: int = 60,
-                 iommufd: bool = False, memory: str = "1G", smp: int = 1,
-                 python: str | None = None) -> None:
+                 iommufd: bool = False, kernel: str | None = None, memory: str = "1G",
+                 smp: int = 1, python: str | None = None) -> None:
         devices = list(dict.fromkeys(["edu", *devices]))
         for b in bind:
             if b not in devices:
@@ -144,7 +169,11 @@ class GuestRun(QemuRun):
         self.bind = list(bind)
         self.cwd = str(Path(cwd or os.getcwd()).resolve())
         self.env = env
-        self.iommufd = iommufd
+        # iommufd=True is the older spelling of kernel="built"
+        self.kernel = kernel or ("built" if iommufd else "stable")
+        if self.kernel not in GENERATIONS:
+            raise ValueError(f"kernel must be one of {', '.join(GENERATIONS)}, not {self.kernel!r}")
+        self.iommufd = self.kernel == "built"
         self.memory = memory
         self.smp = smp
         self.python = python or sys.executable
@@ -154,7 +183,7 @@ class GuestRun(QemuRun):
         return unavailable_reason()
 
     def _prepare(self) -> list[str]:
-        kernel = _guest_kernel(self.iommufd)
+        kernel = guest_kernel(self.kernel)
         initrd = build_initramfs(kernel)
         for stale in ("exit_code", "guest-info.json", "restore.json"):
             (self.results_dir / stale).unlink(missing_ok=True)
@@ -162,9 +191,11 @@ class GuestRun(QemuRun):
         for k in _ENV_DROP:
             env.pop(k, None)
         env.setdefault("HOME", "/root")
+        env["PYVFIO_GUEST_KERNEL"] = self.kernel
         job = {"argv": self.argv, "cwd": self.cwd, "env": env, "variant": self.iommu,
+               "kernel_generation": self.kernel, "kernel_pin": pin_of(kernel),
                "bind": self.bind, "results_dir": str(self.results_dir),
-               "allow_unsafe_interrupts": self.iommu == "virtio"}
+               "allow_unsafe_interrupts": self.iommu in UNSAFE_INTERRUPTS}
         (self.results_dir / "job.json").write_text(json.dumps(job, indent=1))
         return qemu_command(kernel, initrd, self.results_dir, iommu=self.iommu,
                             devices=self.devices, memory=self.memory, smp=self.smp,

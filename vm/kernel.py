@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,16 +28,62 @@ from .apt import AptError, PrivateApt
 
 @dataclasses.dataclass(frozen=True)
 class KernelPin:
-    """A Debian kernel image package pinned by exact version."""
+    """A Debian kernel image package pinned by exact version (``extra``: packages that ship with it,
+    such as sid's split ``linux-modules-<release>``)."""
 
     arch: str  # Debian architecture: amd64, ppc64el
     release: str  # `uname -r` of the kernel, e.g. 6.12.95+deb12-amd64
     version: str  # Debian package version
     suite: str = "bookworm-backports"
+    extra: tuple[str, ...] = ()
 
     @property
     def package(self) -> str:
         return f"linux-image-{self.release}"
+
+    @property
+    def packages(self) -> dict[str, str]:
+        return {self.package: self.version, **{p: self.version for p in self.extra}}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSeries:
+    """A Debian kernel series followed at its newest build (sid replaces its packages within weeks
+    and old pool files disappear, so the build is resolved at set-up time, then cached).
+
+    ``resolve()`` asks the private apt lists for ``linux-image-<series>.N+debNN-<flavour>`` and
+    returns the newest as a :class:`KernelPin`; the booted build is recorded in guest-info.json.
+    """
+
+    arch: str
+    series: str  # e.g. "7.2"
+    flavour: str  # Debian flavour: amd64
+    suite: str = "sid"
+
+    def pattern(self) -> str:
+        return rf"^linux-image-{re.escape(self.series)}\.[0-9]+\+deb[0-9]+-{re.escape(self.flavour)}$"
+
+    def release_glob(self) -> str:
+        return f"{self.series}.*+deb*-{self.flavour}"
+
+    def resolve(self) -> KernelPin:
+        apt = private_apt(self.arch, (self.suite,))
+        apt.update()
+        names = [n for n in apt.search(self.pattern()) if re.match(self.pattern(), n)]
+        if not names:
+            raise KernelFetchError(f"{self.suite} offers no linux-image-{self.series}.*-{self.flavour}")
+        name = max(names, key=lambda n: _version_key(n.removeprefix("linux-image-")))
+        release = name.removeprefix("linux-image-")
+        [version, *_] = apt.versions(name)
+        # 7.x images are split: the image package is a shell over linux-base (config, System.map),
+        # linux-binary (vmlinuz) and linux-modules; 6.x packages ship everything in one
+        parts = {f"linux-{part}-{release}" for part in ("base", "binary", "modules")}
+        extra = tuple(sorted(parts & set(apt.search(rf"^linux-[a-z]+-{re.escape(release)}$"))))
+        return KernelPin(self.arch, release, version, self.suite, extra)
+
+
+def _version_key(release: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", release))
 
 
 KERNELS: dict[str, KernelPin] = {
@@ -44,8 +91,16 @@ KERNELS: dict[str, KernelPin] = {
     "ppc64el": KernelPin("ppc64el", "6.12.95+deb12-powerpc64le", "6.12.95-1~bpo12+1"),
 }
 
-#: Debian's kernel source package used for the iommufd kernel build (vm/build_kernel.py).
-LINUX_SOURCE = ("linux-source-6.12", "6.12.95-1~bpo12+1")
+#: The newest Debian kernel generation, followed by series (kernel (b) of the test bed's matrix).
+NEWEST = KernelSeries("amd64", "7.2", "amd64")
+
+#: Debian's kernel source for our own build (vm/build_kernel.py): the newest series, resolved
+#: like NEWEST at set-up time; the build records which version it compiled.
+LINUX_SOURCE_SERIES = ("linux-source-7.2", "sid")
+
+#: The guest kernel generations (vm/guest.py, vm/pytest_plugin.py): Debian's stable-series
+#: kernel (KERNELS["amd64"]), the newest Debian kernel (NEWEST) and our own build.
+GENERATIONS = ("stable", "newest", "built")
 
 class KernelFetchError(AptError):
     """A pinned package could not be downloaded or extracted."""
@@ -70,7 +125,7 @@ class Kernel:
     release: str
     root: Path  # extracted package tree
     image: Path  # vmlinuz / vmlinux
-    modules_dir: Path  # <root>/lib/modules/<release>
+    modules_dir: Path  # <root>/lib/modules/<release> (7.x: <root>/usr/lib/modules/<release>)
     config: Path | None  # the kernel's .config, if shipped
 
     def config_value(self, option: str) -> str | None:
@@ -88,11 +143,17 @@ def kernel_dir(arch: str, release: str) -> Path:
     return cache_root() / "kernels" / f"{arch}-{release}"
 
 
-def _find_image(root: Path, release: str) -> Path | None:
+def _find_image(root: Path, release: str) -> tuple[Path, Path, Path] | None:
+    """(image, config, module dir): 6.x packages use /boot and /lib/modules, 7.x packages keep
+    vmlinuz and config in /usr/lib/modules/<release>/."""
     for name in (f"vmlinuz-{release}", f"vmlinux-{release}"):
         p = root / "boot" / name
         if p.exists():
-            return p
+            return p, root / "boot" / f"config-{release}", root / "lib" / "modules" / release
+    moddir = root / "usr" / "lib" / "modules" / release
+    for name in ("vmlinuz", "vmlinux"):
+        if (moddir / name).exists():
+            return moddir / name, moddir / "config", moddir
     return None
 
 
@@ -103,12 +164,11 @@ def cached_kernel(arch: str = "amd64", release: str | None = None) -> Kernel | N
     root = kernel_dir(arch, release)
     if not (root / ".complete").exists():
         return None
-    image = _find_image(root, release)
-    if image is None:
+    found = _find_image(root, release)
+    if found is None:
         return None
-    cfg = root / "boot" / f"config-{release}"
-    return Kernel(arch, release, root, image, root / "lib" / "modules" / release,
-                  cfg if cfg.exists() else None)
+    image, cfg, moddir = found
+    return Kernel(arch, release, root, image, moddir, cfg if cfg.exists() else None)
 
 
 def private_apt(arch: str, suites: tuple[str, ...] = ("bookworm-backports",)) -> PrivateApt:
@@ -129,9 +189,12 @@ def fetch_kernel(arch: str = "amd64", pin: KernelPin | None = None, *, quiet: bo
     apt = private_apt(pin.arch, (pin.suite,))
     with tempfile.TemporaryDirectory(prefix="pyvfio-kernel-", dir=cache_root()
                                      if cache_root().exists() else None) as tmp:
-        [deb] = apt.download({pin.package: pin.version}, Path(tmp))
+        debs = apt.download(pin.packages, Path(tmp))
         staging = Path(tmp) / "tree"
-        apt.extract(deb, staging)
+        for deb in debs:
+            apt.extract(deb, staging)
+        if (staging / "usr" / "lib" / "modules").is_dir() and not (staging / "lib").exists():
+            (staging / "lib").symlink_to("usr/lib")  # depmod -b looks in <base>/lib/modules
         moddir = staging / "lib" / "modules" / pin.release
         if moddir.exists():
             r = subprocess.run(["depmod", "-b", str(staging), pin.release], capture_output=True,
@@ -139,7 +202,7 @@ def fetch_kernel(arch: str = "amd64", pin: KernelPin | None = None, *, quiet: bo
             if r.returncode != 0:
                 raise KernelFetchError(f"depmod -b {staging} failed ({r.returncode}): "
                                        f"{r.stderr.strip()}")
-        (staging / ".pin").write_text(f"{pin.package}={pin.version}\n")
+        (staging / ".pin").write_text("".join(f"{p}={v}\n" for p, v in pin.packages.items()))
         (staging / ".complete").write_text("")
         if root.exists():
             shutil.rmtree(root)
@@ -149,3 +212,28 @@ def fetch_kernel(arch: str = "amd64", pin: KernelPin | None = None, *, quiet: bo
     if k is None:
         raise KernelFetchError(f"{pin.package}: no kernel image found after extraction in {root}")
     return k
+
+
+def cached_newest(series: KernelSeries = NEWEST) -> Kernel | None:
+    """The newest cached build of ``series`` (no network), or None."""
+    found = [k for d in (cache_root() / "kernels").glob(f"{series.arch}-{series.release_glob()}")
+             if (k := cached_kernel(series.arch, d.name.removeprefix(series.arch + "-"))) is not None]
+    return max(found, key=lambda k: _version_key(k.release), default=None)
+
+
+def fetch_newest(series: KernelSeries = NEWEST, *, quiet: bool = True) -> Kernel:
+    """Resolve the newest build of ``series`` (network), fetch it unless cached, return it."""
+    try:
+        pin = series.resolve()
+    except KernelFetchError:
+        have = cached_newest(series)
+        if have is None:
+            raise
+        return have  # offline, or the suite mid-sync: the cached build stays in use
+    return fetch_kernel(series.arch, pin, quiet=quiet)
+
+
+def pin_of(kernel: Kernel) -> str:
+    """The packages a fetched kernel came from (``name=version`` lines), or its release."""
+    f = kernel.root / ".pin"
+    return f.read_text().strip() if f.exists() else kernel.release

@@ -5,33 +5,44 @@ Marking::
     @pytest.mark.guest                              # variants intel, amd, virtio (the default)
     @pytest.mark.guest(variants=["none"])           # only the no-vIOMMU guest
     @pytest.mark.guest(bind=["edu", "e1000e"])      # bind more than edu to vfio-pci
-    @pytest.mark.guest(iommufd=True)                # boot the iommufd kernel (vm/build_kernel.py)
+    @pytest.mark.guest(kernels=["stable", "newest", "built"])   # kernel generations (below)
+    @pytest.mark.guest(iommufd=True)                # = kernels=["built"]: our kernel, with iommufd
     @pytest.mark.power_guest                        # the POWER (pseries) guest, vm/power/
 
-Each guest test is parametrized by IOMMU variant (ids ``test_x[intel]``, ``[amd]``, ...; the value
-is the ``guest_variant`` fixture).  Then:
+Each guest test is parametrized by IOMMU variant and kernel generation (ids ``test_x[intel]`` on
+the stable kernel, ``test_x[intel@newest]``, ``test_x[amd@built]``...; the values are the
+``guest_variant`` and ``guest_kernel`` fixtures).  The generations (vm/kernel.py GENERATIONS):
+``stable`` (Debian's 6.12, legacy type1 container), ``newest`` (the newest Debian series, 7.x,
+legacy type1 container), ``built`` (ours from the newest linux-source: iommufd with the device
+cdev, /dev/vfio/vfio served by iommufd, no-IOMMU mode, mdev samples, IOMMUFD_TEST, IOMMU
+debugfs).  The default is ``stable`` and ``newest``.  Then:
 
-* On the host, every such item is replaced by a *twin* that does not run the test body.  When the
-  first twin of a variant runs, the plugin boots ONE guest for that variant (and bind set) and runs
-  ``python -m pytest -p vm.pytest_plugin <all selected node ids of that variant>`` inside it, with
+* On the host, every such item is replaced by a *twin* that does not run the test body.  The
+  plugin boots ONE guest per (variant, kernel, bind set) and runs
+  ``python -m pytest -p vm.pytest_plugin <all selected node ids of that key>`` inside it, with
   PYVFIO_IN_GUEST=1 and a junit file and a JSON report (keyed by node id) in the results share.
   Each twin then reports the outcome of its guest test: passed, failed (with the guest's failure
   text), skipped (with the guest's reason).  A twin FAILS when the guest did not boot, timed out,
   died, or did not report that test: a guest problem never passes silently.
-* Inside the guest (PYVFIO_IN_GUEST=1, PYVFIO_GUEST=<variant>), only the current variant's items are
-  kept and they run for real.
+  Guest runs start when collection ends and go on in the background, ``--guest-jobs`` (default 2)
+  at a time, while the host runs its own tests; a twin waits for its run.
+* Inside the guest (PYVFIO_IN_GUEST=1, PYVFIO_GUEST=<variant>, PYVFIO_GUEST_KERNEL=<generation>),
+  only the current variant's and kernel's items are kept and they run for real.
 * Where no guest can start (QEMU or the kernel missing, non-x86 host) guest tests SKIP with the
   reason and "run tools/dev setup"; with PYVFIO_REQUIRE_GUEST=1 (tools/dev test, CI) they FAIL.
 
 Options: ``--guest-variants=intel,amd`` (or env PYVFIO_GUEST_VARIANTS) limits the variants;
+``--guest-kernels=stable,built`` (PYVFIO_GUEST_KERNELS) the kernel generations;
+``--guest-jobs=N`` (PYVFIO_GUEST_JOBS, default 2) how many guests run at once;
 ``--guest-timeout=S`` (env PYVFIO_GUEST_TIMEOUT, default 420) bounds each guest run.  With ``-s``
 the guest console is streamed; otherwise it is in ``<results>/console.log`` and its tail is shown
-on failure.  Fixtures: ``guest_variant``, ``guest_info`` (the agent's guest-info JSON, in the
+on failure.  Fixtures: ``guest_variant``, ``guest_kernel``, ``guest_info`` (the agent's guest-info JSON, in the
 guest), ``guest_available`` (host: skip/fail like guest tests when no guest can start).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import sys
@@ -42,11 +53,13 @@ from typing import Any, Callable
 
 import pytest
 
+from vm.kernel import GENERATIONS
 from vm.suite import GUEST_PYTEST_OPTIONS, REPORT, SuiteRun
 
 DEFAULT_VARIANTS = ("intel", "amd", "virtio")
+DEFAULT_KERNELS = ("stable", "newest")
 ALL_VARIANTS = ("intel", "amd", "virtio", "none")
-SESSION_DEVICES = ("edu", "e1000e", "nvme")
+SESSION_DEVICES = ("edu", "e1000e", "nvme", "igb")
 _DROP_MARKERS = {"skip", "skipif", "xfail", "usefixtures", "parametrize", "filterwarnings"}
 
 
@@ -68,6 +81,24 @@ def _marker_variants(marker: pytest.Mark) -> tuple[str, ...]:
     return tuple(variants)
 
 
+def _marker_kernels(marker: pytest.Mark) -> tuple[str, ...]:
+    """``kernels=[...]``; ``iommufd=True`` means ``["built"]``; default DEFAULT_KERNELS."""
+    kernels = marker.kwargs.get("kernels")
+    if kernels is None:
+        kernels = ("built",) if marker.kwargs.get("iommufd") else DEFAULT_KERNELS
+    if isinstance(kernels, str):
+        kernels = (kernels,)
+    bad = [k for k in kernels if k not in GENERATIONS]
+    if bad:
+        raise pytest.UsageError(f"pytest.mark.guest: unknown kernel(s) {bad}; known {GENERATIONS}")
+    return tuple(kernels)
+
+
+def guest_id(variant: str, kernel: str) -> str:
+    """The parameter id of a (variant, kernel) pair: ``intel`` (stable), ``intel@built``."""
+    return variant if kernel == "stable" else f"{variant}@{kernel}"
+
+
 def _marker_bind(marker: pytest.Mark) -> tuple[str, ...]:
     bind = marker.kwargs.get("bind", ("edu",))
     return tuple(sorted(set(("edu", *bind))))
@@ -81,6 +112,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--guest-variants", default=os.environ.get("PYVFIO_GUEST_VARIANTS", ""),
                 help="comma-separated IOMMU variants to run guest tests for (default: all a "
                      "test asks for)")
+    g.addoption("--guest-kernels", default=os.environ.get("PYVFIO_GUEST_KERNELS", ""),
+                help="comma-separated kernel generations (stable, newest, built) to run guest "
+                     "tests on (default: all a test asks for)")
+    g.addoption("--guest-jobs", type=int, default=int(os.environ.get("PYVFIO_GUEST_JOBS", "2")),
+                help="guests run at once, in the background (default 2)")
     g.addoption("--guest-timeout", type=float,
                 default=float(os.environ.get("PYVFIO_GUEST_TIMEOUT", "420")),
                 help="seconds allowed for one guest run (boot + suite)")
@@ -88,8 +124,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "guest(variants=None, bind=None, iommufd=False): real-kernel VFIO test run inside a QEMU guest "
-        "per IOMMU variant (vm/pytest_plugin.py)")
+        "markers", "guest(variants=None, kernels=None, bind=None, iommufd=False): real-kernel VFIO test "
+        "run inside a QEMU guest per IOMMU variant and kernel generation (vm/pytest_plugin.py)")
     if in_guest():
         report = os.environ.get("PYVFIO_GUEST_REPORT")
         if report:
@@ -102,16 +138,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("guest")
     if marker is None:
         return
-    if "guest_variant" not in metafunc.fixturenames:
-        metafunc.fixturenames.append("guest_variant")
-    variants = _marker_variants(marker)
-    metafunc.parametrize("guest_variant", variants, ids=list(variants), scope="function")
+    for name in ("guest_variant", "guest_kernel"):
+        if name not in metafunc.fixturenames:
+            metafunc.fixturenames.append(name)
+    pairs = [(v, k) for k in _marker_kernels(marker) for v in _marker_variants(marker)]
+    metafunc.parametrize(("guest_variant", "guest_kernel"), pairs,
+                         ids=[guest_id(v, k) for v, k in pairs], scope="function")
 
 
 @pytest.fixture
 def guest_variant(request: pytest.FixtureRequest) -> str:
     """The IOMMU variant this guest test runs under (intel, amd, virtio, none)."""
     return getattr(request, "param", os.environ.get("PYVFIO_GUEST", ""))
+
+
+@pytest.fixture
+def guest_kernel(request: pytest.FixtureRequest) -> str:
+    """The kernel generation this guest test runs on (stable, newest, built)."""
+    return getattr(request, "param", os.environ.get("PYVFIO_GUEST_KERNEL", "stable"))
 
 
 @pytest.fixture
@@ -159,6 +203,19 @@ def _variant_of(item: pytest.Item) -> str | None:
     return callspec.params.get("guest_variant") if callspec else None
 
 
+def _kernel_of(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "guest_kernel" in callspec.params:
+        return callspec.params["guest_kernel"]
+    marker = item.get_closest_marker("guest")
+    if marker is None:
+        return "stable"
+    kernels = _marker_kernels(marker)
+    if len(kernels) != 1:  # a guest mark given per parameter names one kernel (tests/conftest.py)
+        raise pytest.UsageError(f"{item.nodeid}: a guest mark without guest_kernel must name one kernel")
+    return kernels[0]
+
+
 def _is_power(item: pytest.Item) -> bool:
     """``@pytest.mark.power_guest`` (also as a ``pytest.param`` mark): runs in the POWER guest."""
     return item.get_closest_marker("power_guest") is not None
@@ -168,25 +225,27 @@ def _is_guest_item(item: pytest.Item) -> bool:
     return item.get_closest_marker("guest") is not None or _is_power(item)
 
 
-def _allowed_variants(config: pytest.Config) -> set[str] | None:
-    raw = config.getoption("--guest-variants")
+def _allowed(config: pytest.Config, option: str) -> set[str] | None:
+    raw = config.getoption(option)
     return {v for v in raw.split(",") if v} if raw else None
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    allowed = _allowed_variants(config)
+    allowed = _allowed(config, "--guest-variants")
+    allowed_kernels = _allowed(config, "--guest-kernels")
     current = os.environ.get("PYVFIO_GUEST") if in_guest() else None
+    current_kernel = os.environ.get("PYVFIO_GUEST_KERNEL", "stable") if in_guest() else None
     keep, drop = [], []
     for item in items:
         if not _is_guest_item(item):
             keep.append(item)
             continue
         v = _variant_of(item)
-        marker = item.get_closest_marker("guest")
-        wants_iommufd = bool(marker.kwargs.get("iommufd", False)) if marker else False
+        k = None if v == "power" else _kernel_of(item)
         if (allowed is not None and v not in allowed) or (current is not None and v != current) \
-                or (current is not None and wants_iommufd and not os.path.exists("/dev/iommu")):
+                or (k is not None and allowed_kernels is not None and k not in allowed_kernels) \
+                or (current_kernel is not None and k is not None and k != current_kernel):
             drop.append(item)
         else:
             keep.append(item)
@@ -244,17 +303,21 @@ class GuestTestFailure(Exception):
 class GuestTwin(pytest.Item):
     """Host stand-in for a guest test: reports the outcome of the same node id in the guest."""
 
-    def __init__(self, *, original: pytest.Item, variant: str, bind: tuple[str, ...],
-                 iommufd: bool, controller: "_HostController", **kw: Any) -> None:
+    def __init__(self, *, original: pytest.Item, variant: str, kernel: str, bind: tuple[str, ...],
+                 controller: "_HostController", **kw: Any) -> None:
         super().__init__(**kw)
         self.original = original
         self.variant = variant
+        self.kernel = kernel
         self.bind = bind
-        self.iommufd = iommufd
         self.controller = controller
         self.own_markers.extend(m for m in original.own_markers if m.name not in _DROP_MARKERS)
         self.keywords.update({k: v for k, v in original.keywords.items()
                               if k not in _DROP_MARKERS})
+
+    @property
+    def key(self) -> "Key":
+        return (self.variant, self.kernel, self.bind)
 
     def runtest(self) -> None:
         self.controller.report(self)
@@ -268,17 +331,30 @@ class GuestTwin(pytest.Item):
         return super().repr_failure(excinfo)
 
 
+#: one guest boot: (variant, kernel generation, bind set); the POWER guest is ("power", "stable", ...)
+Key = tuple[str, str, tuple[str, ...]]
+
+
 class _GuestSession:
-    def __init__(self, result: Any = None, report: dict | None = None, error: str | None = None):
+    def __init__(self, result: Any = None, report: dict | None = None, error: str | None = None,
+                 line: str | None = None):
         self.result = result
         self.report = report or {}
         self.error = error
+        self.line = line  # the summary line, said once when the first twin reads the session
+
+
+def _label(key: Key) -> str:
+    variant, kernel, _ = key
+    return "power" if variant == "power" else guest_id(variant, kernel)
 
 
 class _HostController:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.sessions: dict[tuple[str, tuple[str, ...], bool], _GuestSession] = {}
+        self.sessions: dict[Key, _GuestSession] = {}
+        self.futures: dict[Key, concurrent.futures.Future[_GuestSession]] = {}
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.timings: list[str] = []
         self._unavailable: str | None | bool = False  # False = not checked yet
 
@@ -294,13 +370,11 @@ class _HostController:
         if marker is None:  # a power item: the POWER guest binds edu
             assert _is_power(item)
             return GuestTwin.from_parent(item.parent, name=item.name, original=item,
-                                         variant="power", bind=("edu",), iommufd=False,
+                                         variant="power", kernel="stable", bind=("edu",),
                                          controller=self)
         return GuestTwin.from_parent(item.parent, name=item.name, original=item,
-                                     variant=_variant_of(item) or "intel",
-                                     bind=_marker_bind(marker),
-                                     iommufd=bool(marker.kwargs.get("iommufd", False)),
-                                     controller=self)
+                                     variant=_variant_of(item) or "intel", kernel=_kernel_of(item),
+                                     bind=_marker_bind(marker), controller=self)
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         why = self.unavailable()
@@ -312,36 +386,79 @@ class _HostController:
             for line in self.timings:
                 terminalreporter.write_line(line)
 
-    # -- running -------------------------------------------------------------------------------
-    def report(self, twin: GuestTwin) -> None:
-        if twin.variant == "power":
+    # -- scheduling ----------------------------------------------------------------------------
+    def why_not(self, key: Key) -> str | None:
+        """Why the guest of ``key`` cannot start here (None: it can)."""
+        variant, kernel, _ = key
+        if variant == "power":
             from vm.power import unavailable_reason as power_unavailable
 
-            why = power_unavailable()
-        else:
-            why = self.unavailable()
-        if why is None and twin.iommufd:
-            from vm.build_kernel import cached_iommufd_kernel
+            return power_unavailable()
+        why = self.unavailable()
+        if why is None:
+            from vm.guest import GuestUnavailable, guest_kernel
 
-            if cached_iommufd_kernel() is None:
-                why = ("the iommufd guest kernel is not built: run python -m vm build-kernel "
-                       "(about 12 min; tools/dev setup builds it under CI=true)")
+            try:
+                guest_kernel(kernel)
+            except GuestUnavailable as e:
+                why = str(e)
+        return why
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Start every guest run in the background, in the order the twins will ask for them."""
+        if self.config.option.collectonly or not hasattr(self.config.option, "guest_jobs"):
+            return
+        keys = list(dict.fromkeys(i.key for i in session.items if isinstance(i, GuestTwin)))
+        keys = [k for k in keys if self.why_not(k) is None]
+        if not keys:
+            return
+        jobs = max(1, self.config.getoption("--guest-jobs"))
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs,
+                                                          thread_name_prefix="pyvfio-guest")
+        for key in keys:
+            self.futures[key] = self.pool.submit(self._run, session, key)
+        self._say(f"pyvfio guest: {len(keys)} guest run(s) started in the background, {jobs} at a "
+                  f"time: {', '.join(_label(k) for k in keys)}")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.pool is not None:
+            for f in self.futures.values():
+                f.cancel()
+            from vm.qemu import kill_all
+
+            kill_all()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def session(self, twin: GuestTwin) -> _GuestSession:
+        key = twin.key
+        if key not in self.sessions:
+            fut = self.futures.get(key)
+            self.sessions[key] = fut.result() if fut is not None else self._run(twin.session, key)
+        sess = self.sessions[key]
+        if sess.line is not None:
+            self.timings.append(sess.line)
+            self._say(f"pyvfio guest {sess.line}")
+            sess.line = None
+        return sess
+
+    # -- running -------------------------------------------------------------------------------
+    def report(self, twin: GuestTwin) -> None:
+        why = self.why_not(twin.key) if twin.key not in self.sessions else None
         if why is not None:
             msg = _no_guest_message(why)
             if _require_guest():
                 raise GuestTestFailure(f"PYVFIO_REQUIRE_GUEST=1 but {msg}")
             _skip_at_item(msg)
-        key = (twin.variant, twin.bind, twin.iommufd)
-        if key not in self.sessions:
-            self.sessions[key] = self._run(twin.session, key)
-        sess = self.sessions[key]
+        sess = self.session(twin)
+        where = f"{_label(twin.key)} guest"
         entry = sess.report.get("tests", {}).get(twin.nodeid)
         if sess.error:
             seen = f" (in the guest this test {entry['outcome']} before that)" if entry else ""
             raise GuestTestFailure(f"{sess.error}{seen}")
         if entry is None:
             raise GuestTestFailure(
-                f"the {twin.variant} guest did not report {twin.nodeid}; console tail:\n"
+                f"the {where} did not report {twin.nodeid}; console tail:\n"
                 f"{sess.result.console_tail if sess.result else ''}")
         outcome, text = entry["outcome"], entry["text"]
         if outcome == "passed":
@@ -349,9 +466,9 @@ class _HostController:
         if outcome in ("skipped", "xfailed"):
             text = text.removeprefix("Skipped: ")
             if outcome == "xfailed":
-                pytest.xfail(f"in the {twin.variant} guest: {text}")
-            _skip_at_item(f"in the {twin.variant} guest: {text}")
-        raise GuestTestFailure(f"in the {twin.variant} guest, {outcome}:\n{text}")
+                pytest.xfail(f"in the {where}: {text}")
+            _skip_at_item(f"in the {where}: {text}")
+        raise GuestTestFailure(f"in the {where}, {outcome}:\n{text}")
 
     def _say(self, text: str) -> None:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -364,26 +481,27 @@ class _HostController:
         else:
             tr.write_line(text)
 
-    def _run(self, session: pytest.Session, key: tuple[str, tuple[str, ...], bool]) -> _GuestSession:
-        """One guest boot for every selected twin of ``key``, read back through vm/suite.py."""
+    def _run(self, session: pytest.Session, key: Key) -> _GuestSession:
+        """One guest boot for every selected twin of ``key``, read back through vm/suite.py.
+        Runs in a worker thread: it must not write to the terminal."""
         from vm.guest import GuestRun, GuestUnavailable
         from vm.power.suite import run_pytest
 
-        variant, bind, iommufd = key
-        nodeids = [i.nodeid for i in session.items
-                   if isinstance(i, GuestTwin) and (i.variant, i.bind, i.iommufd) == key]
-        results = Path(tempfile.mkdtemp(prefix=f"pyvfio-guest-{variant}-"))
+        variant, kernel, bind = key
+        nodeids = [i.nodeid for i in session.items if isinstance(i, GuestTwin) and i.key == key]
+        label = _label(key)
+        results = Path(tempfile.mkdtemp(prefix=f"pyvfio-guest-{label.replace('@', '-')}-"))
         timeout = self.config.getoption("--guest-timeout")
         stream = sys.stdout if self.config.getoption("capture") == "no" else False
         start: Callable[[], SuiteRun]
         if variant == "power":
             # the POWER guest runs its own copy of the project (vm/power/suite.py)
-            label, who = "power", "POWER guest"
+            who = "POWER guest"
 
             def start() -> SuiteRun:
                 return run_pytest(nodeids, timeout=timeout, results_dir=results, stream=stream)
         else:
-            label, who = f"{variant}{'+iommufd' if iommufd else ''}", "guest"
+            who = f"{label} guest"
             rootdir = str(self.config.rootpath)
             argv = [sys.executable, "-m", "pytest", *GUEST_PYTEST_OPTIONS, "--color=no",
                     "-o", "faulthandler_timeout=120", "--rootdir", rootdir,
@@ -401,16 +519,15 @@ class _HostController:
             def start() -> SuiteRun:
                 res = GuestRun(argv, iommu=variant, timeout=timeout, devices=SESSION_DEVICES,
                                bind=bind, cwd=rootdir, env=env, results_dir=results,
-                               stream=stream, iommufd=iommufd).run()
+                               stream=stream, kernel=kernel).run()
                 return SuiteRun.collect(res, who=who)
-        self._say(f"\npyvfio guest [{label}]: booting for {len(nodeids)} test(s), "
-                  f"bind {','.join(bind)}; console in {results / 'console.log'}")
         t0 = time.monotonic()
         try:
             run = start()
         except GuestUnavailable as e:
             return _GuestSession(error=f"{who} could not start: {e}")
-        line = run.summary(label, len(nodeids), time.monotonic() - t0)
-        self.timings.append(line)
-        self._say(f"pyvfio guest {line}")
-        return _GuestSession(result=run.result, report=run.report, error=run.error())
+        except Exception as e:  # a bug in the runner: the twins fail with it, the session goes on
+            return _GuestSession(error=f"{who} run raised {type(e).__name__}: {e}")
+        line = (run.summary(label, len(nodeids), time.monotonic() - t0)
+                + f"; bind {','.join(bind)}; console {results / 'console.log'}")
+        return _GuestSession(result=run.result, report=run.report, error=run.error(), line=line)

@@ -99,11 +99,26 @@ def make_results_dir(results_dir: str | os.PathLike | None, variant: str) -> Pat
     return path
 
 
+_LIVE: "set[QemuRun]" = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_all() -> int:
+    """Kill every QEMU this process started that is still running (an interrupted test session:
+    QEMU runs in its own session and would outlive it); return how many were killed."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for run in live:
+        run.kill()
+    return len(live)
+
+
 class QemuRun:
     """One QEMU guest run: start() then wait(), or run() for both.
 
     Threads: the console is read by a daemon thread; ``on_line`` callbacks run there.  kill() may
     be called from any thread (a callback included); start() and wait() belong to one thread.
+    Several runs may go on at once in different threads (vm/pytest_plugin.py runs two).
     """
 
     def __init__(self, argv: Sequence[str], *, timeout: float, variant: str,
@@ -184,6 +199,8 @@ class QemuRun:
         self._t0 = time.monotonic()
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, start_new_session=True)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
@@ -200,6 +217,8 @@ class QemuRun:
             if self._reader:
                 self._reader.join(timeout=10)
             self._console.close()
+            with _LIVE_LOCK:
+                _LIVE.discard(self)
             self._cleanup()
         duration = time.monotonic() - self._t0
         self._collect()

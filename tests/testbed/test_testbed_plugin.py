@@ -20,7 +20,7 @@ from _pytest.outcomes import Skipped
 from vm.pytest_plugin import GuestTestFailure, _GuestSession, _HostController
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY = ("intel", ("edu",), False)
+KEY = ("intel", "stable", ("edu",))
 
 
 def _controller(session: _GuestSession | None, unavailable: str | None = None) -> _HostController:
@@ -32,8 +32,8 @@ def _controller(session: _GuestSession | None, unavailable: str | None = None) -
 
 
 def _twin(nodeid: str = "tests/t.py::test_x[intel]"):
-    return SimpleNamespace(nodeid=nodeid, variant="intel", bind=("edu",), iommufd=False,
-                           session=None)
+    return SimpleNamespace(nodeid=nodeid, variant="intel", kernel="stable", bind=("edu",),
+                           key=KEY, session=None)
 
 
 def _report(**tests):
@@ -111,7 +111,9 @@ def test_end_to_end_ids_and_missing_guest(tmp_path, require):
                        capture_output=True, text=True, timeout=120)
     out = r.stdout
     for node in ("test_default[intel]", "test_default[amd]", "test_default[virtio]",
-                 "test_none_only[none]"):
+                 "test_default[intel@newest]", "test_default[amd@newest]",
+                 "test_default[virtio@newest]", "test_none_only[none]",
+                 "test_none_only[none@newest]"):
         assert f"test_g.py::{node} " + ("SKIPPED" if require == "0" else "FAILED") in out, out
     assert "test_g.py::test_plain PASSED" in out
     assert "must not run on the host" not in out

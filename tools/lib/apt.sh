@@ -1,6 +1,7 @@
 # Sourced by tools/setup.d/*.sh: idempotent Debian package installation.
 #   apt_install [-t SUITE] PKG...   installs what is missing (apt-get update at most once per run)
 #   apt_backports                    adds bookworm-backports to the host's sources (idempotent)
+#   apt_install_version SUITE VER PKG...  installs or upgrades PKGs to version VER from SUITE
 export DEBIAN_FRONTEND=noninteractive
 _APT="apt-get -o DPkg::Lock::Timeout=900 -o Acquire::Retries=3 -q"
 _apt_updated=${_apt_updated:-}
@@ -36,4 +37,19 @@ apt_install() {
     apt_update_once
     echo "setup: apt-get install ${missing[*]}" >&2
     $_APT install -y --no-install-recommends "${suite[@]}" "${missing[@]}" >/dev/null
+}
+
+# The QEMU of the test bed (x86 and POWER move together: one qemu-system-data).
+QEMU_VERSION=${QEMU_VERSION:-1:10.0.2+ds-2+deb13u1~bpo12+1}
+
+apt_install_version() {
+    local suite=$1 version=$2; shift 2
+    local stale=()
+    for p in "$@"; do
+        [ "$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null)" = "$version" ] || stale+=("$p=$version")
+    done
+    [ ${#stale[@]} -eq 0 ] && return 0
+    apt_update_once
+    echo "setup: apt-get install -t $suite ${stale[*]}" >&2
+    $_APT install -y --no-install-recommends -t "$suite" "${stale[@]}" >/dev/null
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# POWER (pseries) guest test bed (vm/power/): bookworm's qemu-system-ppc (7.2), the pinned ppc64el
+# POWER (pseries) guest test bed (vm/power/): qemu-system-ppc 10.0 (bookworm-backports, installed
+# with qemu-system-x86 by 20-testbed.sh), the pinned ppc64el
 # kernel (vm/kernel.py KERNELS["ppc64el"]) and the guest userland .debs (vm/power/pins.py: busybox,
 # python3.11, pytest, cffi, numpy, ...) fetched with a private ppc64el apt config and extracted,
 # with .pyc precompiled, into ~/.cache/pyvfio/power/ (never installed on the host).
@@ -9,7 +10,6 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=/dev/null
 . "$ROOT/tools/lib/apt.sh"
 # dpkg-dev is not needed: dpkg-deb (dpkg) extracts; apt-get downloads.
-apt_install qemu-system-ppc
 cd "$ROOT"
 PY=${PYTHON:-python3}
 # The guest's .pyc are compiled by this Python: it must be 3.11 like the guest's.
