@@ -30,6 +30,7 @@ from .. import ioctls as I
 from ..core.fd import FdObject
 from ..errors import AlignmentError, ArgumentError, OverlapError, RangeError, StateError, UnsupportedError
 from ..uapi import ffi
+from ..uapi.names import KVM_CAPS
 from ..util.intervals import SortedIndex
 from .device import KvmDevice, KvmVfioDevice
 from .eventfd import IoEventFd, IrqFd
@@ -95,19 +96,25 @@ class Vm(FdObject):
         self._limits: tuple[int, int, int] | None = None
 
     # -- capabilities ------------------------------------------------------------------------
-    def check_extension(self, cap: int) -> int:
-        """KVM_CHECK_EXTENSION on the VM fd (cached): 0 when absent."""
-        v = self._caps.get(int(cap))
+    def check_extension(self, cap: int | str) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (cached): 0 when absent.
+
+        ``cap``: a number or a name in any case ("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2",
+        "manual_dirty_log_protect2"); ArgumentError for an unknown name, listing the valid ones.
+        """
+        cap = KVM_CAPS.resolve(cap)
+        v = self._caps.get(cap)
         if v is None:
-            v = self._caps[int(cap)] = self._ioctl(I.KVM_CHECK_EXTENSION, int(cap))
+            v = self._caps[cap] = self._ioctl(I.KVM_CHECK_EXTENSION, cap)
         return v
 
-    def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
-        """KVM_ENABLE_CAP on the VM fd. EINVAL: unknown cap, bad args or flags, wrong state."""
+    def enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> None:
+        """KVM_ENABLE_CAP on the VM fd (``cap`` a number or name, as for check_extension).
+        EINVAL: unknown cap, bad args or flags, wrong state."""
         if len(args) > 4:
             raise ArgumentError("KVM_ENABLE_CAP takes at most 4 arguments")
         c = ffi.new("struct kvm_enable_cap *")
-        c.cap = int(cap)
+        c.cap = KVM_CAPS.resolve(cap)
         c.flags = flags
         for i, a in enumerate(args):
             c.args[i] = int(a)

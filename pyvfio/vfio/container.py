@@ -25,6 +25,8 @@ from .. import ioctls
 from ..errors import ArgumentError, StateError, UnsupportedError, register_hint
 from ..seam import Backend, get_backend
 from ..core.fd import FdObject
+from ..uapi.names import IOMMU_TYPES as IOMMU_TYPE_NAMES
+from ..uapi.names import VFIO_EXTENSIONS
 
 if TYPE_CHECKING:
     from .group import Group
@@ -32,18 +34,7 @@ if TYPE_CHECKING:
 CONTAINER_PATH = "/dev/vfio/vfio"
 
 #: Extension numbers by name (VFIO_CHECK_EXTENSION / VFIO_SET_IOMMU arguments).
-EXTENSIONS: dict[str, int] = {
-    "TYPE1": ioctls.VFIO_TYPE1_IOMMU,
-    "SPAPR_TCE": ioctls.VFIO_SPAPR_TCE_IOMMU,
-    "TYPE1v2": ioctls.VFIO_TYPE1v2_IOMMU,
-    "DMA_CC": ioctls.VFIO_DMA_CC_IOMMU,
-    "EEH": ioctls.VFIO_EEH,
-    "TYPE1_NESTING": ioctls.VFIO_TYPE1_NESTING_IOMMU,
-    "SPAPR_TCE_v2": ioctls.VFIO_SPAPR_TCE_v2_IOMMU,
-    "NOIOMMU": ioctls.VFIO_NOIOMMU_IOMMU,
-    "UNMAP_ALL": ioctls.VFIO_UNMAP_ALL,
-    "UPDATE_VADDR": ioctls.VFIO_UPDATE_VADDR,
-}
+EXTENSIONS: dict[str, int] = dict(VFIO_EXTENSIONS)
 
 
 class IommuBase:
@@ -127,11 +118,12 @@ class Container(FdObject):
         return self._ioctl(ioctls.VFIO_GET_API_VERSION, 0)
 
     def check_extension(self, ext: int | str) -> int:
-        """VFIO_CHECK_EXTENSION: >0 when ``ext`` (number or name, e.g. "TYPE1v2") is supported.
+        """VFIO_CHECK_EXTENSION: >0 when ``ext`` is supported (a number or a name in any case:
+        "TYPE1v2", "type1v2", "VFIO_TYPE1v2_IOMMU", "UNMAP_ALL"; ArgumentError for others).
 
         Before SET_IOMMU every IOMMU driver is asked; afterwards only the one in use.
         """
-        num = _ext_number(ext)
+        num = VFIO_EXTENSIONS.resolve(ext)
         return self._ioctl(ioctls.VFIO_CHECK_EXTENSION, num)
 
     def extensions(self) -> dict[str, int]:
@@ -148,14 +140,17 @@ class Container(FdObject):
     def set_iommu(self, iommu_type: int | str = ioctls.VFIO_TYPE1v2_IOMMU) -> IommuBase:
         """VFIO_SET_IOMMU: pick the IOMMU model; returns its IOMMU object (e.g. Type1Iommu).
 
-        Needs at least one attached group. Errors: EINVAL (no group yet, or already set),
+        ``iommu_type``: a number or a name in any case ("TYPE1v2", "type1v2",
+        "VFIO_TYPE1v2_IOMMU", "SPAPR_TCE_v2"). ArgumentError for another name, listing the IOMMU
+        types. Needs at least one attached group. Errors: EINVAL (no group yet, or already set),
         ENODEV (no driver for that type), EPERM (type1 without interrupt remapping: see hint).
         """
-        num = _ext_number(iommu_type)
+        num = IOMMU_TYPE_NAMES.resolve(iommu_type)
         cls = IOMMU_TYPES.get(num)
         if cls is None:
-            raise ArgumentError(f"no pyvfio IOMMU class for type {iommu_type!r}; known: "
-                                f"{sorted(IOMMU_TYPES)}")
+            known = ", ".join(IOMMU_TYPE_NAMES.name_of(t) or str(t) for t in sorted(IOMMU_TYPES))
+            raise ArgumentError(f"pyvfio has no IOMMU class for type {iommu_type!r} "
+                                f"({IOMMU_TYPE_NAMES.name_of(num) or num}); it drives: {known}")
         if self.iommu is not None:
             raise StateError(f"{self.path}: the IOMMU is already set (type {self.iommu.type})")
         if not self.groups:
@@ -198,15 +193,6 @@ class Container(FdObject):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
         return f"<Container {state} groups={[g.number for g in self.groups]} iommu={self.iommu!r}>"
-
-
-def _ext_number(ext: int | str) -> int:
-    if isinstance(ext, str):
-        try:
-            return EXTENSIONS[ext]
-        except KeyError:
-            raise ArgumentError(f"unknown VFIO extension {ext!r}; known: {', '.join(EXTENSIONS)}") from None
-    return int(ext)
 
 
 register_hint(
