@@ -275,25 +275,38 @@ class Vm(FdObject):
     def _unindex(self, s: "MemSlot") -> None:
         self._index_of[s.as_id].remove(s.gpa, s)
 
-    def add_memslot(self, memory: GuestMemory | int, gpa: int, size: int | None = None, *,
-                    offset: int = 0, slot: int | None = None, as_id: int = 0,
+    def add_memslot(self, memory: Any = None, gpa: int | None = None, size: int | None = None, *,
+                    hva: int | None = None, offset: int = 0, slot: int | None = None, as_id: int = 0,
                     log_dirty: bool = False, readonly: bool = False,
                     guest_memfd: Any = None, guest_memfd_offset: int = 0) -> "MemSlot":
         """Map ``size`` bytes of ``memory`` (from ``offset``) at guest physical ``gpa``.
 
         Issues KVM_SET_USER_MEMORY_REGION (or ...REGION2 with ``guest_memfd``). ``memory`` is a
-        :class:`GuestMemory` (kept alive while mapped) or a raw host address (the caller keeps
-        it mapped). ``slot`` defaults to the lowest free id of ``as_id``.
+        :class:`GuestMemory` or a buffer object with ``.addr``/``.size`` (a DmaBuffer, a BAR's
+        RegionMapping), kept alive (and a DmaBuffer pinned) while mapped. A raw host address is
+        given only as the keyword ``hva=`` (with ``size``; the caller keeps it mapped): a plain
+        int as ``memory`` is refused, since ``add_memslot(64 * MiB, 0, 4096)`` reads as a size.
+        ``slot`` defaults to the lowest free id of ``as_id``.
 
         Refused before the syscall: unaligned gpa/size/hva (AlignmentError), empty, oversized,
         beyond the guest or user address space, or outside ``memory`` (RangeError), a slot id or
-        address space out of range or in use, bad flags (ArgumentError), a guest-physical
-        overlap with another slot of the address space (OverlapError).
+        address space out of range or in use, bad flags, an int ``memory`` (ArgumentError), a
+        guest-physical overlap with another slot of the address space (OverlapError).
 
         Safety: the guest can read and write the memory as long as the slot exists.
         """
         if self._fd < 0:
             self.fileno()  # StateError
+        if gpa is None:
+            raise ArgumentError("add_memslot needs gpa= (the guest physical address)")
+        if isinstance(memory, int) and not isinstance(memory, bool):
+            raise ArgumentError(
+                f"add_memslot({memory:#x}, ...): a plain int is not host memory; pass a GuestMemory "
+                "or a buffer (DmaBuffer), or a raw host address as the keyword hva= (with size=)")
+        if memory is not None and hva is not None:
+            raise ArgumentError("give memory or hva=, not both")
+        if memory is not None and not isinstance(memory, GuestMemory):
+            memory = GuestMemory.borrow(memory, backend=self.backend)
         if isinstance(memory, GuestMemory):
             if memory.closed:
                 memory._check_open()
@@ -307,9 +320,11 @@ class Vm(FdObject):
             hva = memory.addr + offset
             keep: GuestMemory | None = memory
         else:
+            if hva is None:
+                raise ArgumentError("add_memslot needs host memory: a GuestMemory, a buffer, or hva=")
             if size is None:
-                raise ArgumentError("size is required when memory is a raw address")
-            hva = int(memory) + offset
+                raise ArgumentError("size is required with hva= (a raw host address)")
+            hva = int(hva) + offset
             keep = None
         flags = (_LOG if log_dirty else 0) | (_RO if readonly else 0)
         gmem_fd = 0
@@ -368,7 +383,7 @@ class Vm(FdObject):
         self._slots[key] = s
         self._index_of[as_id].insert(s.gpa, s)
         if keep is not None:
-            keep.users += 1
+            keep._use()
         return s
 
     def _alloc_id(self, as_id: int) -> int:
@@ -397,7 +412,7 @@ class Vm(FdObject):
         self._unindex(s)
         self._release_id(s.as_id, s.id)
         if s.memory is not None:
-            s.memory.users -= 1
+            s.memory._unuse()
 
     @property
     def memslots(self) -> list["MemSlot"]:

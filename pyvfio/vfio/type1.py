@@ -117,6 +117,8 @@ class Type1Iommu(MappingTable, IommuBase):
     """
 
     TYPES = (ioctls.VFIO_TYPE1_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU, ioctls.VFIO_TYPE1_NESTING_IOMMU)
+    #: VFIO_IOMMU_DIRTY_PAGES tracking as pyvfio last set it (kept by :mod:`pyvfio.vfio.dirty`).
+    dirty_tracking = False
 
     def __init__(self, container: Container, iommu_type: int) -> None:
         super().__init__(container, iommu_type)
