@@ -292,35 +292,43 @@ class Ioas(MappingTable, Closeable):
         self._info = None
 
     # -- raw -------------------------------------------------------------------------------
-    def map_raw(self, vaddr: int, length: int, iova: int | None = None, *,
+    def map_raw(self, vaddr: int, iova: int | None, size: int, *,
                 flags: int = I.IOMMU_IOAS_MAP_READABLE | I.IOMMU_IOAS_MAP_WRITEABLE) -> int:
-        """IOMMU_IOAS_MAP as is: at ``iova`` (FIXED_IOVA) or where the kernel chooses (None).
-        Returns the IOVA. Errors: EEXIST (overlap), EINVAL (reserved/unaligned/zero length),
-        ENOSPC (no free IOVA), ENOMEM (RLIMIT_MEMLOCK), EFAULT (memory not mapped)."""
+        """IOMMU_IOAS_MAP as is: ``size`` bytes at ``vaddr`` to ``iova`` (FIXED_IOVA), or where
+        the kernel chooses with ``iova=None``. The argument order is that of every IOMMU's raw
+        call (``Type1Iommu.map_dma(vaddr, iova, size)``, sPAPR's too); ``flags`` are
+        IOMMU_IOAS_MAP_READABLE/WRITEABLE. Returns the IOVA. Errors: EEXIST (overlap), EINVAL
+        (reserved/unaligned/zero size), ENOSPC (no free IOVA), ENOMEM (RLIMIT_MEMLOCK), EFAULT
+        (memory not mapped)."""
         c = _cmd("struct iommu_ioas_map")
         c.ioas_id = self.id
         c.flags = flags | (I.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0)
         try:
-            c.user_va, c.length, c.iova = vaddr, length, iova or 0
+            c.user_va, c.length, c.iova = vaddr, size, iova or 0
         except OverflowError:
-            raise RangeError(f"map arguments out of range: vaddr={vaddr!r} length={length!r} "
-                             f"iova={iova!r}") from None
+            raise RangeError(f"map arguments out of range: vaddr={vaddr!r} iova={iova!r} "
+                             f"size={size!r}") from None
         try:
             self._ioctl(I.IOMMU_IOAS_MAP, c)
         except PyvfioError as e:
             if e.errno == errno.ENOMEM:
-                e.hint = _memlock_hint(length)
+                e.hint = _memlock_hint(size)
             raise
         return int(c.iova)
 
-    def unmap_raw(self, iova: int, length: int) -> int:
+    def unmap_raw(self, iova: int, size: int) -> int:
         """IOMMU_IOAS_UNMAP as is; returns the bytes the kernel unmapped. ``iova=0,
-        length=2**64-1`` unmaps everything. ENOENT: the range cuts a mapping, or nothing is
+        size=2**64-1`` unmaps everything. ENOENT: the range cuts a mapping, or nothing is
         mapped inside it."""
         c = _cmd("struct iommu_ioas_unmap")
-        c.ioas_id, c.iova, c.length = self.id, iova, length
+        c.ioas_id, c.iova, c.length = self.id, iova, size
         self._ioctl(I.IOMMU_IOAS_UNMAP, c)
         return int(c.length)
+
+    #: The raw calls under the names type1 and sPAPR use: ``map_dma(vaddr, iova, size)``,
+    #: ``unmap_dma(iova, size)``.
+    map_dma = map_raw
+    unmap_dma = unmap_raw
 
     # -- checked ---------------------------------------------------------------------------
     def check(self, iova: int, size: int) -> None:
@@ -353,7 +361,7 @@ class Ioas(MappingTable, Closeable):
             self.check(iova, n)
         flags = ((I.IOMMU_IOAS_MAP_READABLE if read else 0)
                  | (I.IOMMU_IOAS_MAP_WRITEABLE if write else 0))
-        at = self.map_raw(vaddr, n, iova, flags=flags)
+        at = self.map_raw(vaddr, iova, n, flags=flags)
         dflags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
         return self._adopt(at, n, vaddr, dflags, buffer)
 
