@@ -12,11 +12,12 @@ Quick start (the edu DMA round trip is in ``python -m pyvfio.demo``)::
 from .errors import ArgumentError, PyvfioError, UnsupportedError
 from .kvm import Kvm, MemSlot, Vm
 from .seam import Backend, get_backend
+from .services.discovery import find_devices, open_source
 from .vfio import Container, Group, Type1Iommu, open_device
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError", "Backend", "Container", "Group", "Kvm", "MemSlot", "PyvfioError",
-    "Type1Iommu", "UnsupportedError", "Vm", "get_backend", "open_device", "__version__",
+    "Type1Iommu", "UnsupportedError", "Vm", "get_backend", "open_device", "find_devices", "open_source", "__version__",
 ]

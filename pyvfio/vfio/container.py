@@ -27,9 +27,8 @@ from ..seam import Backend, get_backend
 from ..core.fd import FdObject
 from ..uapi.names import IOMMU_TYPES as IOMMU_TYPE_NAMES
 from ..uapi.names import VFIO_EXTENSIONS
+from .group import Group
 
-if TYPE_CHECKING:
-    from .group import Group
 
 CONTAINER_PATH = "/dev/vfio/vfio"
 
@@ -131,8 +130,30 @@ class Container(FdObject):
         return {name: self.check_extension(num) for name, num in EXTENSIONS.items()}
 
     # -- groups ---------------------------------------------------------------------------------
-    def attach(self, group: "Group") -> "Group":
-        """VFIO_GROUP_SET_CONTAINER: attach ``group`` to this container; returns the group."""
+    def attach(self, group: "Group | int | str") -> "Group":
+        """VFIO_GROUP_SET_CONTAINER: attach ``group`` to this container; returns the group.
+
+        ``group``: an open :class:`Group`, or a group number or a device's BDF, which opens
+        the group on this container's backend (children inherit their parent's backend).
+        ArgumentError for a Group opened on another backend (another kernel, mock or real),
+        before any syscall; the group opened here is closed again if the attach fails.
+        """
+        if not isinstance(group, Group):
+            if isinstance(group, bool) or not isinstance(group, (int, str)):
+                raise ArgumentError(f"attach takes a Group, a group number or a BDF, not {group!r}")
+            g = (Group.from_bdf(group, backend=self.backend) if isinstance(group, str)
+                 else Group(group, backend=self.backend))
+            try:
+                g.set_container(self)
+            except BaseException:
+                g.close()
+                raise
+            return g
+        if getattr(group, "backend", self.backend) is not self.backend:
+            raise ArgumentError(
+                f"{group!r} was opened on {group.backend!r}, this container on {self.backend!r}: a "
+                "group must live in its container's kernel; open it with backend=container.backend, "
+                "or pass container.attach() the BDF or group number")
         group.set_container(self)
         return group
 
