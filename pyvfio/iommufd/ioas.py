@@ -43,6 +43,7 @@ from ..core.mapping import DmaFlags, DmaMapping, MappingTable, ShortUnmapError
 from ..errors import AlignmentError, ArgumentError, PyvfioError, RangeError, StateError, register_hint
 from ..uapi import ffi
 from ..util.proc import memlock_limit, vmlck, vmpin
+from ..util.hexrepr import hex_repr
 
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class HwInfo:
         return None if v is None else int(v.ecap_reg)
 
 
+@hex_repr('iova_alignment')
 @dataclass(frozen=True)
 class IoasInfo:
     """IOMMU_IOAS_IOVA_RANGES: the usable ranges (``end`` inclusive) and the alignment every

@@ -50,12 +50,14 @@ from ..vfio.container import IommuBase
 from ..vfio.dirty import DmaLogging, LoggingSupport, Type1DirtyPages, dirty_pages
 from ..vfio.type1 import DmaMapping, ShortUnmapError, Type1Iommu
 from ..core.bitmap import DirtyBitmap, words_for
+from ..util.hexrepr import hex_repr
 
 __all__ = ["DirtyTracker", "DeviceDirtyLog", "Window", "TrackerStats", "WatchSample"]
 
 _U = np.uint64
 
 
+@hex_repr('iova')
 @dataclass(frozen=True)
 class Window:
     """One GET_BITMAP call of a report: ``iova`` and ``npages`` (pages of the tracker's size),

@@ -37,6 +37,7 @@ from typing import Any
 
 from ..core.fd import Closeable
 from ..errors import ArgumentError, PyvfioError, RangeError, StateError
+from ..util.hexrepr import hex_repr
 from .device import Device, PciIrq, RegionMapping
 
 EDU_VENDOR_ID = 0x1234
@@ -81,6 +82,7 @@ class EduTimeoutError(EduError, TimeoutError):
     """A DMA or factorial did not finish within the timeout."""
 
 
+@hex_repr('iova', 'offset', 'size')
 @dataclass(frozen=True)
 class DmaTransfer:
     """What :meth:`EduDevice.dma` programmed: direction, IOVA, device buffer offset, size."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ArgumentError, RangeError
 from ..uapi.names import NameTable
+from ..util.hexrepr import hex_repr
 from .device_info import PciRegion
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,6 +82,7 @@ PCI_EXT_CAPS = NameTable("PCI extended capability", {n: i for i, n in EXT_CAP_NA
                          prefix="PCI_EXT_CAP_ID_")
 
 
+@hex_repr('offset')
 @dataclass(frozen=True)
 class PciCapability:
     """A capability found in config space: ``id`` at ``offset``; ``version`` for extended ones."""
@@ -96,6 +98,7 @@ class PciCapability:
         return table.get(self.id, f"{'EXT_' if self.extended else ''}CAP_{self.id:#04x}")
 
 
+@hex_repr('offset')
 @dataclass(frozen=True)
 class MsiCapability:
     offset: int
@@ -105,6 +108,7 @@ class MsiCapability:
     maskable: bool
 
 
+@hex_repr('offset', 'table_offset', 'pba_offset')
 @dataclass(frozen=True)
 class MsixCapability:
     offset: int
@@ -117,6 +121,7 @@ class MsixCapability:
     pba_offset: int
 
 
+@hex_repr('address', 'size')
 @dataclass(frozen=True)
 class BarInfo:
     """One BAR as config space and the region info describe it."""

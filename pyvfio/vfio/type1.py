@@ -44,6 +44,7 @@ from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, St
 from ..uapi import ffi
 from ..uapi.pack import TYPE1_DMA_MAP, TYPE1_DMA_UNMAP, TYPE1_DMA_UNMAP_SIZE_AT, U64
 from ..util.proc import memlock_limit, vmlck
+from ..util.hexrepr import hex_repr
 from .caps import CapChainError, get_info
 from .container import Container, IommuBase, register_iommu
 
@@ -65,6 +66,7 @@ _FLAGS = {(True, True): DmaFlags.READ | DmaFlags.WRITE, (True, False): DmaFlags.
 _RW = _FLAGS[True, True]
 
 
+@hex_repr('flags', 'pgsize_bitmap', 'max_dirty_bitmap_size')
 @dataclass(frozen=True)
 class MigrationCap:
     """VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: dirty-page tracking parameters."""
@@ -74,6 +76,7 @@ class MigrationCap:
     max_dirty_bitmap_size: int
 
 
+@hex_repr('offset')
 @dataclass(frozen=True)
 class CapHeader:
     id: int
@@ -81,6 +84,7 @@ class CapHeader:
     offset: int
 
 
+@hex_repr('flags', 'iova_pgsizes')
 @dataclass(frozen=True)
 class Type1Info:
     """VFIO_IOMMU_GET_INFO, with the whole capability chain parsed."""
