@@ -3,8 +3,9 @@
 The first hour, in the order you need it (everything here is in ``pyvfio.__all__``):
 
   find_devices(ids="1234:11e8")   PCI devices (.bdf .ids .driver .group) of the default backend
-  open_device(bdf)                container + group + type1v2 IOMMU + device, closed together:
-                                  .iommu.map(buf, iova) / .device (regions, IRQs, config)
+  open(bdf, via="auto")           the device by iommufd or the container: .map(buf) picks the
+                                  IOVA; .device (regions, IRQs, config); .iommu
+  open_device(bdf)                the container path only: container + group + type1v2 + device
   DmaBuffer(size)                 page-aligned memory for DMA (.read/.write/.numpy())
   DmaMapper(iommu, limit=)        maps buffers at IOVAs it picks inside the IOMMU's ranges
   EduDevice(opened)               QEMU's edu: DMA (to_device/from_device), IRQs, factorial
@@ -39,6 +40,7 @@ from .seam import Backend, get_backend
 from .services.dirty import DirtyTracker
 from .services.discovery import find_devices, open_source
 from .services.dma import DmaBuffer, DmaMapper
+from .services.opener import OpenedVfioDevice, open
 from .vfio import Container, Group, Type1Iommu, open_device
 from .vfio.device_info import PciIrq, PciRegion
 from .vfio.edu import EduDevice
@@ -47,7 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # find and open
-    "find_devices", "open_device", "open_source", "get_backend", "Backend",
+    "open", "OpenedVfioDevice", "find_devices", "open_device", "open_source", "get_backend", "Backend",
     # DMA
     "DmaBuffer", "DmaMapper", "EduDevice", "PciIrq", "PciRegion", "DirtyTracker",
     # KVM

@@ -117,6 +117,13 @@ class IoasInfo:
         """The granule pyvfio allocates in: the IOAS alignment, at least one CPU page."""
         return max(self.iova_alignment, PAGE_SIZE)
 
+    @property
+    def iova_pgsizes(self) -> int:
+        """Page sizes to align IOVAs for (a bitmap like type1's ``iova_pgsizes``). iommufd does
+        not report the IOMMU's page sizes: this is the granule plus 2 MiB and 1 GiB, the large
+        pages of x86 and arm64 IOMMUs (aligning for a size the IOMMU lacks costs nothing)."""
+        return self.min_pgsize | (2 << 20) | (1 << 30)
+
     def usable(self, iova: int, size: int) -> bool:
         return any(r.contains(iova, size) for r in self.iova_ranges)
 
