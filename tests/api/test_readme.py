@@ -17,8 +17,11 @@ def _using_it_example() -> str:
     return re.findall(r"```python\n(.*?)```", section, re.S)[0]
 
 
-def test_example_is_short() -> None:
-    assert len(_using_it_example().strip().splitlines()) <= 25
+def test_example_is_short_and_does_the_round_trip() -> None:
+    code = _using_it_example()
+    assert len(code.strip().splitlines()) <= 25
+    for step in ('pyvfio.open("0000:00:03.0"', "DmaBuffer", "to_device", "from_device", 'enable_irq("MSI")'):
+        assert step in code, step
 
 
 def test_example_runs(monkeypatch) -> None:
