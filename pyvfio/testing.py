@@ -14,13 +14,19 @@ Nothing in the library imports this module; tests, examples and tools do::
   groups, the task, dmesg, the files behind fds, the IOMMU behind a container);
 * :func:`power_backend`: a mock shaped like the POWER9 pseries test guest (sPAPR TCE only);
 * :func:`standalone_device`: a VFIO device on a bare mock kernel, without IOMMU;
+* :class:`FaultyBackend`: a backend proxy that logs every seam call and fails chosen ones
+  (the Nth call of an op, once or from then on) with chosen errnos: fault injection;
 * :class:`FakeHost`, :func:`sample_host`, :func:`limits_text`: hand-made host trees for
   discovery, binding and doctor tests.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import errno as _errno
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .mockkernel import MockFile, MockKernel
 from .mockkernel import iommufd as _iommufd
@@ -32,6 +38,8 @@ from .mockkernel.pci import dmalog as _dmalog
 from .mockkernel.task import MockTask
 from .mockkernel.vfio import dirty as _dirty
 from .mockkernel.vfio.spapr import POWER_EDU_BDF, POWER_EDU_GROUP, power_kernel
+from .errors import error_from_errno
+from .seam.base import O_RDWR_CLOEXEC, request_name
 from .seam.mock import MockBackend
 from .vfio.device import Device
 
@@ -169,6 +177,153 @@ def standalone_device(kind: str = "edu", *, backend: MockBackend | None = None, 
     return Device(fd, name=sim.name, backend=be)
 
 
+#: The seam calls :class:`FaultyBackend` intercepts (each logged, each can be made to fail).
+SEAM_CALLS = ("open", "close", "ioctl", "mmap", "munmap", "eventfd", "pread", "pwrite", "read", "write")
+
+
+@dataclass
+class Fault:
+    """One fault rule of a :class:`FaultyBackend`: the ``nth`` matching call (1 = the next one)
+    fails with ``errno``, and so does every later one for ``times`` calls in all (None: from
+    then on). ``after``: the call is made first and then reported failed (close(2) releases the
+    fd even when it answers EIO; munmap of a half-done range). ``hits`` counts failures so far."""
+
+    call: str
+    op: str | None
+    errno: int
+    nth: int = 1
+    times: int | None = 1
+    after: bool = False
+    seen: int = 0
+    hits: int = 0
+
+    def matches(self, call: str, op: str | None) -> bool:
+        return self.call == call and (self.op is None or self.op == op)
+
+    def fires(self) -> bool:
+        """Count one matching call; True when it must fail."""
+        self.seen += 1
+        if self.seen < self.nth or (self.times is not None and self.hits >= self.times):
+            return False
+        self.hits += 1
+        return True
+
+
+class FaultyBackend:
+    """A backend proxy: every seam call is logged in :attr:`calls` as ``(call, op)`` (``op`` is
+    the ioctl's kernel name, the path for ``open``, else None), then passed to ``inner`` unless a
+    :class:`Fault` rule says it fails; the failure is the typed error the seam raises for that
+    errno (``op`` as the real backend names it).
+
+    ::
+
+        >>> import errno
+        >>> from pyvfio.kvm import Kvm
+        >>> faulty = FaultyBackend(MockBackend())
+        >>> _ = faulty.fail("ioctl", "KVM_CREATE_VM", errno.ENOMEM)     # the next one, once
+        >>> with Kvm(backend=faulty) as kvm:
+        ...     try:
+        ...         kvm.create_vm()
+        ...     except OSError as e:
+        ...         print(e.errno == errno.ENOMEM, e.op)
+        ...     kvm.create_vm().close()                                  # the rule is spent
+        True KVM_CREATE_VM
+        >>> faulty.count("ioctl", "KVM_CREATE_VM")
+        2
+
+    ``fail()`` adds a rule (``nth``: which matching call fails first; ``times``: how many fail,
+    None for all later ones); :meth:`mark` / :meth:`since` tell what a piece of code issued
+    (``since(mark) == []`` proves a check happened before any syscall). Thread-safe.
+    """
+
+    def __init__(self, inner: Any, faults: "list[Fault] | None" = None) -> None:
+        self._inner = inner
+        self.faults: list[Fault] = list(faults or [])
+        self.calls: list[tuple[str, str | None]] = []
+        self._lock = threading.Lock()
+        self.name = getattr(inner, "name", "faulty")
+
+    def fail(self, call: str, op: str | None = None, err: int = _errno.EIO, *, nth: int = 1,
+             times: int | None = 1, after: bool = False) -> Fault:
+        """Make the ``nth`` next ``call`` (one of :data:`SEAM_CALLS`) matching ``op`` (None:
+        any) fail with ``err``; ``times`` calls fail in all (None: every later one)."""
+        if call not in SEAM_CALLS:
+            raise ValueError(f"unknown seam call {call!r}; known: {', '.join(SEAM_CALLS)}")
+        rule = Fault(call, op, err, nth, times, after)
+        with self._lock:
+            self.faults.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        """Drop every fault rule."""
+        with self._lock:
+            self.faults.clear()
+
+    def mark(self) -> int:
+        """A position in :attr:`calls`, for :meth:`since`."""
+        return len(self.calls)
+
+    def since(self, mark: int) -> list[tuple[str, str | None]]:
+        """The calls issued since ``mark``."""
+        return self.calls[mark:]
+
+    def count(self, call: str, op: str | None = None) -> int:
+        """How many ``call`` (matching ``op``) were issued, failed ones included."""
+        return sum(1 for c, o in self.calls if c == call and (op is None or o == op))
+
+    def _through(self, call: str, op: str | None, fn: Callable[[], Any], path: str | None = None) -> Any:
+        with self._lock:
+            self.calls.append((call, op))
+            rule = next((f for f in self.faults if f.matches(call, op) and f.fires()), None)
+        if rule is None:
+            return fn()
+        if rule.after:
+            try:
+                fn()
+            except OSError:
+                pass
+        raise error_from_errno(rule.errno, op=op if call == "ioctl" else call, path=path)
+
+    def open(self, path: str, flags: int = O_RDWR_CLOEXEC) -> int:
+        return self._through("open", path, lambda: self._inner.open(path, flags), path)
+
+    def close(self, fd: int) -> None:
+        self._through("close", None, lambda: self._inner.close(fd), self._inner.path_of(fd))
+
+    def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str | None = None,
+              hint: str | None = None) -> int:
+        name = op or request_name(request)
+        return self._through("ioctl", name, lambda: self._inner.ioctl(fd, request, arg, op=op, hint=hint),
+                             self._inner.path_of(fd))
+
+    def mmap(self, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+        return self._through("mmap", None, lambda: self._inner.mmap(length, prot, flags, fd, offset))
+
+    def munmap(self, addr: int, length: int) -> None:
+        self._through("munmap", None, lambda: self._inner.munmap(addr, length))
+
+    def eventfd(self, initval: int = 0, flags: int = os.EFD_CLOEXEC) -> int:
+        return self._through("eventfd", None, lambda: self._inner.eventfd(initval, flags))
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return self._through("pread", None, lambda: self._inner.pread(fd, size, offset))
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        return self._through("pwrite", None, lambda: self._inner.pwrite(fd, data, offset))
+
+    def read(self, fd: int, size: int) -> bytes:
+        return self._through("read", None, lambda: self._inner.read(fd, size))
+
+    def write(self, fd: int, data: bytes) -> int:
+        return self._through("write", None, lambda: self._inner.write(fd, data))
+
+    def __getattr__(self, name: str) -> Any:  # host, sysfs_root, kernel, label, path_of...
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"<FaultyBackend over {self._inner!r} faults={len(self.faults)}>"
+
+
 __all__ = ["Machine", "machine", "power_backend", "bare_backend", "standalone_device", "FakeHost",
            "sample_host", "limits_text", "POWER_EDU_BDF", "POWER_EDU_GROUP", "Edu", "E1000e",
-           "SimPciDevice"]
+           "SimPciDevice", "FaultyBackend", "Fault", "SEAM_CALLS"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ArgumentError, RangeError, StateError
+from ..uapi.args import as_int
 
 
 def buffer_span(buffer: Any, size: int | None, offset: int) -> tuple[int, int]:
@@ -32,13 +33,16 @@ def buffer_span(buffer: Any, size: int | None, offset: int) -> tuple[int, int]:
     Errors: ArgumentError (not a buffer; an int address without ``size``), StateError (the
     buffer is closed), RangeError (``offset``/``size`` outside the buffer).
     """
+    offset = as_int(offset, "offset")
+    if size is not None:
+        size = as_int(size, "size")
     try:
         addr, total = buffer.addr, buffer.size
     except AttributeError:
-        if isinstance(buffer, int):
+        if isinstance(buffer, int) and not isinstance(buffer, bool) or hasattr(buffer, "__index__"):
             if size is None:
                 raise ArgumentError("mapping a raw address needs size=") from None
-            return buffer + offset, size
+            return as_int(buffer, "address") + offset, size
         raise ArgumentError(f"cannot map {type(buffer).__name__}: pass a DmaBuffer (or an object "
                             "with .addr and .size) or an int address with size=") from None
     if getattr(buffer, "closed", False):

@@ -21,6 +21,17 @@ def _close_quietly(backend: Backend, fd: int) -> None:
         pass
 
 
+def raise_first(errors: "list[Exception]", what: str) -> None:
+    """After an unwind that went on past failures: raise the first of ``errors`` (if any), the
+    others named in its notes (``what`` says which unwind)."""
+    if not errors:
+        return
+    first = errors[0]
+    for e in errors[1:]:
+        first.add_note(f"also while {what}: {type(e).__name__}: {e}")
+    raise first
+
+
 class Closeable:
     """The close protocol every resource owner of pyvfio follows.
 

@@ -11,7 +11,7 @@ import enum
 from typing import Any
 
 from .. import ioctls
-from ..errors import PyvfioError
+from ..errors import ArgumentError, PyvfioError
 from .buffer import unpin
 from .fd import Closeable
 
@@ -79,6 +79,13 @@ class DmaMapping(Closeable):
         return f"<DmaMapping iova={self.iova:#x} size={self.size:#x} {self.flags!r} {state}>"
 
 
+def as_mapping(mapping: Any) -> "DmaMapping":
+    """``mapping`` if it is a DmaMapping, else ArgumentError (what unmap() and friends take)."""
+    if not isinstance(mapping, DmaMapping):
+        raise ArgumentError(f"expected a DmaMapping (what map() returned), not {mapping!r}")
+    return mapping
+
+
 class MappingTable:
     """The pyvfio side of an IOMMU's DMA mappings (type1, sPAPR, an iommufd IOAS): the live
     :class:`DmaMapping` handles by IOVA, and how a handle is let go.
@@ -115,4 +122,4 @@ class MappingTable:
         return None
 
 
-__all__ = ["DmaFlags", "DmaMapping", "MappingTable", "ShortUnmapError"]
+__all__ = ["DmaFlags", "DmaMapping", "MappingTable", "ShortUnmapError", "as_mapping"]

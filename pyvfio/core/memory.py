@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import warnings
 import weakref
 
 from ..seam import Backend
@@ -44,8 +45,10 @@ def _release(gone: list[bool], backend: Backend, addr: int, size: int, fd: int) 
     gone[0] = True
     try:
         backend.munmap(addr, size)
-    except OSError:
-        pass
+    except OSError as e:
+        # nothing to raise into (a finalizer, the last unpin): say so instead of staying silent
+        warnings.warn(f"munmap of {size:#x} bytes at {addr:#x} failed: {e}; the memory stays "
+                      "mapped (leaked)", ResourceWarning, stacklevel=2)
     if fd >= 0:
         try:
             os.close(fd)

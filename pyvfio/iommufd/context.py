@@ -22,6 +22,7 @@ from ..core.fd import Bundle, FdObject
 from ..errors import ArgumentError, PyvfioError, UnsupportedError
 from ..seam import Backend, get_backend
 from ..uapi import ffi
+from ..uapi.args import fill, u32
 from .device import IommufdDevice
 from .ioas import _MAX_RANGES_RETRIES, HwCaps, HwInfo, HwInfoType, HwPagetable, Ioas, _cmd
 
@@ -71,13 +72,13 @@ class IommuFd(FdObject):
     def destroy(self, object_id: int) -> None:
         """IOMMU_DESTROY of any object id. ENOENT: no such object; EBUSY: still in use (an IOAS
         under a HWPT, a HWPT with a device attached, a bound device)."""
-        c = _cmd("struct iommu_destroy")
-        c.id = object_id
+        c = fill(_cmd("struct iommu_destroy"), id=object_id)
         self._ioctl(I.IOMMU_DESTROY, c)
 
     def get_hw_info(self, dev_id: int) -> HwInfo:
         """IOMMU_GET_HW_INFO for a bound device: the IOMMU's type, capabilities (DIRTY_TRACKING)
         and driver data. Calls again when the kernel has more data than the first buffer."""
+        dev_id = u32(dev_id, "dev_id")
         size = 64
         for _ in range(_MAX_RANGES_RETRIES):
             data = ffi.new("char[]", size)

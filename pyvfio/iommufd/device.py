@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.fd import Closeable
 from .. import ioctls as I
-from ..errors import NotFoundError, register_hint
+from ..errors import ArgumentError, NotFoundError, register_hint
 from ..seam import Backend, get_backend
 from ..uapi import ffi
+from ..uapi.args import new, u32
 from ..util.bdf import normalize_bdf
 from ..util.sysfs import vfio_cdev_names
 from ..vfio.device import Device
@@ -116,10 +117,13 @@ class IommufdDevice(Closeable):
         """VFIO_DEVICE_ATTACH_IOMMUFD_PT: to an IOAS (the kernel reuses or makes an automatic
         HWPT), a HWPT, or a raw object id. Attaching again replaces. Returns the HWPT id.
         The IOAS's cached IOVA ranges are refreshed (the attach narrows them)."""
-        pt = target if isinstance(target, int) else target.id
-        a = ffi.new("struct vfio_device_attach_iommufd_pt *")
-        a.argsz = ffi.sizeof(a[0])
-        a.pt_id = pt
+        pt_of = getattr(target, "id", None)
+        if pt_of is None and (target is None or isinstance(target, (bool, float, str))
+                              or not hasattr(target, "__index__")):
+            raise ArgumentError(f"attach() takes an Ioas, a HwPagetable or an object id, not {target!r}")
+        pt = u32(target if pt_of is None else pt_of, "pt_id")
+        a = new("struct vfio_device_attach_iommufd_pt",
+                argsz=ffi.sizeof("struct vfio_device_attach_iommufd_pt"), pt_id=pt)
         self._ioctl(I.VFIO_DEVICE_ATTACH_IOMMUFD_PT, a)
         self._invalidate()  # the previous attachment's IOAS widens again
         self.pt_id = int(a.pt_id)

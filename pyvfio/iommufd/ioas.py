@@ -39,9 +39,10 @@ from ..core.fd import Closeable
 from .. import ioctls as I
 from ..core.buffer import buffer_span, pin
 from ..core.iova import IovaRange
-from ..core.mapping import DmaFlags, DmaMapping, MappingTable, ShortUnmapError
+from ..core.mapping import DmaFlags, DmaMapping, MappingTable, ShortUnmapError, as_mapping
 from ..errors import AlignmentError, ArgumentError, PyvfioError, RangeError, StateError, register_hint
 from ..uapi import ffi
+from ..uapi.args import as_int, fill
 from ..util.proc import memlock_limit, vmlck, vmpin
 from ..util.hexrepr import hex_repr
 
@@ -310,13 +311,9 @@ class Ioas(MappingTable, Closeable):
         (reserved/unaligned/zero size), ENOSPC (no free IOVA), ENOMEM (RLIMIT_MEMLOCK), EFAULT
         (memory not mapped)."""
         c = _cmd("struct iommu_ioas_map")
-        c.ioas_id = self.id
-        c.flags = flags | (I.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0)
-        try:
-            c.user_va, c.length, c.iova = vaddr, size, iova or 0
-        except OverflowError:
-            raise RangeError(f"map arguments out of range: vaddr={vaddr!r} iova={iova!r} "
-                             f"size={size!r}") from None
+        fill(c, ioas_id=self.id,
+             flags=as_int(flags, "flags") | (I.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0),
+             user_va=vaddr, length=size, iova=0 if iova is None else iova)
         try:
             self._ioctl(I.IOMMU_IOAS_MAP, c)
         except PyvfioError as e:
@@ -329,8 +326,7 @@ class Ioas(MappingTable, Closeable):
         """IOMMU_IOAS_UNMAP as is; returns the bytes the kernel unmapped. ``iova=0,
         size=2**64-1`` unmaps everything. ENOENT: the range cuts a mapping, or nothing is
         mapped inside it."""
-        c = _cmd("struct iommu_ioas_unmap")
-        c.ioas_id, c.iova, c.length = self.id, iova, size
+        c = fill(_cmd("struct iommu_ioas_unmap"), ioas_id=self.id, iova=iova, length=size)
         self._ioctl(I.IOMMU_IOAS_UNMAP, c)
         return int(c.length)
 
@@ -342,6 +338,7 @@ class Ioas(MappingTable, Closeable):
     # -- checked ---------------------------------------------------------------------------
     def check(self, iova: int, size: int) -> None:
         """ArgumentError subclasses for what the kernel would refuse at a fixed IOVA."""
+        iova, size = as_int(iova, "iova"), as_int(size, "size")
         info = self.info()
         if size <= 0:
             raise RangeError(f"size must be positive, not {size}")
@@ -411,7 +408,7 @@ class Ioas(MappingTable, Closeable):
     def unmap(self, mapping: DmaMapping) -> None:
         """IOMMU_IOAS_UNMAP of exactly ``mapping``; ShortUnmapError if the kernel removed less
         (the handle is released either way)."""
-        if mapping.closed:
+        if as_mapping(mapping).closed:
             return
         if mapping.iommu is not self:  # type: ignore[comparison-overlap]
             raise ArgumentError(f"{mapping!r} belongs to another IOAS or IOMMU")

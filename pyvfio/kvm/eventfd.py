@@ -15,6 +15,7 @@ from ..core.fd import Closeable
 from ..errors import ArgumentError, register_hint
 from ..eventfd import EventFd
 from ..uapi import ffi
+from ..uapi.args import as_int, u32, u64
 
 if TYPE_CHECKING:
     from .vm import Vm
@@ -97,6 +98,10 @@ class IoEventFd(_Binding):
 
     def __init__(self, vm: "Vm", addr: int, length: int = 4, *, eventfd: int | None = None,
                  datamatch: int | None = None, pio: bool = False) -> None:
+        addr = u64(addr, "ioeventfd address")
+        length = as_int(length, "ioeventfd length")
+        if datamatch is not None:
+            datamatch = u64(datamatch, "ioeventfd datamatch")
         if length not in (0, 1, 2, 4, 8):
             raise ArgumentError(f"ioeventfd length {length} must be 0, 1, 2, 4 or 8")
         if datamatch is not None and length == 0:
@@ -136,7 +141,9 @@ class IrqFd(_Binding):
 
     def __init__(self, vm: "Vm", gsi: int, *, eventfd: int | None = None, resample_fd: int | None = None) -> None:
         self.vm = vm
-        self.gsi = gsi
+        self.gsi = u32(gsi, "irqfd gsi")
+        if resample_fd is not None:
+            resample_fd = u32(resample_fd, "irqfd resample fd")
         self.resample_fd = resample_fd
         self._register(eventfd, I.KVM_IRQFD_FLAG_RESAMPLE if resample_fd is not None else 0)
 

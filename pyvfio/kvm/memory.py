@@ -17,9 +17,13 @@ from typing import Any
 
 from ..core.buffer import buffer_span, pin, unpin
 from ..core.memory import PAGE_SIZE, HostMemory
-from ..errors import AlignmentError, ArgumentError, PyvfioError, StateError, from_oserror
+from ..errors import AlignmentError, ArgumentError, PyvfioError, RangeError, StateError, from_oserror
 from ..seam import Backend, get_backend
 from ..uapi import ffi
+from ..uapi.args import as_int
+
+#: The largest mapping user space can have (x86-64 user address space with 5-level paging).
+_MAX_MAP = 1 << 56
 
 #: memfd_create(2) flag for hugetlbfs-backed memory and the page-size encoding (log2 << 26).
 MFD_HUGETLB = 0x0004
@@ -53,7 +57,7 @@ class GuestMemory(HostMemory):
                   backend: Backend | str | None = None) -> "GuestMemory":
         """Private anonymous memory (mmap MAP_PRIVATE|MAP_ANONYMOUS[|MAP_NORESERVE])."""
         be = get_backend(backend)
-        _check_size(size, PAGE_SIZE)
+        size = _check_size(size, PAGE_SIZE)
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (MAP_NORESERVE if noreserve else 0)
         addr = be.mmap(size, mmap.PROT_READ | mmap.PROT_WRITE, flags)
         return cls(addr, size, backend=be, kind="anonymous")
@@ -69,7 +73,7 @@ class GuestMemory(HostMemory):
         """
         be = get_backend(backend)
         page = huge_page_size if hugetlb else PAGE_SIZE
-        _check_size(size, page)
+        size = _check_size(size, page)
         flags = os.MFD_CLOEXEC
         if hugetlb:
             flags |= MFD_HUGETLB | ((page.bit_length() - 1) << MFD_HUGE_SHIFT)
@@ -106,7 +110,7 @@ class GuestMemory(HostMemory):
         """Borrow an existing mapping (e.g. ``Device.mmap_region``); ``owner`` is kept alive."""
         if addr % PAGE_SIZE:
             raise AlignmentError(f"address {addr:#x} is not page aligned ({PAGE_SIZE})")
-        _check_size(size, PAGE_SIZE)
+        size = _check_size(size, PAGE_SIZE)
         return cls(addr, size, backend=get_backend(backend), kind=kind, owned=False, owner=owner)
 
     @classmethod
@@ -170,8 +174,12 @@ class GuestMemory(HostMemory):
         return f"<GuestMemory {self.kind} {self.size:#x} bytes @ {self.addr:#x}>"
 
 
-def _check_size(size: int, page: int) -> None:
+def _check_size(size: int, page: int) -> int:
+    size = as_int(size, "size")
+    if size > _MAX_MAP:
+        raise RangeError(f"size {size:#x} is beyond what a mapping can hold ({_MAX_MAP:#x} bytes)")
     if size <= 0:
         raise ArgumentError(f"size must be positive, got {size}")
     if size % page:
         raise AlignmentError(f"size {size:#x} is not a multiple of the page size {page:#x}")
+    return size

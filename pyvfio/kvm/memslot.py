@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import ioctls as I
 from ..core.bitmap import DirtyBitmap, bytes_for
 from ..errors import AlignmentError, ArgumentError, OverlapError, RangeError, StateError, register_hint
+from ..uapi.args import u64
 from .memory import GuestMemory
 
 if TYPE_CHECKING:
@@ -93,9 +94,9 @@ class MemSlot:
     Only the gpa (:meth:`move`) and dirty logging (:meth:`set_dirty_logging`) of a slot can
     change; :meth:`delete` removes it (idempotent; also ``close()`` and the context manager).
 
-    Threads: every method goes through its VM's shared ioctl structs and slot bookkeeping, so
-    it runs under the VM's rule: one memslot/dirty-log call at a time per VM (see :class:`Vm`);
-    vCPUs may keep running meanwhile. (No Closeable base: ``__slots__`` keeps 32764 slots small.)
+    Threads: every method may be called from any thread: each takes its VM's lock
+    (:attr:`Vm.lock`) around its checks, the shared ioctl struct and the bookkeeping, so the
+    memslot calls of one VM run one at a time (see :class:`Vm`); vCPUs keep running meanwhile. (No Closeable base: ``__slots__`` keeps 32764 slots small.)
     """
 
     __slots__ = ("vm", "id", "as_id", "gpa", "size", "hva", "flags", "memory", "guest_memfd",
@@ -149,30 +150,33 @@ class MemSlot:
     def move(self, gpa: int) -> None:
         """Change the guest physical address (KVM_MR_MOVE). OverlapError/AlignmentError/RangeError
         before the syscall; the dirty bitmap survives the move."""
-        self._live()
         vm = self.vm
-        check_range(gpa, self.size, self.hva)
-        other = vm._overlap(self.as_id, gpa, gpa + self.size, exclude=self)
-        if other is not None:
-            raise OverlapError(f"moving slot {self.id} to {gpa:#x}+{self.size:#x} overlaps slot "
-                               f"{other.id} ({other.gpa:#x}+{other.size:#x})")
-        check_gpa_limit(gpa, self.size)
-        if gpa == self.gpa:
-            return
-        self._set(self.flags, gpa)
-        vm._unindex(self)
-        self.gpa = gpa
-        vm._index(self)
+        gpa = u64(gpa, "memslot gpa")
+        with vm.lock:
+            self._live()
+            check_range(gpa, self.size, self.hva)
+            other = vm._overlap(self.as_id, gpa, gpa + self.size, exclude=self)
+            if other is not None:
+                raise OverlapError(f"moving slot {self.id} to {gpa:#x}+{self.size:#x} overlaps slot "
+                                   f"{other.id} ({other.gpa:#x}+{other.size:#x})")
+            check_gpa_limit(gpa, self.size)
+            if gpa == self.gpa:
+                return
+            self._set(self.flags, gpa)
+            vm._unindex(self)
+            self.gpa = gpa
+            vm._index(self)
 
     def set_dirty_logging(self, enabled: bool) -> None:
         """Turn KVM_MEM_LOG_DIRTY_PAGES on or off (a flags-only change, KVM_MR_FLAGS_ONLY)."""
-        self._live()
-        flags = (self.flags | MemFlag.LOG_DIRTY_PAGES) if enabled else (self.flags & ~MemFlag.LOG_DIRTY_PAGES)
-        if flags == self.flags:
-            return
-        self.vm._check_flags(int(flags))
-        self._set(int(flags), self.gpa)
-        self.flags = int(flags)
+        with self.vm.lock:
+            self._live()
+            flags = (self.flags | MemFlag.LOG_DIRTY_PAGES) if enabled else (self.flags & ~MemFlag.LOG_DIRTY_PAGES)
+            if flags == self.flags:
+                return
+            self.vm._check_flags(int(flags))
+            self._set(int(flags), self.gpa)
+            self.flags = int(flags)
 
     def _check_log(self) -> None:
         self._live()
@@ -232,19 +236,22 @@ class MemSlot:
         if self.deleted:
             return
         vm = self.vm
-        if vm._fd >= 0:
-            if self.flags & _GMEM:
-                vm.set_user_memory_region2(self.slot, self.flags, self.gpa, 0, self.hva)
-            else:
-                r = vm._region
-                r.slot = self.as_id << 16 | self.id
-                r.flags = self.flags
-                r.guest_phys_addr = self.gpa
-                r.memory_size = 0
-                r.userspace_addr = self.hva
-                vm.backend.ioctl(vm._fd, _SET_REGION, r)
-        self.deleted = True
-        vm._forget(self)
+        with vm.lock:
+            if self.deleted:  # another thread deleted it meanwhile
+                return
+            if vm._fd >= 0:
+                if self.flags & _GMEM:
+                    vm.set_user_memory_region2(self.slot, self.flags, self.gpa, 0, self.hva)
+                else:
+                    r = vm._region
+                    r.slot = self.as_id << 16 | self.id
+                    r.flags = self.flags
+                    r.guest_phys_addr = self.gpa
+                    r.memory_size = 0
+                    r.userspace_addr = self.hva
+                    vm.backend.ioctl(vm._fd, _SET_REGION, r)
+            self.deleted = True
+            vm._forget(self)
 
     close = delete
 

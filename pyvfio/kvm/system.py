@@ -5,7 +5,8 @@ from __future__ import annotations
 import weakref
 
 from .. import ioctls as I
-from ..core.fd import FdObject
+from ..core.fd import FdObject, raise_first
+from ..uapi.args import u32
 from ..errors import UnsupportedError
 from ..seam import Backend, get_backend
 from ..uapi.names import KVM_CAPS
@@ -57,15 +58,21 @@ class Kvm(FdObject):
 
     def create_vm(self, vm_type: int = 0) -> "Vm":
         """KVM_CREATE_VM: a new VM. EINVAL for a type this kernel does not support."""
-        fd = self._ioctl(I.KVM_CREATE_VM, int(vm_type))
+        fd = self._ioctl(I.KVM_CREATE_VM, u32(vm_type, "VM type"))
         self.backend.label(fd, "anon_inode:kvm-vm")
         vm = Vm(self, fd, vm_type)
         self._vms.add(vm)
         return vm
 
     def _close_children(self) -> None:
+        """Close every VM, whatever fails on the way; then raise the first error."""
+        errors: list[Exception] = []
         for vm in list(self._vms):
-            vm.close()
+            try:
+                vm.close()
+            except Exception as e:
+                errors.append(e)
+        raise_first(errors, f"closing {self!r}")
 
     def __repr__(self) -> str:
         return f"<Kvm {self.path} fd={self._fd}>"

@@ -58,8 +58,8 @@ class Vcpu(FdObject):
         self._adopt_fd(vm.backend, fd, f"anon_inode:kvm-vcpu:{vcpu_id}")
         self.vm = vm
         self.id = vcpu_id
-        self._run_size = vm.kvm.vcpu_mmap_size
-        try:
+        try:  # the fd is ours from here: close it if the kvm_run mapping cannot be made
+            self._run_size = vm.kvm.vcpu_mmap_size
             self._run_addr = self.backend.mmap(self._run_size, mmap.PROT_READ | mmap.PROT_WRITE,
                                                mmap.MAP_SHARED, fd, 0)
         except BaseException:
@@ -161,11 +161,15 @@ class Vcpu(FdObject):
         return self._ring
 
     def _close_children(self) -> None:
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        self.backend.munmap(self._run_addr, self._run_size)
-        self.vm.vcpus.pop(self.id, None)
+        ring, self._ring = self._ring, None
+        try:
+            if ring is not None:
+                ring.close()
+        finally:
+            try:
+                self.backend.munmap(self._run_addr, self._run_size)
+            finally:
+                self.vm.vcpus.pop(self.id, None)
 
     def __repr__(self) -> str:
         return f"<Vcpu {self.id} fd={self._fd}>"

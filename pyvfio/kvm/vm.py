@@ -23,14 +23,17 @@ Example (mock kernel)::
 
 from __future__ import annotations
 
+import functools
 import heapq
-from typing import TYPE_CHECKING, Any, Iterator
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 from .. import ioctls as I
-from ..core.fd import FdObject
+from ..core.fd import FdObject, raise_first
 from ..errors import AlignmentError, ArgumentError, OverlapError, RangeError, StateError, UnsupportedError
 from ..uapi import ffi
 from ..uapi.names import KVM_CAPS
+from ..uapi.args import as_int, check_int, fill, new, struct_error, u32, u64
 from ..util.intervals import SortedIndex
 from .device import KvmDevice, KvmVfioDevice
 from .eventfd import IoEventFd, IrqFd
@@ -55,20 +58,36 @@ from .vcpu import Vcpu
 if TYPE_CHECKING:
     from .system import Kvm
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(fn: "Callable[Concatenate[Vm, _P], _R]") -> "Callable[Concatenate[Vm, _P], _R]":
+    """Run the method under its VM's :attr:`Vm.lock`."""
+    @functools.wraps(fn)
+    def under_lock(self: "Vm", *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.lock:
+            return fn(self, *args, **kwargs)
+    return under_lock
+
 class Vm(FdObject):
     """A KVM VM fd: capabilities, memslots, dirty logs, vCPUs, devices, ioeventfd/irqfd.
 
     Made by :meth:`Kvm.create_vm`. Closing it closes its vCPUs, devices and eventfd bindings
     and forgets its memslots (the kernel frees them with the VM).
 
-    Threads: a Vm has no lock. The memslot and dirty-log calls (``set_user_memory_region[2]``,
-    ``get_dirty_log``, ``clear_dirty_log``, ``add_memslot`` and every :class:`MemSlot` method)
-    reuse one ioctl struct each and unlocked slot bookkeeping, so they must be called from one
-    thread at a time per VM (serialise them in the caller). ``create_vcpu``/``create_device``/
-    ``ioeventfd``/``irqfd`` update the child lists: one thread at a time as well. What may run
-    concurrently with all of that: the vCPUs (:meth:`Vcpu.run`, each in its own thread; the
+    Threads: the memslot and dirty-log calls may run concurrently from several threads:
+    ``set_user_memory_region[2]``, ``get_dirty_log``, ``clear_dirty_log``, ``add_memslot`` and
+    every :class:`MemSlot` method (``move``, ``set_dirty_logging``, ``delete``, the dirty-log
+    calls). They share one ioctl struct each and the slot bookkeeping, so each holds the VM's
+    lock (:attr:`lock`, re-entrant, one per VM) from slot-id allocation and the overlap check
+    through the struct fill and the ioctl to the bookkeeping update: they run one at a time
+    per VM, in some order, never interleaved (different VMs do not contend). Also free to run
+    concurrently with everything: the vCPUs (:meth:`Vcpu.run`, each in its own thread; the
     kernel orders memslot updates against running vCPUs), ``check_extension`` (a cache of
-    immutable answers) and the bindings' ``read``/``trigger``. ``close()`` runs alone.
+    immutable answers) and the bindings' ``read``/``trigger``. ``create_vcpu``/
+    ``create_device``/``ioeventfd``/``irqfd`` update the child lists unlocked: one thread at a
+    time. ``close()`` runs alone.
     """
 
     def __init__(self, kvm: Kvm, fd: int, vm_type: int = 0) -> None:
@@ -76,6 +95,8 @@ class Vm(FdObject):
         self.kvm = kvm
         self.vm_type = vm_type
         self._caps: dict[int, int] = {}
+        #: Serialises the memslot and dirty-log calls (see Threads).
+        self.lock = threading.RLock()
         # bookkeeping: (as_id, id) -> MemSlot; per address space a sorted list of starts and
         # the slots in the same order (for O(log n) overlap checks).
         self._slots: dict[int, MemSlot] = {}
@@ -113,11 +134,10 @@ class Vm(FdObject):
         EINVAL: unknown cap, bad args or flags, wrong state."""
         if len(args) > 4:
             raise ArgumentError("KVM_ENABLE_CAP takes at most 4 arguments")
-        c = ffi.new("struct kvm_enable_cap *")
-        c.cap = KVM_CAPS.resolve(cap)
-        c.flags = flags
+        c = new("struct kvm_enable_cap", cap=u32(KVM_CAPS.resolve(cap), "KVM_ENABLE_CAP cap"),
+                flags=u32(flags, "KVM_ENABLE_CAP flags"))
         for i, a in enumerate(args):
-            c.args[i] = int(a)
+            c.args[i] = u64(a, f"KVM_ENABLE_CAP args[{i}]")
         self._ioctl(I.KVM_ENABLE_CAP, c)
         self._caps.clear()
         self._valid = None
@@ -175,6 +195,7 @@ class Vm(FdObject):
         self.dirty_ring_acq_rel = acq_rel
 
     # -- raw ioctls (no validation: the kernel's rules apply) --------------------------------
+    @_locked
     def set_user_memory_region(self, slot: int, flags: int, gpa: int, size: int, hva: int) -> None:
         """KVM_SET_USER_MEMORY_REGION, raw: create (new slot), modify, or delete (size 0).
 
@@ -182,50 +203,48 @@ class Vm(FdObject):
         as_id out of range, size/hva/READONLY change, delete of a missing slot; EEXIST: overlap.
         """
         r = self._region
-        r.slot = slot
-        r.flags = flags
-        r.guest_phys_addr = gpa
-        r.memory_size = size
-        r.userspace_addr = hva
+        try:
+            r.slot = slot
+            r.flags = flags
+            r.guest_phys_addr = gpa
+            r.memory_size = size
+            r.userspace_addr = hva
+        except (OverflowError, TypeError) as e:
+            raise struct_error(r, dict(slot=slot, flags=flags, guest_phys_addr=gpa,
+                                       memory_size=size, userspace_addr=hva), e) from None
         self._ioctl(I.KVM_SET_USER_MEMORY_REGION, r)
 
+    @_locked
     def set_user_memory_region2(self, slot: int, flags: int, gpa: int, size: int, hva: int,
                                 guest_memfd: int = 0, guest_memfd_offset: int = 0) -> None:
         """KVM_SET_USER_MEMORY_REGION2, raw (adds guest_memfd + offset; KVM_CAP_USER_MEMORY2)."""
         if self._region2 is None:
             self._region2 = ffi.new("struct kvm_userspace_memory_region2 *")
+        fill(self._region2, slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size,
+             userspace_addr=hva, guest_memfd=guest_memfd, guest_memfd_offset=guest_memfd_offset)
         r = self._region2
-        r.slot = slot
-        r.flags = flags
-        r.guest_phys_addr = gpa
-        r.memory_size = size
-        r.userspace_addr = hva
-        r.guest_memfd = guest_memfd
-        r.guest_memfd_offset = guest_memfd_offset
         self._ioctl(I.KVM_SET_USER_MEMORY_REGION2, r)
 
+    @_locked
     def get_dirty_log(self, slot: int, bitmap_addr: int) -> None:
         """KVM_GET_DIRTY_LOG, raw: the kernel writes ALIGN(npages, 64) / 8 bytes at ``bitmap_addr``.
 
         ENOENT: no such slot or no logging; EINVAL: id out of range; ENXIO: dirty ring in use;
         EFAULT: the buffer is not writable for the whole bitmap size.
         """
-        d = self._dirty_log
-        d.slot = slot
-        d.dirty_bitmap = ffi.cast("void *", bitmap_addr)
+        d = fill(self._dirty_log, slot=slot)
+        d.dirty_bitmap = ffi.cast("void *", u64(bitmap_addr, "dirty bitmap address"))
         self._ioctl(I.KVM_GET_DIRTY_LOG, d)
 
+    @_locked
     def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap_addr: int) -> None:
         """KVM_CLEAR_DIRTY_LOG, raw: clear the pages whose bit is set (bit 0 = ``first_page``).
 
         EINVAL: first_page not a multiple of 64, num_pages not a multiple of 64 without reaching
         the slot end, or a range beyond the slot; ENOENT: no such slot or no logging; ENXIO: ring.
         """
-        c = self._clear_log
-        c.slot = slot
-        c.first_page = first_page
-        c.num_pages = num_pages
-        c.dirty_bitmap = ffi.cast("void *", bitmap_addr)
+        c = fill(self._clear_log, slot=slot, first_page=first_page, num_pages=num_pages)
+        c.dirty_bitmap = ffi.cast("void *", u64(bitmap_addr, "dirty bitmap address"))
         self._ioctl(I.KVM_CLEAR_DIRTY_LOG, c)
 
     def reset_dirty_rings(self) -> int:
@@ -305,6 +324,13 @@ class Vm(FdObject):
                 "or a buffer (DmaBuffer), or a raw host address as the keyword hva= (with size=)")
         if memory is not None and hva is not None:
             raise ArgumentError("give memory or hva=, not both")
+        gpa = u64(gpa, "memslot gpa")
+        offset = as_int(offset, "memslot offset")
+        as_id = check_int(as_id, "address space", 0, 0xFFFF)
+        if slot is not None:
+            slot = check_int(slot, "slot id", 0, 0xFFFF)
+        if size is not None:
+            size = as_int(size, "memslot size")
         if memory is not None and not isinstance(memory, GuestMemory):
             memory = GuestMemory.borrow(memory, backend=self.backend)
         if isinstance(memory, GuestMemory):
@@ -324,7 +350,7 @@ class Vm(FdObject):
                 raise ArgumentError("add_memslot needs host memory: a GuestMemory, a buffer, or hva=")
             if size is None:
                 raise ArgumentError("size is required with hva= (a raw host address)")
-            hva = int(hva) + offset
+            hva = as_int(hva, "hva (a raw host address)") + offset
             keep = None
         flags = (_LOG if log_dirty else 0) | (_RO if readonly else 0)
         gmem_fd = 0
@@ -347,44 +373,45 @@ class Vm(FdObject):
         if (size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or hva % PAGE_SIZE
                 or size >> PAGE_SHIFT > KVM_MEM_MAX_NR_PAGES or hva + size > TASK_SIZE):
             check_range(gpa, size, hva)  # raises, saying why
-        if as_id >= len(self._index_of):
-            self._as(as_id)
-        if slot is None:
-            slot_id = self._alloc_id(as_id)
-        else:
-            if not 0 <= slot < max_slots:
-                raise RangeError(f"slot id {slot} out of range 0..{max_slots - 1}")
-            if (as_id << 16 | slot) in self._slots:
-                raise ArgumentError(f"slot {slot} of address space {as_id} is in use")
-            slot_id = slot
-        key = as_id << 16 | slot_id
-        try:
-            other = self._overlap(as_id, gpa, gpa + size)
-            if other is not None:
-                raise OverlapError(f"guest range {gpa:#x}+{size:#x} overlaps slot {other.id} "
-                                   f"({other.gpa:#x}+{other.size:#x})")
-            if gpa + size > _MAX_GPA:
-                check_gpa_limit(gpa, size)
-            if flags & _GMEM:
-                self.set_user_memory_region2(key, flags, gpa, size, hva, gmem_fd, guest_memfd_offset)
-            else:
-                r = self._region
-                r.slot = key
-                r.flags = flags
-                r.guest_phys_addr = gpa
-                r.memory_size = size
-                r.userspace_addr = hva
-                self.backend.ioctl(self._fd, _SET_REGION, r)
-        except BaseException:
+        with self.lock:  # id allocation, overlap check, struct fill, ioctl, bookkeeping
+            if as_id >= len(self._index_of):
+                self._as(as_id)
             if slot is None:
-                self._release_id(as_id, slot_id)
-            raise
-        s = MemSlot(self, slot_id, as_id, gpa, size, hva, flags, keep, guest_memfd, guest_memfd_offset)
-        self._slots[key] = s
-        self._index_of[as_id].insert(s.gpa, s)
-        if keep is not None:
-            keep._use()
-        return s
+                slot_id = self._alloc_id(as_id)
+            else:
+                if not 0 <= slot < max_slots:
+                    raise RangeError(f"slot id {slot} out of range 0..{max_slots - 1}")
+                if (as_id << 16 | slot) in self._slots:
+                    raise ArgumentError(f"slot {slot} of address space {as_id} is in use")
+                slot_id = slot
+            key = as_id << 16 | slot_id
+            try:
+                other = self._overlap(as_id, gpa, gpa + size)
+                if other is not None:
+                    raise OverlapError(f"guest range {gpa:#x}+{size:#x} overlaps slot {other.id} "
+                                       f"({other.gpa:#x}+{other.size:#x})")
+                if gpa + size > _MAX_GPA:
+                    check_gpa_limit(gpa, size)
+                if flags & _GMEM:
+                    self.set_user_memory_region2(key, flags, gpa, size, hva, gmem_fd, guest_memfd_offset)
+                else:
+                    r = self._region
+                    r.slot = key
+                    r.flags = flags
+                    r.guest_phys_addr = gpa
+                    r.memory_size = size
+                    r.userspace_addr = hva
+                    self.backend.ioctl(self._fd, _SET_REGION, r)
+            except BaseException:
+                if slot is None:
+                    self._release_id(as_id, slot_id)
+                raise
+            s = MemSlot(self, slot_id, as_id, gpa, size, hva, flags, keep, guest_memfd, guest_memfd_offset)
+            self._slots[key] = s
+            self._index_of[as_id].insert(s.gpa, s)
+            if keep is not None:
+                keep._use()
+            return s
 
     def _alloc_id(self, as_id: int) -> int:
         free = self._free_ids[as_id]
@@ -439,6 +466,7 @@ class Vm(FdObject):
             vcpu_id = 0
             while vcpu_id in self.vcpus:
                 vcpu_id += 1
+        vcpu_id = u32(vcpu_id, "vcpu id")
         fd = self._ioctl(I.KVM_CREATE_VCPU, vcpu_id)
         self.backend.label(fd, f"anon_inode:kvm-vcpu:{vcpu_id}")
         v = Vcpu(self, fd, vcpu_id)
@@ -504,21 +532,29 @@ class Vm(FdObject):
         return gm
 
     def _close_children(self) -> None:
+        """Close every child (bindings, devices, guest memfds, vCPUs) and forget every memslot,
+        whatever fails on the way; then raise the first error (the others as its notes)."""
+        errors: list[Exception] = []
         for child in reversed(self._children):
             try:
                 child.close()
-            except OSError:
-                pass
+            except Exception as e:
+                errors.append(e)
         self._children.clear()
         for v in list(self.vcpus.values()):
-            v.close()
+            try:
+                v.close()
+            except Exception as e:
+                errors.append(e)
         self.vcpus.clear()
-        for s in list(self._slots.values()):
-            s._dead()
-        self._slots.clear()
-        self._index_of.clear()
-        self._free_ids.clear()
-        self._next_id.clear()
+        with self.lock:
+            for s in list(self._slots.values()):
+                s._dead()
+            self._slots.clear()
+            self._index_of.clear()
+            self._free_ids.clear()
+            self._next_id.clear()
+        raise_first(errors, f"closing {self!r}")
 
     def __repr__(self) -> str:
         return f"<Vm fd={self._fd} slots={len(self._slots)} vcpus={len(self.vcpus)}>"

@@ -51,6 +51,8 @@ from ..vfio.dirty import DmaLogging, LoggingSupport, Type1DirtyPages, dirty_page
 from ..vfio.type1 import DmaMapping, ShortUnmapError, Type1Iommu
 from ..core.bitmap import DirtyBitmap, words_for
 from ..util.hexrepr import hex_repr
+from ..core.mapping import as_mapping
+from ..uapi.args import U64_MAX, as_int
 
 __all__ = ["DirtyTracker", "DeviceDirtyLog", "Window", "TrackerStats", "WatchSample"]
 
@@ -142,6 +144,15 @@ class DirtyTracker:
         self.window_pages = limit * 8 // 64 * 64
         self.stats = TrackerStats()
 
+    @property
+    def aperture(self) -> tuple[int, int]:
+        """The IOVAs a report may cover, inclusive: from the lowest start to the highest end of
+        the IOMMU's reported IOVA ranges (the whole 64-bit space when it reports none)."""
+        ranges = self.iommu.info().iova_ranges
+        if not ranges:
+            return 0, U64_MAX
+        return min(r.start for r in ranges), max(r.end for r in ranges)
+
     # -- state --------------------------------------------------------------------------------
     @property
     def tracking(self) -> bool:
@@ -174,10 +185,18 @@ class DirtyTracker:
     def _live(self) -> list[DmaMapping]:
         return sorted(self.iommu.mappings.values(), key=lambda m: m.iova)
 
-    def _check_range(self, iova: int, size: int) -> None:
+    def _check_range(self, iova: int, size: int) -> tuple[int, int]:
+        iova, size = as_int(iova, "iova"), as_int(size, "size")
         pg = self.page_size
+        if iova < 0 or iova + size > U64_MAX + 1:
+            raise RangeError(f"range {iova:#x}+{size:#x} is negative or wraps around")
         if size <= 0:
             raise RangeError(f"size must be positive, not {size}")
+        lo, hi = self.aperture
+        if iova < lo or iova + size - 1 > hi:
+            raise RangeError(f"range {iova:#x}+{size:#x} is outside the IOMMU's IOVA aperture "
+                             f"{lo:#x}-{hi:#x} (its reported IOVA ranges): nothing there can be "
+                             "mapped, so nothing there can be dirty")
         if iova % pg or size % pg:
             raise AlignmentError(f"range {iova:#x}+{size:#x} is not aligned to the tracking page size {pg:#x}")
         for m in self._live():
@@ -185,6 +204,7 @@ class DirtyTracker:
                 if m.iova < edge < m.iova + m.size:
                     raise RangeError(f"range {iova:#x}+{size:#x} cuts the mapping {m.iova:#x}+{m.size:#x} "
                                      "in two: the kernel answers EINVAL; widen it to whole mappings")
+        return iova, size
 
     def plan(self, iova: int, size: int) -> list[Window]:
         """The GET_BITMAP windows of a report over [iova, iova+size) (no syscall).
@@ -194,7 +214,7 @@ class DirtyTracker:
         pages from ``iova`` when the hole allows, so the kernel writes into the result directly.
         RangeError when one mapping alone is larger than a window.
         """
-        self._check_range(iova, size)
+        iova, size = self._check_range(iova, size)
         pg, wp = self.page_size, self.window_pages
         end = iova + size
         maps = [m for m in self._live() if m.iova < end and m.iova + m.size > iova]
@@ -247,6 +267,7 @@ class DirtyTracker:
                 raise StateError("no pyvfio mappings to report on; pass iova and size")
             iova = live[0].iova
             size = live[-1].iova + live[-1].size - iova
+        iova, size = as_int(iova, "iova"), as_int(size, "size")
         windows = self.plan(iova, size)
         npages = size // self.page_size
         if out is None:
@@ -291,7 +312,7 @@ class DirtyTracker:
         """Unmap ``mapping`` with VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP and return its last
         dirty bitmap (base ``mapping.iova``). The handle is released once the kernel unmapped;
         ShortUnmapError if it removed less than the mapping."""
-        if mapping.closed or mapping.iommu is not self.iommu:
+        if as_mapping(mapping).closed or mapping.iommu is not self.iommu:
             raise StateError(f"{mapping!r} is not a live mapping of this IOMMU")
         self._check_tracking("unmap_and_report")
         pg = self.page_size

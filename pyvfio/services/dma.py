@@ -36,10 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from ..core.buffer import buffer_span
 from ..core.memory import HostMemory
 from ..errors import ArgumentError, RangeError, StateError
 from ..seam import Backend, get_backend
 from ..uapi import ffi, lib
+from ..uapi.args import as_int
 from .iova import IovaAllocator, page_alignment
 
 __all__ = ["DmaBuffer", "DmaMapper", "PAGE_SIZE", "HUGE_2M"]
@@ -111,11 +113,19 @@ class DmaBuffer(HostMemory):
                 raw_len = self.size + alignment
                 raw = self.backend.mmap(raw_len, prot, _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS)
                 start = _round_up(raw, alignment)
-                if start > raw:
-                    self.backend.munmap(raw, start - raw)
-                tail = raw + raw_len - (start + self.size)
-                if tail:
-                    self.backend.munmap(start + self.size, tail)
+                try:
+                    if start > raw:
+                        self.backend.munmap(raw, start - raw)
+                    tail = raw + raw_len - (start + self.size)
+                    if tail:
+                        self.backend.munmap(start + self.size, tail)
+                except BaseException:
+                    # give the whole reservation back (munmap of already unmapped parts is fine)
+                    try:
+                        self.backend.munmap(raw, raw_len)
+                    except OSError:
+                        pass
+                    raise
                 self.addr = start
                 if hugepages == "thp":
                     lib.madvise(ffi.cast("void *", self.addr), self.size, MADV_HUGEPAGE)
@@ -241,8 +251,9 @@ class DmaMapper:
             write: bool = True, align: int | None = None) -> Any:
         """The live mapping of ``buffer`` (whole, or ``size`` bytes at ``offset``) with this
         access, mapping it at a fresh IOVA the first time. Returns a DmaMapping."""
-        addr = int(buffer.addr) + offset
-        n = int(buffer.size) - offset if size is None else size
+        addr, n = buffer_span(buffer, size, offset)
+        if align is not None:
+            align = as_int(align, "align")
         key = (addr, n, read, write)
         with self._lock:
             m = self._cache.get(key)
@@ -252,7 +263,8 @@ class DmaMapper:
                 align = page_alignment(self.pgsizes, addr, n)
             iova = self.allocator.alloc(n, align=align, limit=self.limit)
             try:
-                m = self.iommu.map(buffer, iova, size=n, offset=offset, read=read, write=write)
+                m = self.iommu.map(buffer, iova, size=n, offset=as_int(offset, "offset"), read=read,
+                                   write=write)
             except BaseException:
                 self.allocator.free(iova)
                 raise

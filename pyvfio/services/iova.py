@@ -21,6 +21,7 @@ import threading
 from typing import Any, Iterable
 
 from ..errors import AlignmentError, OverlapError, RangeError
+from ..uapi.args import as_int
 
 __all__ = ["IovaAllocator", "IovaExhaustedError", "page_alignment"]
 
@@ -93,10 +94,13 @@ class IovaAllocator:
     def alloc(self, size: int, *, align: int | None = None, limit: int | None = None) -> int:
         """A free block of ``size`` bytes (rounded up to pgsize) aligned to ``align`` (default
         pgsize; a power of two), ending at or below ``limit`` (a DMA mask + 1) when given."""
+        size = as_int(size, "size")
         if size <= 0:
             raise RangeError(f"size must be positive, not {size}")
         size = _align_up(size, self.pgsize)
-        align = max(align or self.pgsize, self.pgsize)
+        align = max(as_int(align, "align") if align else self.pgsize, self.pgsize)
+        if limit is not None:
+            limit = as_int(limit, "limit")
         if align & (align - 1):
             raise AlignmentError(f"align must be a power of two, not {align:#x}")
         with self._lock:
@@ -114,6 +118,7 @@ class IovaAllocator:
     def reserve(self, iova: int, size: int) -> int:
         """Take the fixed block [iova, iova+size) (RangeError if not usable, OverlapError if
         already allocated)."""
+        iova, size = as_int(iova, "iova"), as_int(size, "size")
         if iova & (self.pgsize - 1) or size <= 0:
             raise AlignmentError(f"IOVA {iova:#x} / size {size:#x} not aligned to {self.pgsize:#x}")
         size = _align_up(size, self.pgsize)

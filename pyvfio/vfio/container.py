@@ -135,26 +135,30 @@ class Container(FdObject):
 
         ``group``: an open :class:`Group`, or a group number or a device's BDF, which opens
         the group on this container's backend (children inherit their parent's backend).
-        ArgumentError for a Group opened on another backend (another kernel, mock or real),
-        before any syscall; the group opened here is closed again if the attach fails.
+        ArgumentError for a Group opened on another backend (another kernel, mock or real), or
+        for something that is neither a Group, a number nor a BDF, before any syscall (nothing
+        closed).
+
+        The container owns the group from the call on: if the attach fails (EPERM: not viable,
+        EINVAL/EBUSY: already in a container), the group (given or opened here) is closed before
+        the error propagates, so its fd is not leaked and a retry can open the group again (a
+        group file opens only once system-wide).
         """
         if not isinstance(group, Group):
             if isinstance(group, bool) or not isinstance(group, (int, str)):
                 raise ArgumentError(f"attach takes a Group, a group number or a BDF, not {group!r}")
-            g = (Group.from_bdf(group, backend=self.backend) if isinstance(group, str)
-                 else Group(group, backend=self.backend))
-            try:
-                g.set_container(self)
-            except BaseException:
-                g.close()
-                raise
-            return g
-        if getattr(group, "backend", self.backend) is not self.backend:
+            group = (Group.from_bdf(group, backend=self.backend) if isinstance(group, str)
+                     else Group(group, backend=self.backend))
+        elif getattr(group, "backend", self.backend) is not self.backend:
             raise ArgumentError(
                 f"{group!r} was opened on {group.backend!r}, this container on {self.backend!r}: a "
                 "group must live in its container's kernel; open it with backend=container.backend, "
                 "or pass container.attach() the BDF or group number")
-        group.set_container(self)
+        try:
+            group.set_container(self)
+        except BaseException:
+            group.close()
+            raise
         return group
 
     # -- IOMMU ----------------------------------------------------------------------------------

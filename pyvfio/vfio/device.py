@@ -44,6 +44,7 @@ from ..seam import Backend, get_backend
 from ..core.fd import Closeable, FdObject
 from ..eventfd import EventFd
 from ..uapi import ffi
+from ..uapi.args import check_int, new, u32, u64
 from ..uapi.names import DEVICE_FEATURES, IRQ_INDEXES, REGION_INDEXES
 from .caps import InfoCapability, get_info
 from .device_info import (DeviceFeature, DeviceFlags, DeviceInfo, HotResetDevice, HotResetInfo,
@@ -283,9 +284,7 @@ class Device(FdObject):
         "VFIO_PCI_CONFIG_REGION_INDEX"), here and in every method taking a region index.
         EINVAL: no such region (vfio-pci: VGA on a non-VGA device, index past num_regions).
         """
-        index = REGION_INDEXES.resolve(index)
-        if index < 0:
-            raise ArgumentError(f"region index {index!r} must be a non-negative int")
+        index = u32(REGION_INDEXES.resolve(index), "region index")
         if not refresh and index in self._regions:
             return self._regions[index]
         op = I.VFIO_DEVICE_GET_REGION_INFO.name
@@ -311,8 +310,7 @@ class Device(FdObject):
         return out
 
     def _region_access(self, index: int | str, offset: int, size: int, write: bool) -> RegionInfo:
-        if not isinstance(offset, int) or not isinstance(size, int) or offset < 0 or size < 0:
-            raise RangeError(f"offset {offset!r} and size {size!r} must be non-negative ints")
+        offset, size = u64(offset, "region offset"), u64(size, "access size")
         r = self.region_info(index)
         if offset + size > r.size:
             raise RangeError(f"[{offset:#x}, {offset + size:#x}) is outside region {r.name} "
@@ -462,12 +460,8 @@ class Device(FdObject):
         ``index`` is a number or a vfio-pci interrupt name in any case ("MSI", "msix", "INTx",
         "VFIO_PCI_MSI_IRQ_INDEX"), here and in every method taking an interrupt index.
         """
-        index = IRQ_INDEXES.resolve(index)
-        if index < 0:
-            raise ArgumentError(f"irq index {index!r} must be a non-negative int")
-        ii = ffi.new("struct vfio_irq_info *")
-        ii.argsz = ffi.sizeof("struct vfio_irq_info")
-        ii.index = index
+        index = u32(IRQ_INDEXES.resolve(index), "irq index")
+        ii = new("struct vfio_irq_info", argsz=ffi.sizeof("struct vfio_irq_info"), index=index)
         self._ioctl(I.VFIO_DEVICE_GET_IRQ_INFO, ii)
         return IrqInfo(index, IrqFlags(ii.flags), int(ii.count))
 
@@ -491,19 +485,19 @@ class Device(FdObject):
         Errors: ArgumentError for malformed flags/data; EINVAL (another type enabled, range
         outside the count, not an eventfd); ENOTTY for actions the index lacks (MSI mask).
         """
-        index = IRQ_INDEXES.resolve(index)
+        index, flags = u32(IRQ_INDEXES.resolve(index), "irq index"), u32(flags, "SET_IRQS flags")
+        start, count = u32(start, "irq start"), u32(count, "irq count")
         dtype = flags & I.VFIO_IRQ_SET_DATA_TYPE_MASK
         action = flags & I.VFIO_IRQ_SET_ACTION_TYPE_MASK
         if bin(dtype).count("1") != 1 or bin(action).count("1") != 1 or flags & ~(
                 I.VFIO_IRQ_SET_DATA_TYPE_MASK | I.VFIO_IRQ_SET_ACTION_TYPE_MASK):
             raise ArgumentError(f"SET_IRQS flags {flags:#x} need exactly one DATA_* and one ACTION_*")
-        if start < 0 or count < 0:
-            raise RangeError(f"start {start} and count {count} must be >= 0")
         payload = b""
         if dtype == I.VFIO_IRQ_SET_DATA_EVENTFD:
             if data is None or len(data) != count:
                 raise ArgumentError(f"DATA_EVENTFD needs {count} fds, got {data!r}")
-            payload = b"".join(int(fd).to_bytes(4, "little" if _LE else "big", signed=True) for fd in data)
+            payload = b"".join(check_int(fd, "eventfd", -1, (1 << 31) - 1).to_bytes(
+                4, "little" if _LE else "big", signed=True) for fd in data)
         elif dtype == I.VFIO_IRQ_SET_DATA_BOOL:
             if data is None or len(data) != count:
                 raise ArgumentError(f"DATA_BOOL needs {count} values, got {data!r}")

@@ -48,18 +48,21 @@ Example (mock, a POWER-shaped machine)::
 from __future__ import annotations
 
 import errno
+import functools
 import struct
+import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 from ..core.fd import Closeable
 from .. import ioctls
 from ..core.buffer import buffer_span, pin
 from ..core.iova import IovaRange
-from ..core.mapping import DmaFlags, DmaMapping, MappingTable
+from ..core.mapping import DmaFlags, DmaMapping, MappingTable, as_mapping
 from ..errors import (AlignmentError, ArgumentError, BusyError, OverlapError, PyvfioError,
                       RangeError, StateError, register_hint)
 from ..uapi import ffi
+from ..uapi.args import as_int, new
 from ..uapi.pack import TYPE1_DMA_MAP, TYPE1_DMA_UNMAP
 from ..util.hexrepr import hex_repr
 from .container import Container, IommuBase, register_iommu
@@ -202,6 +205,20 @@ class RegisteredMemory(Closeable):
                 f"{state}>")
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_S = TypeVar("_S", bound="_SpaprBase")
+
+
+def _locked(fn: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+    """Run the method under its IOMMU object's :attr:`_SpaprBase.lock`."""
+    @functools.wraps(fn)
+    def under_lock(self: _S, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.lock:
+            return fn(self, *args, **kwargs)
+    return under_lock
+
+
 def _pow2(x: int) -> bool:
     return x > 0 and not x & (x - 1)
 
@@ -210,14 +227,18 @@ class _SpaprBase(MappingTable, IommuBase):
     """What v1 and v2 share: TCE_GET_INFO, windows, MAP/UNMAP, EEH.
 
     Threads: ``map_dma``/``unmap_dma`` pack a fresh argument per call and may run
-    concurrently. ``map``/``unmap`` of distinct IOVAs may too, but their overlap check reads
-    :attr:`mappings` unlocked: two threads mapping overlapping ranges at once are not refused
-    by pyvfio (the kernel then replaces TCEs). ``info``/``windows`` fill caches (a race stores
-    the same answer). Window and registration changes, ``unmap_all`` and ``close``: one thread.
+    concurrently with anything. ``map``, ``unmap``, ``unmap_all``, ``register``/``unregister``
+    and ``create_window``/``remove_window`` may run concurrently from several threads: each
+    holds the object's lock (:attr:`lock`, re-entrant) from its checks (which walk
+    :attr:`mappings`, :attr:`regions` and the windows) through the ioctl to the bookkeeping, so
+    two threads mapping overlapping ranges at once get one mapping and one OverlapError.
+    ``info``/``windows`` fill caches (a race stores the same answer). ``close()`` runs alone.
     """
 
     def __init__(self, container: Container, iommu_type: int) -> None:
         super().__init__(container, iommu_type)
+        #: Held by every call that reads and then changes the bookkeeping (see Threads).
+        self.lock = threading.RLock()
         self._info: SpaprTceInfo | None = None
         #: Live mappings made through map(), by IOVA.
         self.mappings: dict[int, DmaMapping] = {}
@@ -299,6 +320,9 @@ class _SpaprBase(MappingTable, IommuBase):
     def check(self, iova: int, size: int, vaddr: int | None = None) -> DmaWindow:
         """Raise ArgumentError subclasses for what the kernel would refuse or mishandle; returns
         the window of ``[iova, iova+size)``."""
+        iova, size = as_int(iova, "iova"), as_int(size, "size")
+        if vaddr is not None:
+            vaddr = as_int(vaddr, "vaddr")
         if size <= 0:
             raise RangeError(f"size must be positive, not {size}")
         if iova < 0 or iova + size - 1 > U64_MAX:
@@ -333,21 +357,22 @@ class _SpaprBase(MappingTable, IommuBase):
         vaddr, n = buffer_span(buffer, size, offset)
         if not (read or write):
             raise ArgumentError("a mapping needs read=True and/or write=True")
-        self.check(iova, n, vaddr)
-        self._require_enabled()
-        region = self._region_for(vaddr, n)
         flags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
-        self.map_dma(vaddr, iova, n, flags)
-        mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)
-        try:
-            pin(buffer, mapping)
-        except BaseException:  # closed meanwhile: do not leave the TCEs behind
-            self.unmap_dma(iova, n)
-            raise
-        self.mappings[iova] = mapping
-        if region is not None:
-            region.mappings.add(mapping)
-            mapping.state["spapr_region"] = region
+        with self.lock:  # check, MAP_DMA and bookkeeping as one step (see Threads)
+            self.check(iova, n, vaddr)
+            self._require_enabled()
+            region = self._region_for(vaddr, n)
+            self.map_dma(vaddr, iova, n, flags)
+            mapping = DmaMapping(self, iova, n, vaddr, flags, buffer)
+            try:
+                pin(buffer, mapping)
+            except BaseException:  # closed meanwhile: do not leave the TCEs behind
+                self.unmap_dma(iova, n)
+                raise
+            self.mappings[iova] = mapping
+            if region is not None:
+                region.mappings.add(mapping)
+                mapping.state["spapr_region"] = region
         return mapping
 
     def _region_for(self, vaddr: int, size: int) -> "RegisteredMemory | None":
@@ -361,19 +386,23 @@ class _SpaprBase(MappingTable, IommuBase):
 
     def unmap(self, mapping: DmaMapping) -> None:
         """VFIO_IOMMU_UNMAP_DMA of exactly ``mapping`` (idempotent)."""
-        if not mapping._live:
+        if not as_mapping(mapping)._live:
             return
         if mapping.iommu is not self:
             raise ArgumentError(f"{mapping!r} belongs to another IOMMU")
-        self.unmap_dma(mapping.iova, mapping.size)
-        self._forget(mapping)
+        with self.lock:
+            if not mapping._live:  # another thread unmapped it meanwhile
+                return
+            self.unmap_dma(mapping.iova, mapping.size)
+            self._forget(mapping)
 
     def unmap_all(self) -> int:
         """Unmap every mapping made through this object; returns the bytes unmapped."""
         done = 0
-        for m in sorted(self.mappings.values(), key=lambda m: m.iova):
-            self.unmap(m)
-            done += m.size
+        with self.lock:
+            for m in sorted(self.mappings.values(), key=lambda m: m.iova):
+                self.unmap(m)
+                done += m.size
         return done
 
     # -- EEH --------------------------------------------------------------------------------------
@@ -387,9 +416,7 @@ class _SpaprBase(MappingTable, IommuBase):
 
         Errors: ENODEV (the platform has no EEH for the group), EINVAL (unknown op).
         """
-        arg = ffi.new("struct vfio_eeh_pe_op *")
-        arg.argsz = _SZ_EEH
-        arg.op = op
+        arg = new("struct vfio_eeh_pe_op", argsz=_SZ_EEH, op=op)
         return self._ioctl(ioctls.VFIO_EEH_PE_OP, arg)
 
     def __iter__(self) -> Iterator[DmaMapping]:
@@ -467,10 +494,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         Errors: EINVAL (unaligned, wraps, overlaps another region), EBUSY (exactly this region
         is registered), ENOMEM (size 0, or RLIMIT_MEMLOCK), EFAULT (not mapped).
         """
-        r = ffi.new("struct vfio_iommu_spapr_register_memory *")
-        r.argsz = _SZ_REG
-        r.vaddr = vaddr
-        r.size = size
+        r = new("struct vfio_iommu_spapr_register_memory", argsz=_SZ_REG, vaddr=vaddr, size=size)
         self._ioctl(ioctls.VFIO_IOMMU_SPAPR_REGISTER_MEMORY, r)
 
     def unregister_memory(self, vaddr: int, size: int) -> None:
@@ -480,10 +504,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         (nothing was ever registered), EINVAL (unaligned). While the region is still mapped,
         Linux 6.12 answers 0 and leaks the registration: use :meth:`unregister`, which refuses.
         """
-        r = ffi.new("struct vfio_iommu_spapr_register_memory *")
-        r.argsz = _SZ_REG
-        r.vaddr = vaddr
-        r.size = size
+        r = new("struct vfio_iommu_spapr_register_memory", argsz=_SZ_REG, vaddr=vaddr, size=size)
         self._ioctl(ioctls.VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY, r)
 
     def tce_create(self, page_shift: int, window_size: int, levels: int = 1) -> int:
@@ -492,23 +513,19 @@ class SpaprTceV2Iommu(_SpaprBase):
         Errors: ENOSPC (no free window), EINVAL (page size not offered, window size not a power
         of two or too large, too many levels), EPERM (window #0 while #1 exists).
         """
-        c = ffi.new("struct vfio_iommu_spapr_tce_create *")
-        c.argsz = _SZ_CREATE
-        c.page_shift = page_shift
-        c.window_size = window_size
-        c.levels = levels
+        c = new("struct vfio_iommu_spapr_tce_create", argsz=_SZ_CREATE, page_shift=page_shift,
+                window_size=window_size, levels=levels)
         self._ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_CREATE, c)
         return int(c.start_addr)
 
     def tce_remove(self, start_addr: int) -> None:
         """VFIO_IOMMU_SPAPR_TCE_REMOVE as is: removes the window *containing* ``start_addr``
         (clearing its TCEs). Errors: EINVAL (no window there)."""
-        r = ffi.new("struct vfio_iommu_spapr_tce_remove *")
-        r.argsz = _SZ_REMOVE
-        r.start_addr = start_addr
+        r = new("struct vfio_iommu_spapr_tce_remove", argsz=_SZ_REMOVE, start_addr=start_addr)
         self._ioctl(ioctls.VFIO_IOMMU_SPAPR_TCE_REMOVE, r)
 
     # -- registered memory ----------------------------------------------------------------------
+    @_locked
     def register(self, buffer: Any, *, size: int | None = None, offset: int = 0) -> RegisteredMemory:
         """Pre-register ``buffer`` (pin + account it once): checks, then REGISTER_MEMORY.
 
@@ -536,6 +553,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         self.regions[vaddr] = region
         return region
 
+    @_locked
     def unregister(self, region: RegisteredMemory) -> None:
         """Unpin ``region`` (VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY with its exact vaddr and size).
 
@@ -590,6 +608,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         return region
 
     # -- windows ------------------------------------------------------------------------------------
+    @_locked
     def create_window(self, page_size: int, window_size: int, *, levels: int = 1) -> DmaWindow:
         """VFIO_IOMMU_SPAPR_TCE_CREATE after checking the page size against ddw.pgsizes, the
         window size (a power of two, at least one page) and ``levels`` against ddw.levels.
@@ -598,6 +617,8 @@ class SpaprTceV2Iommu(_SpaprBase):
         Note: without hugetlbfs backing, registered memory has 4 KiB pages, and a window with
         larger IOMMU pages cannot map it (EINVAL): use page_size=4096 for ordinary buffers.
         """
+        page_size, window_size = as_int(page_size, "page size"), as_int(window_size, "window size")
+        levels = as_int(levels, "levels")
         ddw = self.info().ddw
         if ddw is None:
             raise ArgumentError("this container reports no dynamic DMA windows (TCE_GET_INFO "
@@ -616,6 +637,7 @@ class SpaprTceV2Iommu(_SpaprBase):
         self._created.append(w)
         return w
 
+    @_locked
     def remove_window(self, window: DmaWindow) -> None:
         """VFIO_IOMMU_SPAPR_TCE_REMOVE of ``window`` (a created one or the default one).
 

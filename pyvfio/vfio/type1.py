@@ -38,10 +38,11 @@ from typing import Any
 from .. import ioctls
 from ..core.buffer import buffer_span, pin, unpin
 from ..core.iova import IovaRange
-from ..core.mapping import DmaFlags, DmaMapping, MappingTable, ShortUnmapError
+from ..core.mapping import DmaFlags, DmaMapping, MappingTable, ShortUnmapError, as_mapping
 from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, StateError,
                       UnsupportedError, error_from_errno, register_hint)
 from ..uapi import ffi
+from ..uapi.args import as_int
 from ..uapi.pack import TYPE1_DMA_MAP, TYPE1_DMA_UNMAP, TYPE1_DMA_UNMAP_SIZE_AT, U64
 from ..util.proc import memlock_limit, vmlck
 from ..util.hexrepr import hex_repr
@@ -249,6 +250,9 @@ class Type1Iommu(MappingTable, IommuBase):
     def check(self, iova: int, size: int, vaddr: int | None = None) -> None:
         """Raise ArgumentError subclasses for what the kernel would refuse: zero size,
         misalignment to the smallest IOMMU page, wrap-around, IOVA outside the usable ranges."""
+        iova, size = as_int(iova, "iova"), as_int(size, "size")
+        if vaddr is not None:
+            vaddr = as_int(vaddr, "vaddr")
         info = self._info or self.info()
         last = iova + size - 1
         if size <= 0 or iova < 0 or last > U64_MAX or (iova | size | (vaddr or 0)) & self._pgmask:
@@ -282,6 +286,8 @@ class Type1Iommu(MappingTable, IommuBase):
         fd = self._fd
         if fd < 0:
             raise StateError("this IOMMU is closed")
+        if iova.__class__ is not int:
+            iova = as_int(iova, "iova")
         # the checks of buffer_span/check(), inlined for the common case (a whole buffer,
         # READ|WRITE, a valid IOVA); anything else takes the general functions, which raise the
         # same errors in the same order
@@ -327,7 +333,7 @@ class Type1Iommu(MappingTable, IommuBase):
     def unmap(self, mapping: DmaMapping) -> None:
         """VFIO_IOMMU_UNMAP_DMA of exactly ``mapping``; ShortUnmapError if the kernel removed
         less (the handle is released either way: the kernel no longer maps all of it)."""
-        if not mapping._live:
+        if not as_mapping(mapping)._live:
             return
         if mapping.iommu is not self:
             raise ArgumentError(f"{mapping!r} belongs to another IOMMU")
