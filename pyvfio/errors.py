@@ -198,7 +198,25 @@ class OverlapError(ArgumentError):
 
 
 class StateError(RuntimeError):
-    """An object is used in a state that does not allow the operation (e.g. already closed)."""
+    """An object is used in a state that does not allow the operation (e.g. already closed).
+
+    Raised before the syscall the state would make fail; ``hint`` says what to do first.
+    """
+
+    def __init__(self, message: str = "", *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+    def __reduce__(self):  # keep the hint through pickling
+        return (_rebuild_state, (type(self), str(self.args[0]) if self.args else "", self.hint))
+
+
+def _rebuild_state(cls, message, hint):
+    return cls(message, hint=hint)
 
 
 # Generic hints; subsystems register op-specific ones next to their code.

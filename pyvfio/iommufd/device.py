@@ -38,6 +38,7 @@ from ..seam import Backend, get_backend
 from ..uapi import ffi
 from ..uapi.args import new, u32
 from ..util.bdf import normalize_bdf
+from ..util.sysfs import vfio_cdev_names
 from ..vfio.device import Device
 from .ioas import HwInfo, HwPagetable, Ioas
 
@@ -59,10 +60,7 @@ def cdev_path(bdf: str, *, backend: Backend | str | None = None) -> str:
     bdf = normalize_bdf(bdf)
     ddir = os.path.join(be.sysfs_root, "bus", "pci", "devices", bdf)
     vdir = os.path.join(ddir, "vfio-dev")
-    try:
-        names = sorted(n for n in os.listdir(vdir) if n.startswith("vfio"))
-    except OSError:
-        names = []
+    names = vfio_cdev_names(be.sysfs_root, bdf)
     if not names:
         if not os.path.isdir(ddir):
             hint = f"no PCI device {bdf}"

@@ -44,6 +44,7 @@ from ..errors import AlignmentError, ArgumentError, PyvfioError, RangeError, Sta
 from ..uapi import ffi
 from ..uapi.args import as_int, fill
 from ..util.proc import memlock_limit, vmlck, vmpin
+from ..util.hexrepr import hex_repr
 
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class HwInfo:
         return None if v is None else int(v.ecap_reg)
 
 
+@hex_repr('iova_alignment')
 @dataclass(frozen=True)
 class IoasInfo:
     """IOMMU_IOAS_IOVA_RANGES: the usable ranges (``end`` inclusive) and the alignment every
@@ -115,6 +117,13 @@ class IoasInfo:
     def min_pgsize(self) -> int:
         """The granule pyvfio allocates in: the IOAS alignment, at least one CPU page."""
         return max(self.iova_alignment, PAGE_SIZE)
+
+    @property
+    def iova_pgsizes(self) -> int:
+        """Page sizes to align IOVAs for (a bitmap like type1's ``iova_pgsizes``). iommufd does
+        not report the IOMMU's page sizes: this is the granule plus 2 MiB and 1 GiB, the large
+        pages of x86 and arm64 IOMMUs (aligning for a size the IOMMU lacks costs nothing)."""
+        return self.min_pgsize | (2 << 20) | (1 << 30)
 
     def usable(self, iova: int, size: int) -> bool:
         return any(r.contains(iova, size) for r in self.iova_ranges)
@@ -293,29 +302,38 @@ class Ioas(MappingTable, Closeable):
         self._info = None
 
     # -- raw -------------------------------------------------------------------------------
-    def map_raw(self, vaddr: int, length: int, iova: int | None = None, *,
+    def map_raw(self, vaddr: int, iova: int | None, size: int, *,
                 flags: int = I.IOMMU_IOAS_MAP_READABLE | I.IOMMU_IOAS_MAP_WRITEABLE) -> int:
-        """IOMMU_IOAS_MAP as is: at ``iova`` (FIXED_IOVA) or where the kernel chooses (None).
-        Returns the IOVA. Errors: EEXIST (overlap), EINVAL (reserved/unaligned/zero length),
-        ENOSPC (no free IOVA), ENOMEM (RLIMIT_MEMLOCK), EFAULT (memory not mapped)."""
+        """IOMMU_IOAS_MAP as is: ``size`` bytes at ``vaddr`` to ``iova`` (FIXED_IOVA), or where
+        the kernel chooses with ``iova=None``. The argument order is that of every IOMMU's raw
+        call (``Type1Iommu.map_dma(vaddr, iova, size)``, sPAPR's too); ``flags`` are
+        IOMMU_IOAS_MAP_READABLE/WRITEABLE. Returns the IOVA. Errors: EEXIST (overlap), EINVAL
+        (reserved/unaligned/zero size), ENOSPC (no free IOVA), ENOMEM (RLIMIT_MEMLOCK), EFAULT
+        (memory not mapped)."""
         c = _cmd("struct iommu_ioas_map")
-        fill(c, ioas_id=self.id, flags=as_int(flags, "flags") | (I.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0),
-             user_va=vaddr, length=length, iova=0 if iova is None else iova)
+        fill(c, ioas_id=self.id,
+             flags=as_int(flags, "flags") | (I.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0),
+             user_va=vaddr, length=size, iova=0 if iova is None else iova)
         try:
             self._ioctl(I.IOMMU_IOAS_MAP, c)
         except PyvfioError as e:
             if e.errno == errno.ENOMEM:
-                e.hint = _memlock_hint(length)
+                e.hint = _memlock_hint(size)
             raise
         return int(c.iova)
 
-    def unmap_raw(self, iova: int, length: int) -> int:
+    def unmap_raw(self, iova: int, size: int) -> int:
         """IOMMU_IOAS_UNMAP as is; returns the bytes the kernel unmapped. ``iova=0,
-        length=2**64-1`` unmaps everything. ENOENT: the range cuts a mapping, or nothing is
+        size=2**64-1`` unmaps everything. ENOENT: the range cuts a mapping, or nothing is
         mapped inside it."""
-        c = fill(_cmd("struct iommu_ioas_unmap"), ioas_id=self.id, iova=iova, length=length)
+        c = fill(_cmd("struct iommu_ioas_unmap"), ioas_id=self.id, iova=iova, length=size)
         self._ioctl(I.IOMMU_IOAS_UNMAP, c)
         return int(c.length)
+
+    #: The raw calls under the names type1 and sPAPR use: ``map_dma(vaddr, iova, size)``,
+    #: ``unmap_dma(iova, size)``.
+    map_dma = map_raw
+    unmap_dma = unmap_raw
 
     # -- checked ---------------------------------------------------------------------------
     def check(self, iova: int, size: int) -> None:
@@ -349,7 +367,7 @@ class Ioas(MappingTable, Closeable):
             self.check(iova, n)
         flags = ((I.IOMMU_IOAS_MAP_READABLE if read else 0)
                  | (I.IOMMU_IOAS_MAP_WRITEABLE if write else 0))
-        at = self.map_raw(vaddr, n, iova, flags=flags)
+        at = self.map_raw(vaddr, iova, n, flags=flags)
         dflags = (DmaFlags.READ if read else DmaFlags(0)) | (DmaFlags.WRITE if write else DmaFlags(0))
         return self._adopt(at, n, vaddr, dflags, buffer)
 

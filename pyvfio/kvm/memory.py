@@ -15,6 +15,7 @@ import mmap
 import os
 from typing import Any
 
+from ..core.buffer import buffer_span, pin, unpin
 from ..core.memory import PAGE_SIZE, HostMemory
 from ..errors import AlignmentError, ArgumentError, PyvfioError, RangeError, StateError, from_oserror
 from ..seam import Backend, get_backend
@@ -111,6 +112,28 @@ class GuestMemory(HostMemory):
             raise AlignmentError(f"address {addr:#x} is not page aligned ({PAGE_SIZE})")
         size = _check_size(size, PAGE_SIZE)
         return cls(addr, size, backend=get_backend(backend), kind=kind, owned=False, owner=owner)
+
+    @classmethod
+    def borrow(cls, buffer: Any, *, backend: Backend | str | None = None) -> "GuestMemory":
+        """Borrow a buffer object (``.addr``/``.size``: a DmaBuffer, a RegionMapping), kept alive
+        and pinned (its ``_pin`` hook: a DmaBuffer defers its close) while memslots map it."""
+        if isinstance(buffer, GuestMemory):
+            return buffer
+        addr, size = buffer_span(buffer, None, 0)
+        return cls.from_address(addr, size, owner=buffer, kind=f"borrowed {type(buffer).__name__}",
+                                backend=backend)
+
+    def _use(self) -> None:
+        """A memslot starts mapping this memory (the owning Vm calls it)."""
+        if self.users == 0 and self._owner is not None:
+            pin(self._owner, self)
+        self.users += 1
+
+    def _unuse(self) -> None:
+        """A memslot stopped mapping this memory."""
+        self.users -= 1
+        if self.users == 0 and self._owner is not None:
+            unpin(self._owner, self)
 
     # -- access ------------------------------------------------------------------------------
     def buffer(self) -> Any:

@@ -260,7 +260,7 @@ class MemSlot:
         if not self.deleted:
             self.deleted = True
             if self.memory is not None:
-                self.memory.users -= 1
+                self.memory._unuse()
 
     def __enter__(self) -> "MemSlot":
         return self

@@ -9,6 +9,7 @@ from ..core.fd import FdObject, raise_first
 from ..uapi.args import u32
 from ..errors import UnsupportedError
 from ..seam import Backend, get_backend
+from ..uapi.names import KVM_CAPS
 from .vm import Vm
 
 class Kvm(FdObject):
@@ -41,9 +42,12 @@ class Kvm(FdObject):
         """KVM_GET_API_VERSION: 12 on every kernel since 2.6.22."""
         return self._ioctl(I.KVM_GET_API_VERSION, 0)
 
-    def check_extension(self, cap: int) -> int:
-        """KVM_CHECK_EXTENSION on /dev/kvm: 0 when absent, else 1 or a cap-specific value."""
-        return self._ioctl(I.KVM_CHECK_EXTENSION, int(cap))
+    def check_extension(self, cap: int | str) -> int:
+        """KVM_CHECK_EXTENSION on /dev/kvm: 0 when absent, else 1 or a cap-specific value.
+
+        ``cap``: a number or a name in any case ("KVM_CAP_NR_MEMSLOTS", "nr_memslots").
+        """
+        return self._ioctl(I.KVM_CHECK_EXTENSION, KVM_CAPS.resolve(cap))
 
     @property
     def vcpu_mmap_size(self) -> int:

@@ -32,6 +32,7 @@ from .. import ioctls as I
 from ..core.fd import FdObject, raise_first
 from ..errors import AlignmentError, ArgumentError, OverlapError, RangeError, StateError, UnsupportedError
 from ..uapi import ffi
+from ..uapi.names import KVM_CAPS
 from ..uapi.args import as_int, check_int, fill, new, struct_error, u32, u64
 from ..util.intervals import SortedIndex
 from .device import KvmDevice, KvmVfioDevice
@@ -116,18 +117,24 @@ class Vm(FdObject):
         self._limits: tuple[int, int, int] | None = None
 
     # -- capabilities ------------------------------------------------------------------------
-    def check_extension(self, cap: int) -> int:
-        """KVM_CHECK_EXTENSION on the VM fd (cached): 0 when absent."""
-        v = self._caps.get(int(cap))
+    def check_extension(self, cap: int | str) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (cached): 0 when absent.
+
+        ``cap``: a number or a name in any case ("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2",
+        "manual_dirty_log_protect2"); ArgumentError for an unknown name, listing the valid ones.
+        """
+        cap = KVM_CAPS.resolve(cap)
+        v = self._caps.get(cap)
         if v is None:
-            v = self._caps[int(cap)] = self._ioctl(I.KVM_CHECK_EXTENSION, int(cap))
+            v = self._caps[cap] = self._ioctl(I.KVM_CHECK_EXTENSION, cap)
         return v
 
-    def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
-        """KVM_ENABLE_CAP on the VM fd. EINVAL: unknown cap, bad args or flags, wrong state."""
+    def enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> None:
+        """KVM_ENABLE_CAP on the VM fd (``cap`` a number or name, as for check_extension).
+        EINVAL: unknown cap, bad args or flags, wrong state."""
         if len(args) > 4:
             raise ArgumentError("KVM_ENABLE_CAP takes at most 4 arguments")
-        c = new("struct kvm_enable_cap", cap=u32(cap, "KVM_ENABLE_CAP cap"),
+        c = new("struct kvm_enable_cap", cap=u32(KVM_CAPS.resolve(cap), "KVM_ENABLE_CAP cap"),
                 flags=u32(flags, "KVM_ENABLE_CAP flags"))
         for i, a in enumerate(args):
             c.args[i] = u64(a, f"KVM_ENABLE_CAP args[{i}]")
@@ -287,25 +294,36 @@ class Vm(FdObject):
     def _unindex(self, s: "MemSlot") -> None:
         self._index_of[s.as_id].remove(s.gpa, s)
 
-    def add_memslot(self, memory: GuestMemory | int, gpa: int, size: int | None = None, *,
-                    offset: int = 0, slot: int | None = None, as_id: int = 0,
+    def add_memslot(self, memory: Any = None, gpa: int | None = None, size: int | None = None, *,
+                    hva: int | None = None, offset: int = 0, slot: int | None = None, as_id: int = 0,
                     log_dirty: bool = False, readonly: bool = False,
                     guest_memfd: Any = None, guest_memfd_offset: int = 0) -> "MemSlot":
         """Map ``size`` bytes of ``memory`` (from ``offset``) at guest physical ``gpa``.
 
         Issues KVM_SET_USER_MEMORY_REGION (or ...REGION2 with ``guest_memfd``). ``memory`` is a
-        :class:`GuestMemory` (kept alive while mapped) or a raw host address (the caller keeps
-        it mapped). ``slot`` defaults to the lowest free id of ``as_id``.
+        :class:`GuestMemory` or a buffer object with ``.addr``/``.size`` (a DmaBuffer, a BAR's
+        RegionMapping), kept alive (and a DmaBuffer pinned) while mapped. A raw host address is
+        given only as the keyword ``hva=`` (with ``size``; the caller keeps it mapped): a plain
+        int as ``memory`` is refused, since ``add_memslot(64 * MiB, 0, 4096)`` reads as a size.
+        ``slot`` defaults to the lowest free id of ``as_id``.
 
         Refused before the syscall: unaligned gpa/size/hva (AlignmentError), empty, oversized,
         beyond the guest or user address space, or outside ``memory`` (RangeError), a slot id or
-        address space out of range or in use, bad flags (ArgumentError), a guest-physical
-        overlap with another slot of the address space (OverlapError).
+        address space out of range or in use, bad flags, an int ``memory`` (ArgumentError), a
+        guest-physical overlap with another slot of the address space (OverlapError).
 
         Safety: the guest can read and write the memory as long as the slot exists.
         """
         if self._fd < 0:
             self.fileno()  # StateError
+        if gpa is None:
+            raise ArgumentError("add_memslot needs gpa= (the guest physical address)")
+        if isinstance(memory, int) and not isinstance(memory, bool):
+            raise ArgumentError(
+                f"add_memslot({memory:#x}, ...): a plain int is not host memory; pass a GuestMemory "
+                "or a buffer (DmaBuffer), or a raw host address as the keyword hva= (with size=)")
+        if memory is not None and hva is not None:
+            raise ArgumentError("give memory or hva=, not both")
         gpa = u64(gpa, "memslot gpa")
         offset = as_int(offset, "memslot offset")
         as_id = check_int(as_id, "address space", 0, 0xFFFF)
@@ -313,6 +331,8 @@ class Vm(FdObject):
             slot = check_int(slot, "slot id", 0, 0xFFFF)
         if size is not None:
             size = as_int(size, "memslot size")
+        if memory is not None and not isinstance(memory, GuestMemory):
+            memory = GuestMemory.borrow(memory, backend=self.backend)
         if isinstance(memory, GuestMemory):
             if memory.closed:
                 memory._check_open()
@@ -326,9 +346,11 @@ class Vm(FdObject):
             hva = memory.addr + offset
             keep: GuestMemory | None = memory
         else:
+            if hva is None:
+                raise ArgumentError("add_memslot needs host memory: a GuestMemory, a buffer, or hva=")
             if size is None:
-                raise ArgumentError("size is required when memory is a raw address")
-            hva = as_int(memory, "memory (a GuestMemory or a host address)") + offset
+                raise ArgumentError("size is required with hva= (a raw host address)")
+            hva = as_int(hva, "hva (a raw host address)") + offset
             keep = None
         flags = (_LOG if log_dirty else 0) | (_RO if readonly else 0)
         gmem_fd = 0
@@ -388,7 +410,7 @@ class Vm(FdObject):
             self._slots[key] = s
             self._index_of[as_id].insert(s.gpa, s)
             if keep is not None:
-                keep.users += 1
+                keep._use()
             return s
 
     def _alloc_id(self, as_id: int) -> int:
@@ -417,7 +439,7 @@ class Vm(FdObject):
         self._unindex(s)
         self._release_id(s.as_id, s.id)
         if s.memory is not None:
-            s.memory.users -= 1
+            s.memory._unuse()
 
     @property
     def memslots(self) -> list["MemSlot"]:

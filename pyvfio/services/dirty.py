@@ -50,6 +50,7 @@ from ..vfio.container import IommuBase
 from ..vfio.dirty import DmaLogging, LoggingSupport, Type1DirtyPages, dirty_pages
 from ..vfio.type1 import DmaMapping, ShortUnmapError, Type1Iommu
 from ..core.bitmap import DirtyBitmap, words_for
+from ..util.hexrepr import hex_repr
 from ..core.mapping import as_mapping
 from ..uapi.args import U64_MAX, as_int
 
@@ -58,6 +59,7 @@ __all__ = ["DirtyTracker", "DeviceDirtyLog", "Window", "TrackerStats", "WatchSam
 _U = np.uint64
 
 
+@hex_repr('iova')
 @dataclass(frozen=True)
 class Window:
     """One GET_BITMAP call of a report: ``iova`` and ``npages`` (pages of the tracker's size),
@@ -71,7 +73,9 @@ class Window:
 
 @dataclass
 class TrackerStats:
-    """Counters of a tracker: reports, kernel calls, windows that needed a scratch copy."""
+    """Counters of a tracker: reports, kernel calls (GET_BITMAP, UNMAP with bitmap), windows
+    that needed a scratch copy, and the pages the reports covered (dirty or clean; a report's
+    dirty count is its bitmap's ``count()``)."""
 
     reports: int = 0
     calls: int = 0
@@ -115,7 +119,9 @@ class DirtyTracker:
 
     ``max_bitmap_bytes`` lowers the per-call bitmap size below the MIGRATION capability's
     ``max_dirty_bitmap_size`` (tests and benchmarks use it to force several windows).
-    Raises UnsupportedError when the IOMMU is not type1 or reports no MIGRATION capability.
+    Raises UnsupportedError when the IOMMU is not type1 or reports no MIGRATION capability,
+    ArgumentError for something that is no VFIO IOMMU (an iommufd IOAS: use its HWPT's dirty
+    API). ``report`` before ``start`` raises StateError (the kernel's EINVAL).
     """
 
     def __init__(self, iommu: IommuBase, *, max_bitmap_bytes: int | None = None) -> None:
@@ -249,10 +255,12 @@ class DirtyTracker:
         Without a range: from the first to the end of the last pyvfio mapping. ``out`` (same
         page count and page size) is reused instead of allocating. Holes report clean.
 
-        Errors: ArgumentError subclasses for unaligned ranges or ranges cutting a mapping
-        (before any syscall); the kernel's EINVAL (tracking not started, a non-pyvfio mapping
-        cut), EACCES (type1 v1).
+        Errors: StateError (with a hint) when tracking is not started, and ArgumentError
+        subclasses for unaligned ranges or ranges cutting a mapping, before any syscall (the
+        kernel would answer EINVAL); the kernel's EINVAL (a non-pyvfio mapping cut), EACCES
+        (type1 v1).
         """
+        self._check_tracking("report")
         if iova is None or size is None:
             live = self._live()
             if not live:
@@ -282,7 +290,14 @@ class DirtyTracker:
                 self.stats.copied_windows += 1
             self.stats.calls += 1
         self.stats.reports += 1
+        self.stats.pages_reported += npages
         return bm
+
+    def _check_tracking(self, what: str) -> None:
+        if not self.tracking:
+            raise StateError(f"DirtyTracker.{what}() before start(): the kernel answers "
+                             "VFIO_IOMMU_DIRTY_PAGES(GET_BITMAP) with EINVAL while tracking is off",
+                             hint="call tracker.start() first, or use `with DirtyTracker(iommu) as t:`")
 
     def report_mappings(self, mappings: Iterable[DmaMapping] | None = None) -> list[tuple[DmaMapping, DirtyBitmap]]:
         """One DirtyBitmap per mapping (default: every pyvfio mapping), one GET_BITMAP each."""
@@ -299,6 +314,7 @@ class DirtyTracker:
         ShortUnmapError if it removed less than the mapping."""
         if as_mapping(mapping).closed or mapping.iommu is not self.iommu:
             raise StateError(f"{mapping!r} is not a live mapping of this IOMMU")
+        self._check_tracking("unmap_and_report")
         pg = self.page_size
         if mapping.size // pg > self.window_pages:
             raise RangeError(f"{mapping!r} needs a bitmap above max_dirty_bitmap_size; report it "
@@ -307,6 +323,7 @@ class DirtyTracker:
         done = self.ops.unmap_dma(mapping.iova, mapping.size, bm, pg)
         self.iommu._forget(mapping)
         self.stats.calls += 1
+        self.stats.pages_reported += bm.npages
         if done != mapping.size:
             raise ShortUnmapError(5, f"unmapped {done:#x} of {mapping.size:#x} bytes at {mapping.iova:#x}",
                                   op="VFIO_IOMMU_UNMAP_DMA(GET_DIRTY_BITMAP)", path=self.iommu.container.path)

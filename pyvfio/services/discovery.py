@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import pyudev
 
-from ..errors import NotFoundError
+from ..errors import ArgumentError, NotFoundError
+from ..seam import Backend, get_backend
 from ..util.bdf import InvalidBdfError, is_bdf, is_vfio_driver, normalize_bdf
 
 
@@ -118,6 +119,11 @@ class PciDevice:
     def ids(self) -> str:
         """``vendor:device`` in lspci -n's form (``1234:11e8``)."""
         return f"{self.vendor:04x}:{self.device:04x}"
+
+    @property
+    def group(self) -> int | None:
+        """The IOMMU group number (``iommu_group``), None without an IOMMU."""
+        return self.iommu_group
 
     @property
     def class_name(self) -> str:
@@ -433,8 +439,17 @@ class PyudevSource(_GroupsMixin):
         return f"<PyudevSource {self.sysfs_root}>"
 
 
-def open_source(sysfs_root: str = "/sys") -> DeviceSource:
-    """The source for ``sysfs_root``: pyudev for the running kernel's /sys, else a tree reader."""
+def open_source(sysfs_root: str | None = None, *, backend: Backend | str | None = None) -> DeviceSource:
+    """The source for ``sysfs_root``: pyudev for the running kernel's /sys, else a tree reader.
+
+    Without ``sysfs_root`` it is the sysfs of ``backend`` (default: ``$PYVFIO_BACKEND``, as for
+    ``open_device``), so discovery lists the very devices the kernel objects open: the mock's
+    under ``PYVFIO_BACKEND=mock``, the host's otherwise.
+    """
+    if sysfs_root is None:
+        sysfs_root = get_backend(backend).sysfs_root
+    elif backend is not None:
+        raise ArgumentError("open_source takes a sysfs_root or a backend, not both")
     if os.path.realpath(sysfs_root) == "/sys":
         try:
             return PyudevSource()
@@ -479,7 +494,44 @@ def survey(source: DeviceSource, devices: Iterable[PciDevice] | None = None) -> 
     return rows
 
 
+def _id_filter(ids: str | Iterable[str]) -> list[tuple[int, int | None]]:
+    out = []
+    for spec in ([ids] if isinstance(ids, str) else list(ids)):
+        vendor, _, device = spec.strip().lower().partition(":")
+        try:
+            out.append((int(vendor, 16), int(device, 16) if device not in ("", "*") else None))
+        except ValueError:
+            raise ArgumentError(f"PCI ids {spec!r}: want 'vvvv:dddd' in hex (lspci -n), e.g. "
+                                "'1234:11e8', or 'vvvv' / 'vvvv:*' for any device of a vendor") from None
+    return out
+
+
+def find_devices(ids: str | Iterable[str] | None = None, driver: str | None = None, *,
+                 backend: Backend | str | None = None) -> list[PciDevice]:
+    """The PCI devices of ``backend``'s sysfs (default ``$PYVFIO_BACKEND``: the world that
+    ``open_device`` opens), filtered by ``ids`` ("1234:11e8", "8086:*", or several) and by the
+    bound ``driver`` ("vfio-pci"; "" for unbound ones). Each record has ``.bdf``, ``.ids``,
+    ``.driver`` and ``.group`` (the IOMMU group), in BDF order.
+
+    Example (mock)::
+
+        >>> from pyvfio.seam.mock import MockBackend
+        >>> [(d.bdf, d.ids, d.driver, d.group) for d in find_devices("1234:11e8", backend=MockBackend())]
+        [('0000:00:03.0', '1234:11e8', 'vfio-pci', 3)]
+    """
+    wanted = _id_filter(ids) if ids is not None else None
+    out = []
+    for d in open_source(backend=backend).devices():
+        if wanted is not None and not any(d.vendor == v and (dev is None or d.device == dev) for v, dev in wanted):
+            continue
+        if driver is not None and (d.driver or "") != driver:
+            continue
+        out.append(d)
+    return out
+
+
 __all__ = [
+    "find_devices",
     "DeviceSource", "PyudevSource", "SysfsTreeSource", "open_source", "PciDevice", "IommuGroup",
     "Viability", "Usability", "DeviceRow", "survey", "usability", "normalize_bdf",
     "is_vfio_driver", "is_dma_safe_driver", "InvalidBdfError", "DeviceNotFoundError",

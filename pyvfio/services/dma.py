@@ -42,7 +42,7 @@ from ..errors import ArgumentError, RangeError, StateError
 from ..seam import Backend, get_backend
 from ..uapi import ffi, lib
 from ..uapi.args import as_int
-from .iova import IovaAllocator
+from .iova import IovaAllocator, page_alignment
 
 __all__ = ["DmaBuffer", "DmaMapper", "PAGE_SIZE", "HUGE_2M"]
 
@@ -229,16 +229,20 @@ class DmaMapper:
 
     ``allocator``: an IovaAllocator (default: one over ``iommu.info().iova_ranges`` with the
     IOMMU's smallest page size). ``limit``: the device's DMA reach (e.g. ``1 << 28`` for edu);
-    every IOVA handed out ends at or below it.
+    every IOVA handed out ends at or below it. IOVAs are aligned to the largest IOMMU page size
+    the buffer can use (``iova_pgsizes`` of the IOMMU info: a 2 MiB-aligned 2 MiB buffer gets a
+    2 MiB-aligned IOVA), unless ``map(align=)`` says otherwise.
     """
 
     def __init__(self, iommu: Any, *, allocator: IovaAllocator | None = None,
                  limit: int | None = None) -> None:
         self.iommu = iommu
+        info: Any = iommu.info() if allocator is None or hasattr(iommu, "info") else None
         if allocator is None:
-            info = iommu.info()
             allocator = IovaAllocator(info.iova_ranges, pgsize=info.min_pgsize)
         self.allocator = allocator
+        #: IOMMU page sizes (bitmap) IOVAs are aligned for.
+        self.pgsizes = int(getattr(info, "iova_pgsizes", 0) or allocator.pgsize)
         self.limit = limit
         self._cache: dict[tuple[int, int, bool, bool], Any] = {}
         self._lock = threading.Lock()
@@ -255,6 +259,8 @@ class DmaMapper:
             m = self._cache.get(key)
             if m is not None and not m.closed:
                 return m
+            if align is None:
+                align = page_alignment(self.pgsizes, addr, n)
             iova = self.allocator.alloc(n, align=align, limit=self.limit)
             try:
                 m = self.iommu.map(buffer, iova, size=n, offset=as_int(offset, "offset"), read=read,

@@ -23,7 +23,25 @@ from typing import Any, Iterable
 from ..errors import AlignmentError, OverlapError, RangeError
 from ..uapi.args import as_int
 
-__all__ = ["IovaAllocator", "IovaExhaustedError"]
+__all__ = ["IovaAllocator", "IovaExhaustedError", "page_alignment"]
+
+
+def page_alignment(pgsizes: int, vaddr: int, size: int) -> int:
+    """The largest IOMMU page size (a bit of the ``pgsizes`` bitmap) a mapping of ``size``
+    bytes at ``vaddr`` can use: at most ``size`` and dividing ``vaddr``. An IOVA aligned to it
+    lets the IOMMU map the buffer with its largest pages. The smallest page when none fits.
+
+    >>> hex(page_alignment(0x40201000, 0x7f0000200000, 2 << 20)), hex(page_alignment(0x40201000, 0x7f0000201000, 2 << 20))
+    ('0x200000', '0x1000')
+    """
+    best = pgsizes & -pgsizes if pgsizes else 4096
+    p = pgsizes
+    while p:
+        low = p & -p
+        if low <= size and vaddr % low == 0:
+            best = max(best, low)
+        p &= p - 1
+    return best
 
 
 class IovaExhaustedError(RangeError):

@@ -22,4 +22,21 @@ def pci_driver_of(sys_root: str, bdf: str) -> str | None:
         return None
 
 
-__all__ = ["pci_dev_path", "pci_driver_of"]
+def vfio_cdev_names(sys_root: str, bdf: str) -> list[str]:
+    """The VFIO cdev names of ``bdf`` (``vfioN`` under its ``vfio-dev/``; /dev/vfio/devices/vfioN),
+    sorted; empty when it is not bound to vfio-pci or the kernel has no VFIO_DEVICE_CDEV."""
+    try:
+        return sorted(n for n in os.listdir(pci_dev_path(sys_root, bdf, "vfio-dev")) if n.startswith("vfio"))
+    except OSError:
+        return []
+
+
+def iommu_group_devices(sys_root: str, number: int) -> list[str]:
+    """The BDFs of IOMMU group ``number`` (``kernel/iommu_groups/N/devices``), sorted."""
+    try:
+        return sorted(os.listdir(os.path.join(sys_root, "kernel", "iommu_groups", str(number), "devices")))
+    except OSError:
+        return []
+
+
+__all__ = ["pci_dev_path", "pci_driver_of", "vfio_cdev_names", "iommu_group_devices"]

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ..errors import PyvfioError
 from ..uapi import ffi
+from ..util.hexrepr import hex_repr
 
 #: at most this many capabilities in one chain
 MAX_CAPS = 64
@@ -31,6 +32,7 @@ class CapChainError(PyvfioError):
     argsz it asks for keeps growing."""
 
 
+@hex_repr('offset')
 @dataclass(frozen=True)
 class InfoCapability:
     """One entry of a VFIO info capability chain: ``id``, ``version``, where it sat, its payload."""

@@ -25,25 +25,15 @@ from .. import ioctls
 from ..errors import ArgumentError, StateError, UnsupportedError, register_hint
 from ..seam import Backend, get_backend
 from ..core.fd import FdObject
+from ..uapi.names import IOMMU_TYPES as IOMMU_TYPE_NAMES
+from ..uapi.names import VFIO_EXTENSIONS
+from .group import Group
 
-if TYPE_CHECKING:
-    from .group import Group
 
 CONTAINER_PATH = "/dev/vfio/vfio"
 
 #: Extension numbers by name (VFIO_CHECK_EXTENSION / VFIO_SET_IOMMU arguments).
-EXTENSIONS: dict[str, int] = {
-    "TYPE1": ioctls.VFIO_TYPE1_IOMMU,
-    "SPAPR_TCE": ioctls.VFIO_SPAPR_TCE_IOMMU,
-    "TYPE1v2": ioctls.VFIO_TYPE1v2_IOMMU,
-    "DMA_CC": ioctls.VFIO_DMA_CC_IOMMU,
-    "EEH": ioctls.VFIO_EEH,
-    "TYPE1_NESTING": ioctls.VFIO_TYPE1_NESTING_IOMMU,
-    "SPAPR_TCE_v2": ioctls.VFIO_SPAPR_TCE_v2_IOMMU,
-    "NOIOMMU": ioctls.VFIO_NOIOMMU_IOMMU,
-    "UNMAP_ALL": ioctls.VFIO_UNMAP_ALL,
-    "UPDATE_VADDR": ioctls.VFIO_UPDATE_VADDR,
-}
+EXTENSIONS: dict[str, int] = dict(VFIO_EXTENSIONS)
 
 
 class IommuBase:
@@ -127,11 +117,12 @@ class Container(FdObject):
         return self._ioctl(ioctls.VFIO_GET_API_VERSION, 0)
 
     def check_extension(self, ext: int | str) -> int:
-        """VFIO_CHECK_EXTENSION: >0 when ``ext`` (number or name, e.g. "TYPE1v2") is supported.
+        """VFIO_CHECK_EXTENSION: >0 when ``ext`` is supported (a number or a name in any case:
+        "TYPE1v2", "type1v2", "VFIO_TYPE1v2_IOMMU", "UNMAP_ALL"; ArgumentError for others).
 
         Before SET_IOMMU every IOMMU driver is asked; afterwards only the one in use.
         """
-        num = _ext_number(ext)
+        num = VFIO_EXTENSIONS.resolve(ext)
         return self._ioctl(ioctls.VFIO_CHECK_EXTENSION, num)
 
     def extensions(self) -> dict[str, int]:
@@ -139,19 +130,32 @@ class Container(FdObject):
         return {name: self.check_extension(num) for name, num in EXTENSIONS.items()}
 
     # -- groups ---------------------------------------------------------------------------------
-    def attach(self, group: "Group") -> "Group":
+    def attach(self, group: "Group | int | str") -> "Group":
         """VFIO_GROUP_SET_CONTAINER: attach ``group`` to this container; returns the group.
 
-        The container owns ``group`` from the call on: if the attach fails (EPERM: not viable,
-        EINVAL/EBUSY: already in a container), the group is closed before the error propagates,
-        so its fd is not leaked and a retry can open the group again (a group file opens only
-        once system-wide). ArgumentError (nothing closed) for something that is not a Group.
+        ``group``: an open :class:`Group`, or a group number or a device's BDF, which opens
+        the group on this container's backend (children inherit their parent's backend).
+        ArgumentError for a Group opened on another backend (another kernel, mock or real), or
+        for something that is neither a Group, a number nor a BDF, before any syscall (nothing
+        closed).
+
+        The container owns the group from the call on: if the attach fails (EPERM: not viable,
+        EINVAL/EBUSY: already in a container), the group (given or opened here) is closed before
+        the error propagates, so its fd is not leaked and a retry can open the group again (a
+        group file opens only once system-wide).
         """
-        set_container = getattr(group, "set_container", None)
-        if set_container is None or not hasattr(group, "close"):
-            raise ArgumentError(f"attach() takes a vfio Group, not {group!r}")
+        if not isinstance(group, Group):
+            if isinstance(group, bool) or not isinstance(group, (int, str)):
+                raise ArgumentError(f"attach takes a Group, a group number or a BDF, not {group!r}")
+            group = (Group.from_bdf(group, backend=self.backend) if isinstance(group, str)
+                     else Group(group, backend=self.backend))
+        elif getattr(group, "backend", self.backend) is not self.backend:
+            raise ArgumentError(
+                f"{group!r} was opened on {group.backend!r}, this container on {self.backend!r}: a "
+                "group must live in its container's kernel; open it with backend=container.backend, "
+                "or pass container.attach() the BDF or group number")
         try:
-            set_container(self)
+            group.set_container(self)
         except BaseException:
             group.close()
             raise
@@ -161,14 +165,17 @@ class Container(FdObject):
     def set_iommu(self, iommu_type: int | str = ioctls.VFIO_TYPE1v2_IOMMU) -> IommuBase:
         """VFIO_SET_IOMMU: pick the IOMMU model; returns its IOMMU object (e.g. Type1Iommu).
 
-        Needs at least one attached group. Errors: EINVAL (no group yet, or already set),
+        ``iommu_type``: a number or a name in any case ("TYPE1v2", "type1v2",
+        "VFIO_TYPE1v2_IOMMU", "SPAPR_TCE_v2"). ArgumentError for another name, listing the IOMMU
+        types. Needs at least one attached group. Errors: EINVAL (no group yet, or already set),
         ENODEV (no driver for that type), EPERM (type1 without interrupt remapping: see hint).
         """
-        num = _ext_number(iommu_type)
+        num = IOMMU_TYPE_NAMES.resolve(iommu_type)
         cls = IOMMU_TYPES.get(num)
         if cls is None:
-            raise ArgumentError(f"no pyvfio IOMMU class for type {iommu_type!r}; known: "
-                                f"{sorted(IOMMU_TYPES)}")
+            known = ", ".join(IOMMU_TYPE_NAMES.name_of(t) or str(t) for t in sorted(IOMMU_TYPES))
+            raise ArgumentError(f"pyvfio has no IOMMU class for type {iommu_type!r} "
+                                f"({IOMMU_TYPE_NAMES.name_of(num) or num}); it drives: {known}")
         if self.iommu is not None:
             raise StateError(f"{self.path}: the IOMMU is already set (type {self.iommu.type})")
         if not self.groups:
@@ -211,15 +218,6 @@ class Container(FdObject):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
         return f"<Container {state} groups={[g.number for g in self.groups]} iommu={self.iommu!r}>"
-
-
-def _ext_number(ext: int | str) -> int:
-    if isinstance(ext, str):
-        try:
-            return EXTENSIONS[ext]
-        except KeyError:
-            raise ArgumentError(f"unknown VFIO extension {ext!r}; known: {', '.join(EXTENSIONS)}") from None
-    return int(ext)
 
 
 register_hint(

@@ -45,11 +45,14 @@ from ..core.fd import Closeable, FdObject
 from ..eventfd import EventFd
 from ..uapi import ffi
 from ..uapi.args import check_int, new, u32, u64
+from ..uapi.names import DEVICE_FEATURES, IRQ_INDEXES, REGION_INDEXES
 from .caps import InfoCapability, get_info
 from .device_info import (DeviceFeature, DeviceFlags, DeviceInfo, HotResetDevice, HotResetInfo,
                           IrqFlags, IrqInfo, IrqSetFlags, PciIrq, PciRegion, RegionFlags, RegionInfo,
                           SparseArea)
-from .pci import PciConfig
+from .pci import PCI_BASE_ADDRESS_0, PCI_COMMAND, PciCommand, PciConfig
+
+CONFIG_INDEX = I.VFIO_PCI_CONFIG_REGION_INDEX
 
 PAGE_SIZE = _mmap.PAGESIZE
 #: vfio-pci places region ``index`` at file offset ``index << VFIO_PCI_OFFSET_SHIFT``.
@@ -219,6 +222,7 @@ class Device(FdObject):
         self._info: DeviceInfo | None = None
         self._regions: dict[int, RegionInfo] = {}
         self._config: PciConfig | None = None
+        self._decoding: set[int] = set()  # BAR indexes whose decode bit was seen on
 
     # -- ownership ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -273,12 +277,14 @@ class Device(FdObject):
         return DeviceInfo(DeviceFlags(info.flags), info.num_regions, info.num_irqs, caps)
 
     # -- regions -----------------------------------------------------------------------------
-    def region_info(self, index: int, *, refresh: bool = False) -> RegionInfo:
+    def region_info(self, index: int | str, *, refresh: bool = False) -> RegionInfo:
         """VFIO_DEVICE_GET_REGION_INFO for ``index``, capability chain parsed (cached).
 
+        ``index`` is a number or a vfio-pci region name in any case ("BAR0", "config",
+        "VFIO_PCI_CONFIG_REGION_INDEX"), here and in every method taking a region index.
         EINVAL: no such region (vfio-pci: VGA on a non-VGA device, index past num_regions).
         """
-        index = u32(index, "region index")
+        index = u32(REGION_INDEXES.resolve(index), "region index")
         if not refresh and index in self._regions:
             return self._regions[index]
         op = I.VFIO_DEVICE_GET_REGION_INFO.name
@@ -303,7 +309,7 @@ class Device(FdObject):
                     raise
         return out
 
-    def _region_access(self, index: int, offset: int, size: int, write: bool) -> RegionInfo:
+    def _region_access(self, index: int | str, offset: int, size: int, write: bool) -> RegionInfo:
         offset, size = u64(offset, "region offset"), u64(size, "access size")
         r = self.region_info(index)
         if offset + size > r.size:
@@ -313,14 +319,34 @@ class Device(FdObject):
             raise ArgumentError(f"region {r.name} is not writable (flags {r.flags!r})")
         if not write and not r.readable:
             raise ArgumentError(f"region {r.name} is not readable (flags {r.flags!r})")
+        if r.index <= I.VFIO_PCI_BAR5_REGION_INDEX and r.index not in self._decoding and self.info.is_pci:
+            self._check_decoding(r)
         return r
 
-    def read(self, index: int, offset: int, size: int) -> bytes:
+    def _check_decoding(self, r: RegionInfo) -> None:
+        """StateError before a BAR access while the command register has that BAR's decoding
+        off (vfio-pci would answer EIO). Remembered per BAR until the command register is
+        written through this object or the device is reset."""
+        bar = int.from_bytes(self.read(CONFIG_INDEX, PCI_BASE_ADDRESS_0 + 4 * r.index, 4), "little")
+        io = bool(bar & 1)
+        cmd = int.from_bytes(self.read(CONFIG_INDEX, PCI_COMMAND, 2), "little")
+        bit = PciCommand.IO if io else PciCommand.MEMORY
+        if not cmd & bit:
+            kind = "I/O" if io else "memory"
+            raise StateError(
+                f"{self.name}: {r.name} is not decoded: {kind} space is off in the command "
+                f"register ({PciCommand(cmd)!r}); vfio-pci would answer EIO",
+                hint=f"set PCI_COMMAND_{'IO' if io else 'MEMORY'} first: "
+                     f"device.config.update_command(set=PciCommand.{bit.name})")
+        self._decoding.add(r.index)
+
+    def read(self, index: int | str, offset: int, size: int) -> bytes:
         """pread ``size`` bytes at ``offset`` inside region ``index``.
 
         vfio-pci splits the access into naturally aligned 8/4/2/1-byte device accesses.
-        Errors: RangeError before the syscall if outside the region; EIO when memory decoding
-        is off in the command register (memory BARs); EFAULT/EINVAL from the kernel otherwise.
+        Errors: RangeError before the syscall if outside the region; StateError (with a hint)
+        before the first access to a BAR whose decoding is off in the command register (the
+        kernel's EIO); EFAULT/EINVAL from the kernel otherwise.
         """
         r = self._region_access(index, offset, size, write=False)
         data = self.backend.pread(self.fileno(), size, r.offset + offset)
@@ -329,16 +355,18 @@ class Device(FdObject):
                               hint=f"short read from region {r.name}: {len(data)} of {size} bytes")
         return data
 
-    def write(self, index: int, offset: int, data: bytes) -> None:
+    def write(self, index: int | str, offset: int, data: bytes) -> None:
         """pwrite ``data`` at ``offset`` inside region ``index`` (errors as :meth:`read`)."""
         data = bytes(data)
         r = self._region_access(index, offset, len(data), write=True)
+        if r.index == CONFIG_INDEX and offset < PCI_COMMAND + 2 and offset + len(data) > PCI_COMMAND:
+            self._decoding.clear()  # the command register changes: check decoding again
         n = self.backend.pwrite(self.fileno(), data, r.offset + offset)
         if n != len(data):
             raise PyvfioError(errno.EIO, op="pwrite", path=self.name,
                               hint=f"short write to region {r.name}: {n} of {len(data)} bytes")
 
-    def read_uint(self, index: int, offset: int, size: int, byteorder: str = "little") -> int:
+    def read_uint(self, index: int | str, offset: int, size: int, byteorder: str = "little") -> int:
         """One ``size``-byte (1/2/4/8) access through pread, decoded with ``byteorder``.
 
         PCI devices are little-endian; some emulated devices on big-endian targets are not
@@ -350,7 +378,7 @@ class Device(FdObject):
             raise AlignmentError(f"{size}-byte access at {offset:#x} is not naturally aligned")
         return int.from_bytes(self.read(index, offset, size), byteorder)  # type: ignore[arg-type]
 
-    def write_uint(self, index: int, offset: int, size: int, value: int, byteorder: str = "little") -> None:
+    def write_uint(self, index: int | str, offset: int, size: int, value: int, byteorder: str = "little") -> None:
         """One ``size``-byte (1/2/4/8) store through pwrite, encoded with ``byteorder``."""
         if size not in (1, 2, 4, 8):
             raise ArgumentError(f"access size {size} must be 1, 2, 4 or 8")
@@ -360,13 +388,13 @@ class Device(FdObject):
             raise ArgumentError(f"value {value:#x} does not fit in {size} bytes")
         self.write(index, offset, value.to_bytes(size, byteorder))  # type: ignore[arg-type]
 
-    def read_u32(self, index: int, offset: int, byteorder: str = "little") -> int:
+    def read_u32(self, index: int | str, offset: int, byteorder: str = "little") -> int:
         return self.read_uint(index, offset, 4, byteorder)
 
-    def write_u32(self, index: int, offset: int, value: int, byteorder: str = "little") -> None:
+    def write_u32(self, index: int | str, offset: int, value: int, byteorder: str = "little") -> None:
         self.write_uint(index, offset, 4, value, byteorder)
 
-    def mmap(self, index: int, offset: int = 0, size: int | None = None, *,
+    def mmap(self, index: int | str, offset: int = 0, size: int | None = None, *,
              prot: int | None = None) -> RegionMapping:
         """mmap ``size`` bytes (default: to the end of the area) of region ``index`` from ``offset``.
 
@@ -396,11 +424,11 @@ class Device(FdObject):
         if prot is None:
             prot = _mmap.PROT_READ | (_mmap.PROT_WRITE if r.writable else 0)
         addr = self.backend.mmap(length, prot, _mmap.MAP_SHARED, self.fileno(), r.offset + offset)
-        m = RegionMapping(self, index, offset, length, addr, prot)
+        m = RegionMapping(self, r.index, offset, length, addr, prot)
         self._mappings.add(m)
         return m
 
-    def mmap_areas(self, index: int) -> list[RegionMapping]:
+    def mmap_areas(self, index: int | str) -> list[RegionMapping]:
         """Map every mappable area of region ``index`` (the sparse areas, or the whole region).
 
         On failure, the areas already mapped are unmapped again.
@@ -426,10 +454,14 @@ class Device(FdObject):
         return self._config
 
     # -- interrupts --------------------------------------------------------------------------
-    def irq_info(self, index: int) -> IrqInfo:
-        """VFIO_DEVICE_GET_IRQ_INFO for ``index``. EINVAL: no such interrupt (ERR on non-PCIe)."""
-        ii = new("struct vfio_irq_info", argsz=ffi.sizeof("struct vfio_irq_info"),
-                 index=u32(index, "irq index"))
+    def irq_info(self, index: int | str) -> IrqInfo:
+        """VFIO_DEVICE_GET_IRQ_INFO for ``index``. EINVAL: no such interrupt (ERR on non-PCIe).
+
+        ``index`` is a number or a vfio-pci interrupt name in any case ("MSI", "msix", "INTx",
+        "VFIO_PCI_MSI_IRQ_INDEX"), here and in every method taking an interrupt index.
+        """
+        index = u32(IRQ_INDEXES.resolve(index), "irq index")
+        ii = new("struct vfio_irq_info", argsz=ffi.sizeof("struct vfio_irq_info"), index=index)
         self._ioctl(I.VFIO_DEVICE_GET_IRQ_INFO, ii)
         return IrqInfo(index, IrqFlags(ii.flags), int(ii.count))
 
@@ -444,7 +476,7 @@ class Device(FdObject):
                     raise
         return out
 
-    def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 0,
+    def set_irqs(self, index: int | str, flags: int, start: int = 0, count: int = 0,
                  data: "Sequence[int] | None" = None) -> None:
         """VFIO_DEVICE_SET_IRQS as the kernel sees it.
 
@@ -453,7 +485,7 @@ class Device(FdObject):
         Errors: ArgumentError for malformed flags/data; EINVAL (another type enabled, range
         outside the count, not an eventfd); ENOTTY for actions the index lacks (MSI mask).
         """
-        index, flags = u32(index, "irq index"), u32(flags, "SET_IRQS flags")
+        index, flags = u32(IRQ_INDEXES.resolve(index), "irq index"), u32(flags, "SET_IRQS flags")
         start, count = u32(start, "irq start"), u32(count, "irq count")
         dtype = flags & I.VFIO_IRQ_SET_DATA_TYPE_MASK
         action = flags & I.VFIO_IRQ_SET_ACTION_TYPE_MASK
@@ -484,7 +516,7 @@ class Device(FdObject):
             ffi.memmove(s.data, payload, len(payload))
         self._ioctl(I.VFIO_DEVICE_SET_IRQS, s)
 
-    def enable_irq(self, index: int, eventfds: "Iterable[EventFd | int | None] | None" = None, *,
+    def enable_irq(self, index: int | str, eventfds: "Iterable[EventFd | int | None] | None" = None, *,
                    count: int | None = None, start: int = 0) -> list[EventFd]:
         """Attach eventfds to vectors ``start..`` of ``index`` (enabling INTx/MSI/MSI-X).
 
@@ -494,6 +526,7 @@ class Device(FdObject):
         (created or passed). ``None`` entries leave a vector without an eventfd.
         Errors: see :meth:`set_irqs`; created eventfds are closed again if the kernel refuses.
         """
+        index = IRQ_INDEXES.resolve(index)
         created: list[EventFd] = []
         fds: list[int] = []
         if eventfds is None:
@@ -524,22 +557,23 @@ class Device(FdObject):
             self._irq_eventfds.setdefault(index, []).extend(created)
         return given
 
-    def disable_irq(self, index: int) -> None:
+    def disable_irq(self, index: int | str) -> None:
         """Disable interrupt type ``index`` (DATA_NONE|ACTION_TRIGGER, count 0) and close the
         eventfds :meth:`enable_irq` created for it."""
+        index = IRQ_INDEXES.resolve(index)
         self.set_irqs(index, I.VFIO_IRQ_SET_DATA_NONE | I.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0)
         for e in self._irq_eventfds.pop(index, []):
             e.close()
 
-    def mask_irq(self, index: int, start: int = 0, count: int = 1) -> None:
+    def mask_irq(self, index: int | str, start: int = 0, count: int = 1) -> None:
         """ACTION_MASK (vfio-pci: INTx only; MSI/MSI-X answer ENOTTY)."""
         self.set_irqs(index, I.VFIO_IRQ_SET_DATA_NONE | I.VFIO_IRQ_SET_ACTION_MASK, start, count)
 
-    def unmask_irq(self, index: int, start: int = 0, count: int = 1) -> None:
+    def unmask_irq(self, index: int | str, start: int = 0, count: int = 1) -> None:
         """ACTION_UNMASK: re-enable an (auto)masked INTx; a still-asserted line fires again."""
         self.set_irqs(index, I.VFIO_IRQ_SET_DATA_NONE | I.VFIO_IRQ_SET_ACTION_UNMASK, start, count)
 
-    def trigger_irq(self, index: int, start: int = 0, count: int = 1,
+    def trigger_irq(self, index: int | str, start: int = 0, count: int = 1,
                     values: "Sequence[bool] | None" = None) -> None:
         """ACTION_TRIGGER without eventfds: the kernel signals the registered eventfds (loopback).
 
@@ -551,9 +585,9 @@ class Device(FdObject):
             self.set_irqs(index, I.VFIO_IRQ_SET_DATA_BOOL | I.VFIO_IRQ_SET_ACTION_TRIGGER,
                           start, len(values), list(values))
 
-    def irq_eventfds(self, index: int) -> list[EventFd]:
+    def irq_eventfds(self, index: int | str) -> list[EventFd]:
         """The eventfds :meth:`enable_irq` created for ``index`` (empty if none)."""
-        return list(self._irq_eventfds.get(index, []))
+        return list(self._irq_eventfds.get(IRQ_INDEXES.resolve(index), []))
 
     # -- reset -------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -566,6 +600,7 @@ class Device(FdObject):
             raise UnsupportedError(errno.EOPNOTSUPP, op=I.VFIO_DEVICE_RESET.name, path=self.name,
                                    hint="the device reports no reset method (VFIO_DEVICE_FLAGS_RESET "
                                         "is clear: no FLR, PM reset or slot/bus reset)")
+        self._decoding.clear()  # a reset clears the command register
         self._ioctl(I.VFIO_DEVICE_RESET, 0)
 
     def hot_reset_info(self) -> HotResetInfo:
@@ -597,12 +632,14 @@ class Device(FdObject):
         raise PyvfioError(errno.EPROTO, op=I.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO.name, hint="count kept growing")
 
     # -- features ----------------------------------------------------------------------------
-    def probe_feature(self, feature: int, *, get: bool = False, set: bool = False) -> bool:
+    def probe_feature(self, feature: int | str, *, get: bool = False, set: bool = False) -> bool:
         """VFIO_DEVICE_FEATURE with PROBE: does the device support ``feature`` for GET and/or SET?
 
-        Returns False when the kernel answers ENOTTY (unknown to this device) or EINVAL
+        ``feature``: a number or a name in any case ("BUS_MASTER", "dma_logging_start",
+        "VFIO_DEVICE_FEATURE_MIGRATION"). Returns False when the kernel answers ENOTTY (unknown to this device) or EINVAL
         (known, but not for the requested operations); True on success.
         """
+        feature = DEVICE_FEATURES.resolve(feature)
         if not 0 <= feature <= I.VFIO_DEVICE_FEATURE_MASK:
             raise ArgumentError(f"feature {feature} must be in [0, {I.VFIO_DEVICE_FEATURE_MASK:#x}]")
         f = ffi.new("struct vfio_device_feature *")

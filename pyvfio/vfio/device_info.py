@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass
 
 from .. import ioctls as I
+from ..util.hexrepr import hex_repr
 from .caps import InfoCapability
 
 
@@ -133,6 +134,7 @@ class DeviceInfo:
         return None
 
 
+@hex_repr('offset', 'size')
 @dataclass(frozen=True)
 class SparseArea:
     """A mmap-able window of a region (``offset`` inside the region, ``size`` bytes)."""
@@ -145,6 +147,7 @@ class SparseArea:
         return self.offset + self.size
 
 
+@hex_repr('size', 'offset')
 @dataclass(frozen=True)
 class RegionInfo:
     """VFIO_DEVICE_GET_REGION_INFO's answer with its capability chain parsed.
@@ -221,6 +224,7 @@ class HotResetDevice:
         return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
 
 
+@hex_repr('flags')
 @dataclass(frozen=True)
 class HotResetInfo:
     """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO's answer."""

@@ -92,9 +92,21 @@ def dirty_pages(iommu: IommuBase) -> "Type1DirtyPages":
     Dispatch by IOMMU type: type1 (v2) gets :class:`Type1DirtyPages`. Any other IOMMU raises
     UnsupportedError without a syscall: on sPAPR the number 0x3b75 is
     VFIO_IOMMU_SPAPR_REGISTER_MEMORY, so sending DIRTY_PAGES there would register memory.
+    Something that is not a VFIO container's IOMMU (an iommufd IOAS, a Container) raises
+    ArgumentError saying what to pass instead.
     """
     if isinstance(iommu, Type1Iommu):
         return Type1DirtyPages(iommu)
+    if not isinstance(iommu, IommuBase):
+        what = type(iommu).__name__
+        iommufd = hasattr(iommu, "iommufd")  # an Ioas or HwPagetable
+        raise ArgumentError(
+            f"dirty tracking takes the type1 IOMMU of a VFIO container (what Container.set_iommu() "
+            f"or open_device(...).iommu gives), not {what}"
+            + ("; an iommufd IOAS tracks dirty pages through a HWPT: "
+               "IommuFd.hwpt_alloc(dev_id, ioas, dirty_tracking=True), then "
+               "HwPagetable.set_dirty_tracking(True) and HwPagetable.get_dirty_bitmap(iova, length)"
+               if iommufd else ""))
     raise UnsupportedError(
         errno.EOPNOTSUPP, f"the container's IOMMU (type {getattr(iommu, 'type', '?')}) has no "
         "VFIO_IOMMU_DIRTY_PAGES", op=I.VFIO_IOMMU_DIRTY_PAGES.name,
@@ -106,8 +118,9 @@ def dirty_pages(iommu: IommuBase) -> "Type1DirtyPages":
 class Type1DirtyPages:
     """VFIO_IOMMU_DIRTY_PAGES and UNMAP_DMA-with-bitmap of one type1 container.
 
-    Build it with :func:`dirty_pages`. ``tracking`` mirrors what this object asked for (the
-    kernel keeps one tracking state per container).
+    Build it with :func:`dirty_pages`. ``tracking`` mirrors what pyvfio asked of this container
+    (the kernel keeps one tracking state per container, so every object over the same IOMMU
+    sees the same state).
 
     Threads: every request packs its own argument, so ``get_bitmap`` and ``unmap_dma`` may run
     concurrently (the kernel serialises the container); ``start``/``stop`` flip the
@@ -118,7 +131,14 @@ class Type1DirtyPages:
         if iommu.closed:
             raise StateError("the IOMMU is closed")
         self.iommu = iommu
-        self.tracking = False
+
+    @property
+    def tracking(self) -> bool:
+        return self.iommu.dirty_tracking
+
+    @tracking.setter
+    def tracking(self, on: bool) -> None:
+        self.iommu.dirty_tracking = on
 
     def _flags_only(self, flags: int, request: I.Request) -> None:
         a = ffi.new("struct vfio_iommu_type1_dirty_bitmap *")

@@ -33,9 +33,11 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.fd import Closeable
-from ..errors import ArgumentError, PyvfioError, RangeError
+from ..errors import ArgumentError, PyvfioError, RangeError, StateError
+from ..util.hexrepr import hex_repr
 from .device import Device, PciIrq, RegionMapping
 
 EDU_VENDOR_ID = 0x1234
@@ -80,6 +82,7 @@ class EduTimeoutError(EduError, TimeoutError):
     """A DMA or factorial did not finish within the timeout."""
 
 
+@hex_repr('iova', 'offset', 'size')
 @dataclass(frozen=True)
 class DmaTransfer:
     """What :meth:`EduDevice.dma` programmed: direction, IOVA, device buffer offset, size."""
@@ -91,7 +94,8 @@ class DmaTransfer:
 
 
 class EduDevice(Closeable):
-    """Drive an edu behind ``device`` (a :class:`Device` of vendor 1234 device 11e8).
+    """Drive an edu behind ``device``: a :class:`Device` of vendor 1234 device 11e8, or what
+    ``open_device`` returns (any object whose ``device`` attribute is such a Device).
 
     Register accesses are single 32-bit (or 64-bit for the DMA addresses above 4 GiB)
     pread/pwrite calls on BAR0; with ``use_mmap=True`` they are loads/stores through a BAR0
@@ -101,7 +105,7 @@ class EduDevice(Closeable):
     register reads may run from any thread.
     """
 
-    def __init__(self, device: Device, *, byteorder: str | None = None, max_transfer: int = QEMU72_MAX_TRANSFER,
+    def __init__(self, device: Any, *, byteorder: str | None = None, max_transfer: int = QEMU72_MAX_TRANSFER,
                  dma_mask: int = DEFAULT_DMA_MASK, use_mmap: bool = False, check: bool = True) -> None:
         if byteorder not in (None, "little", "big"):
             raise ArgumentError(f"byteorder {byteorder!r} must be 'little', 'big' or None (detect)")
@@ -109,6 +113,12 @@ class EduDevice(Closeable):
             raise ArgumentError(f"max_transfer {max_transfer} must be in [1, {DMA_BUFFER_SIZE}]")
         if dma_mask <= 0 or dma_mask & (dma_mask + 1):
             raise ArgumentError(f"dma_mask {dma_mask:#x} must be of the form 2**n - 1")
+        if not isinstance(device, Device):
+            inner = getattr(device, "device", None)
+            if not isinstance(inner, Device):
+                raise ArgumentError(f"EduDevice needs a vfio Device or an opened device holding one "
+                                    f"(open_device(bdf)), not {type(device).__name__}")
+            device = inner
         self.device = device
         self.max_transfer = max_transfer
         self.dma_mask = dma_mask
@@ -245,11 +255,19 @@ class EduDevice(Closeable):
         raises interrupt 0x100 when done. With ``wait`` polls the command register until the
         busy bit clears (EduTimeoutError after ``timeout`` s).
 
+        Refuses (StateError, before touching edu) while bus mastering is off in the PCI command
+        register: the DMA would "complete" and move nothing. It does not turn bus mastering on
+        behind the caller's back: call :meth:`enable_bus_master` once.
+
         Safety: the IOVA must be mapped (readable for to_ram=False, writable otherwise) to
         memory that stays alive until the transfer is done; an unmapped IOVA makes the IOMMU
         drop the access and log a fault.
         """
         self.check_transfer(iova, size, offset)
+        if not self.device.config.bus_master:
+            raise StateError(f"{self.device.name}: bus mastering is off (PCI_COMMAND_MASTER clear): "
+                             "edu's DMA would finish without moving a byte",
+                             hint="call edu.enable_bus_master() (or device.config.enable_bus_master()) first")
         if self.dma_busy:
             raise EduError(16, "a DMA is already in progress", op="edu dma", path=self.device.name)
         dev_addr = DMA_BUFFER_ADDR + offset

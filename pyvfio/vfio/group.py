@@ -30,12 +30,15 @@ from ..core.fd import FdObject
 from ..seam import Backend, get_backend
 from ..uapi import ffi
 from ..util.bdf import normalize_bdf
+from ..util.sysfs import iommu_group_devices, vfio_cdev_names
 from .device import Device
 
 if TYPE_CHECKING:
     from .container import Container
 
 GROUP_DIR = "/dev/vfio"
+#: Where the VFIO device cdevs live (the iommufd path).
+CDEV_DIR = "/dev/vfio/devices"
 
 
 class GroupFlags(enum.IntFlag):
@@ -121,7 +124,7 @@ class Group(FdObject):
             fd = be.open(path)
         except PyvfioError as e:
             if e.errno == errno.EBUSY and e.hint is None:
-                e.hint = _busy_hint(path, be)
+                e.hint = _busy_hint(path, be, number)
             elif e.errno == errno.ENOENT and e.hint is None:
                 e.hint = (f"no VFIO group {number}: bind a device of IOMMU group {number} to "
                           "vfio-pci (driver_override + drivers_probe) and check that vfio-pci is loaded")
@@ -154,11 +157,7 @@ class Group(FdObject):
 
     def device_names(self) -> list[str]:
         """BDFs of every device in the IOMMU group (sysfs kernel/iommu_groups/N/devices)."""
-        d = os.path.join(self.backend.sysfs_root, "kernel", "iommu_groups", str(self.number), "devices")
-        try:
-            return sorted(os.listdir(d))
-        except OSError:
-            return []
+        return iommu_group_devices(self.backend.sysfs_root, self.number)
 
     # -- ioctls ---------------------------------------------------------------------------------
     def status(self) -> GroupStatus:
@@ -259,11 +258,25 @@ class Group(FdObject):
         return f"<Group {self.number} {'closed' if self.closed else f'fd={self._fd}'}>"
 
 
-def _busy_hint(path: str, backend: Backend) -> str:
+def _busy_hint(path: str, backend: Backend, number: int | None = None) -> str:
     holders = holders_of(path, backend)
     if holders:
         who = ", ".join(f"pid {pid} ({comm}) fd {fd}" for pid, fd, comm in holders[:5])
         return f"{path} is already open (a group opens once): held by {who}"
+    # the iommufd path: an open VFIO cdev of a device in the group makes the group EBUSY
+    for bdf in iommu_group_devices(backend.sysfs_root, number) if number is not None else ():
+        for name in vfio_cdev_names(backend.sysfs_root, bdf):
+            cdev = f"{CDEV_DIR}/{name}"
+            held = holders_of(cdev, backend)
+            mine = [fd for pid, fd, _ in held if pid == os.getpid()]
+            if mine:
+                return (f"this process holds {cdev} ({bdf}, fd {mine[0]}) open through iommufd: a "
+                        f"device's cdev and its legacy group {path} exclude each other; close the "
+                        "cdev (the iommufd opened device) before opening the group, or keep using iommufd")
+            if held:
+                who = ", ".join(f"pid {pid} ({comm}) fd {fd}" for pid, fd, comm in held[:5])
+                return (f"{cdev} ({bdf}) is open through iommufd by {who}: a device's cdev and its "
+                        f"legacy group {path} exclude each other")
     return (f"{path} is already open (a group opens once) by a process this one cannot inspect "
             f"(try: sudo fuser -v {path})")
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ArgumentError, RangeError
+from ..uapi.names import NameTable
+from ..util.hexrepr import hex_repr
 from .device_info import PciRegion
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,7 +76,13 @@ EXT_CAP_NAMES: dict[int, str] = {
     0x2E: "DOE",
 }
 
+#: Capability names (any case; ``PCI_CAP_ID_<name>`` and ``PCI_EXT_CAP_ID_<name>`` too).
+PCI_CAPS = NameTable("PCI capability", {n: i for i, n in CAP_NAMES.items()}, prefix="PCI_CAP_ID_")
+PCI_EXT_CAPS = NameTable("PCI extended capability", {n: i for i, n in EXT_CAP_NAMES.items()},
+                         prefix="PCI_EXT_CAP_ID_")
 
+
+@hex_repr('offset')
 @dataclass(frozen=True)
 class PciCapability:
     """A capability found in config space: ``id`` at ``offset``; ``version`` for extended ones."""
@@ -90,6 +98,7 @@ class PciCapability:
         return table.get(self.id, f"{'EXT_' if self.extended else ''}CAP_{self.id:#04x}")
 
 
+@hex_repr('offset')
 @dataclass(frozen=True)
 class MsiCapability:
     offset: int
@@ -99,6 +108,7 @@ class MsiCapability:
     maskable: bool
 
 
+@hex_repr('offset', 'table_offset', 'pba_offset')
 @dataclass(frozen=True)
 class MsixCapability:
     offset: int
@@ -111,6 +121,7 @@ class MsixCapability:
     pba_offset: int
 
 
+@hex_repr('address', 'size')
 @dataclass(frozen=True)
 class BarInfo:
     """One BAR as config space and the region info describe it."""
@@ -256,7 +267,15 @@ class PciConfig:
         cfg = self.dump()
         return walk_capabilities(cfg, extended=extended)
 
-    def find_capability(self, cap_id: int, *, extended: bool = False) -> PciCapability | None:
+    def find_capability(self, cap_id: int | str, *, extended: bool = False) -> PciCapability | None:
+        """The first capability ``cap_id`` (a PCI_CAP_ID_* number or name in any case: "MSI",
+        "msi-x", "PCI_CAP_ID_EXP"), or None when the device has none. ``extended`` looks in the
+        extended list (a name found only there, e.g. "SRIOV", selects it). ArgumentError for an
+        unknown name, listing the valid ones."""
+        if (isinstance(cap_id, str) and not extended and PCI_CAPS.lookup(cap_id) is None
+                and PCI_EXT_CAPS.lookup(cap_id) is not None):
+            extended = True
+        cap_id = (PCI_EXT_CAPS if extended else PCI_CAPS).resolve(cap_id)
         for c in self.capabilities(extended=extended):
             if c.id == cap_id and c.extended == extended:
                 return c
@@ -338,4 +357,5 @@ def walk_capabilities(cfg: bytes, *, extended: bool = True) -> list[PciCapabilit
 
 
 __all__ = ["PciConfig", "PciCommand", "PciCapability", "MsiCapability", "MsixCapability", "BarInfo",
-           "walk_capabilities", "CAP_NAMES", "EXT_CAP_NAMES"]
+           "walk_capabilities", "CAP_NAMES", "EXT_CAP_NAMES", "PCI_CAPS",
+           "PCI_EXT_CAPS"]

@@ -64,6 +64,7 @@ from ..errors import (AlignmentError, ArgumentError, BusyError, OverlapError, Py
 from ..uapi import ffi
 from ..uapi.args import as_int, new
 from ..uapi.pack import TYPE1_DMA_MAP, TYPE1_DMA_UNMAP
+from ..util.hexrepr import hex_repr
 from .container import Container, IommuBase, register_iommu
 
 PAGE_SIZE = 4096  # the registration granularity (the kernel's PAGE_SIZE on ppc64le 4K kernels)
@@ -92,6 +93,7 @@ _MAP_HINTS: dict[int, str] = {
 }
 
 
+@hex_repr('pgsizes')
 @dataclass(frozen=True)
 class DdwInfo:
     """The dynamic DMA window part of TCE_GET_INFO (v2 only)."""
@@ -106,6 +108,7 @@ class DdwInfo:
         return tuple(1 << b for b in range(64) if self.pgsizes >> b & 1)
 
 
+@hex_repr('flags', 'dma32_window_start', 'dma32_window_size')
 @dataclass(frozen=True)
 class SpaprTceInfo:
     """VFIO_IOMMU_SPAPR_TCE_GET_INFO: the default 32-bit window and, on v2, the DDW limits."""
@@ -131,6 +134,7 @@ class SpaprTceInfo:
         return 4096
 
 
+@hex_repr('start', 'size')
 @dataclass(frozen=True)
 class DmaWindow:
     """A DMA window: IOVAs ``[start, start+size)`` translated in pages of ``page_size``."""

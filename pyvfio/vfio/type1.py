@@ -45,6 +45,7 @@ from ..uapi import ffi
 from ..uapi.args import as_int
 from ..uapi.pack import TYPE1_DMA_MAP, TYPE1_DMA_UNMAP, TYPE1_DMA_UNMAP_SIZE_AT, U64
 from ..util.proc import memlock_limit, vmlck
+from ..util.hexrepr import hex_repr
 from .caps import CapChainError, get_info
 from .container import Container, IommuBase, register_iommu
 
@@ -66,6 +67,7 @@ _FLAGS = {(True, True): DmaFlags.READ | DmaFlags.WRITE, (True, False): DmaFlags.
 _RW = _FLAGS[True, True]
 
 
+@hex_repr('flags', 'pgsize_bitmap', 'max_dirty_bitmap_size')
 @dataclass(frozen=True)
 class MigrationCap:
     """VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: dirty-page tracking parameters."""
@@ -75,6 +77,7 @@ class MigrationCap:
     max_dirty_bitmap_size: int
 
 
+@hex_repr('offset')
 @dataclass(frozen=True)
 class CapHeader:
     id: int
@@ -82,6 +85,7 @@ class CapHeader:
     offset: int
 
 
+@hex_repr('flags', 'iova_pgsizes')
 @dataclass(frozen=True)
 class Type1Info:
     """VFIO_IOMMU_GET_INFO, with the whole capability chain parsed."""
@@ -118,6 +122,8 @@ class Type1Iommu(MappingTable, IommuBase):
     """
 
     TYPES = (ioctls.VFIO_TYPE1_IOMMU, ioctls.VFIO_TYPE1v2_IOMMU, ioctls.VFIO_TYPE1_NESTING_IOMMU)
+    #: VFIO_IOMMU_DIRTY_PAGES tracking as pyvfio last set it (kept by :mod:`pyvfio.vfio.dirty`).
+    dirty_tracking = False
 
     def __init__(self, container: Container, iommu_type: int) -> None:
         super().__init__(container, iommu_type)

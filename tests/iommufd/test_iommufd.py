@@ -176,7 +176,7 @@ def test_unmapped_user_memory_efault_when_pinned(be, no_fd_leak):
         ioas = fd.ioas_alloc()
         addr = be.mmap(PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         be.munmap(addr, PAGE)
-        ioas.map_raw(addr, PAGE, 0x100000)
+        ioas.map_raw(addr, 0x100000, PAGE)
         dev = fd.bind("0000:00:03.0")
         with pytest.raises(PyvfioError) as ei:
             dev.attach(ioas)
@@ -186,7 +186,7 @@ def test_unmapped_user_memory_efault_when_pinned(be, no_fd_leak):
         assert ioas.unmap_raw(0x100000, PAGE) == PAGE
         dev.attach(ioas)
         with pytest.raises(PyvfioError) as ei:
-            ioas.map_raw(addr, PAGE, 0x100000)
+            ioas.map_raw(addr, 0x100000, PAGE)
         assert ei.value.errno == errno.EFAULT
 
 

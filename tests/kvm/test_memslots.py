@@ -63,13 +63,13 @@ def test_add_memslot_validates_before_the_syscall(vm, mem):
         assert isinstance(info.value, ValueError)
         assert str(info.value)  # says why
     with pytest.raises(AlignmentError):
-        vm.add_memslot(mem.addr + 8, 0x400000, PAGE)                       # raw unaligned hva
+        vm.add_memslot(gpa=0x400000, size=PAGE, hva=mem.addr + 8)          # raw unaligned hva
     with pytest.raises(ArgumentError):
-        vm.add_memslot(mem.addr, 0x400000)                                 # raw needs a size
+        vm.add_memslot(gpa=0x400000, hva=mem.addr)                         # raw needs a size
     with pytest.raises(RangeError):  # oversized: more than KVM_MEM_MAX_NR_PAGES
-        vm.add_memslot(0x1000_0000, 0, (1 << 31) * PAGE)
+        vm.add_memslot(gpa=0, size=(1 << 31) * PAGE, hva=0x1000_0000)
     with pytest.raises(RangeError):
-        vm.add_memslot(0x7FFF_FFF0_0000, 0x400000, 2 * MiB)                # beyond user space
+        vm.add_memslot(gpa=0x400000, size=2 * MiB, hva=0x7FFF_FFF0_0000)   # beyond user space
     assert mock_ioctls(vm) == before
     # nothing was booked by the refused calls: next id is 1, the range is free
     s1 = vm.add_memslot(mem, 0x200000, MiB, offset=MiB)

@@ -72,7 +72,7 @@ def test_validation_matches_the_kernel(backend_name, reqs):
                 offset = 0
             as_id, sid = (slot >> 16, slot & 0xFFFF) if slot is not None else (0, None)
             try:
-                vm.add_memslot(mem.addr, gpa, size, offset=offset, slot=sid, as_id=as_id,
+                vm.add_memslot(gpa=gpa, size=size, hva=mem.addr, offset=offset, slot=sid, as_id=as_id,
                                log_dirty=bool(flags & 1), readonly=bool(flags & 2))
                 ok = True
             except ArgumentError as e:

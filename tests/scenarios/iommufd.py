@@ -141,11 +141,11 @@ def scenario_map_fixed_and_kernel_chosen(env: Env) -> None:
         fixed = ioas.map(b, 0x400000)
         assert fixed.iova == 0x400000 and ioas.find(0x401000) is fixed
         with pytest.raises(InvalidArgumentError):
-            ioas.map_raw(b.addr, 0, 0x800000)
+            ioas.map_raw(b.addr, 0x800000, 0)
         with pytest.raises(InvalidArgumentError):
-            ioas.map_raw(b.addr, PAGE, 0x800000, flags=0)
+            ioas.map_raw(b.addr, 0x800000, PAGE, flags=0)
         with pytest.raises(InvalidArgumentError):
-            ioas.map_raw(b.addr + 0x800, PAGE, 0x800800)  # unaligned for the 4 KiB IOMMU
+            ioas.map_raw(b.addr + 0x800, 0x800800, PAGE)  # unaligned for the 4 KiB IOMMU
         with pytest.raises(NotFoundError) as cut:
             ioas.unmap_raw(0x400000, PAGE)  # cuts the 16 KiB mapping
         assert "whole mappings" in (cut.value.hint or "")
@@ -162,8 +162,8 @@ def scenario_map_fixed_and_kernel_chosen(env: Env) -> None:
         assert auto.closed and again.closed and not ioas.mappings
         assert ioas.unmap_raw(0, U64_MAX) == 0  # unmap all of nothing succeeds
         # a range that covers one mapping and cuts the next: ENOENT, but the first is gone
-        ioas.map_raw(a.addr, PAGE, 0x800000)
-        ioas.map_raw(b.addr, PAGE * 2, 0x801000)
+        ioas.map_raw(a.addr, 0x800000, PAGE)
+        ioas.map_raw(b.addr, 0x801000, PAGE * 2)
         with pytest.raises(NotFoundError):
             ioas.unmap_raw(0x800000, PAGE * 2)
         with pytest.raises(NotFoundError):
@@ -199,7 +199,7 @@ def scenario_reserved_msi_refused(env: Env) -> None:
         assert "MSI" in str(ei.value)
         assert counting.ops == before  # refused before any syscall
         with pytest.raises(InvalidArgumentError):
-            ioas.map_raw(buf.addr, PAGE, MSI_WINDOW)
+            ioas.map_raw(buf.addr, MSI_WINDOW, PAGE)
 
 
 def scenario_dma_round_trip(env: Env) -> None:

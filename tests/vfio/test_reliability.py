@@ -24,7 +24,9 @@ def test_attach_closes_the_group_when_set_container_fails(be):
 
 
 def test_attach_refuses_a_non_group(be):
+    # a group number (3) or a BDF string opens the group (branch api); what is neither is refused
     with Container(backend=be) as c:
-        for bad in (None, 3, "3"):
+        for bad in (None, 3.0, True, b"3", object(), "3"):
             with pytest.raises(ArgumentError):
                 c.attach(bad)  # type: ignore[arg-type]
+        assert c.groups == []
