@@ -4,7 +4,7 @@ Marking::
 
     @pytest.mark.guest                              # variants intel, amd, virtio (the default)
     @pytest.mark.guest(variants=["none"])           # only the no-vIOMMU guest
-    @pytest.mark.guest(bind=["edu", "e1000e"])      # bind more than edu to vfio-pci
+    @pytest.mark.guest(bind=["e1000e"])             # bind more than edu and igb to vfio-pci
     @pytest.mark.guest(kernels=["stable", "newest", "built"])   # kernel generations (below)
     @pytest.mark.guest(iommufd=True)                # = kernels=["built"]: our kernel, with iommufd
     @pytest.mark.power_guest                        # the POWER (pseries) guest, vm/power/
@@ -60,6 +60,7 @@ DEFAULT_VARIANTS = ("intel", "amd", "virtio")
 DEFAULT_KERNELS = ("stable", "newest")
 ALL_VARIANTS = ("intel", "amd", "virtio", "none")
 SESSION_DEVICES = ("edu", "e1000e", "nvme", "igb")
+DEFAULT_BIND = ("edu", "igb")
 _DROP_MARKERS = {"skip", "skipif", "xfail", "usefixtures", "parametrize", "filterwarnings"}
 
 
@@ -100,8 +101,10 @@ def guest_id(variant: str, kernel: str) -> str:
 
 
 def _marker_bind(marker: pytest.Mark) -> tuple[str, ...]:
-    bind = marker.kwargs.get("bind", ("edu",))
-    return tuple(sorted(set(("edu", *bind))))
+    """What the agent binds to vfio-pci for the test: ``bind=`` plus DEFAULT_BIND (one boot
+    serves the edu tests and the igb/SR-IOV tests alike)."""
+    bind = marker.kwargs.get("bind", ())
+    return tuple(sorted(set((*DEFAULT_BIND, *bind))))
 
 
 # --- hooks common to host and guest ---------------------------------------------------------
