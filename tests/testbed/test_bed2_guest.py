@@ -143,17 +143,17 @@ def test_iommufd_test_mock_domain_holds_what_ioas_map_put_there():
 
     with IommuFd(backend="real") as ifd, DmaBuffer(2 * 4096, backend="real") as buf:
         ioas = ifd.ioas_alloc()
-        out = _test_cmd(ifd.fd, IOMMU_TEST_OP_MOCK_DOMAIN, ioas.id)
+        out = _test_cmd(ifd.fileno(), IOMMU_TEST_OP_MOCK_DOMAIN, ioas.id)
         stdev_id, hwpt_id, idev_id = struct.unpack_from("=III", out, 16)
         assert stdev_id and hwpt_id and idev_id, (stdev_id, hwpt_id, idev_id)
         iova = MOCK_APERTURE_START
         m = ioas.map(buf, iova)
         # MD_CHECK_MAP walks the mock domain's page table: every page of [iova, iova+len) must
         # translate to uptr's pages, else EINVAL
-        _test_cmd(ifd.fd, IOMMU_TEST_OP_MD_CHECK_MAP, hwpt_id,
+        _test_cmd(ifd.fileno(), IOMMU_TEST_OP_MD_CHECK_MAP, hwpt_id,
                   struct.pack("=QQQ", iova, buf.size, buf.addr))
         with pytest.raises(OSError) as ei:  # the wrong backing is refused: the check is real
-            _test_cmd(ifd.fd, IOMMU_TEST_OP_MD_CHECK_MAP, hwpt_id,
+            _test_cmd(ifd.fileno(), IOMMU_TEST_OP_MD_CHECK_MAP, hwpt_id,
                       struct.pack("=QQQ", iova, 4096, buf.addr + 4096))
         assert ei.value.errno == errno.EINVAL
         m.unmap()
