@@ -221,20 +221,54 @@ def scenario_type1_v1_unmap_rules(env: Env) -> None:
 
 
 def scenario_update_vaddr(env: Env) -> None:
-    """VFIO_UPDATE_VADDR: supported → remap in place; unsupported (6.x) → UnsupportedError."""
-    from pyvfio.errors import UnsupportedError
+    """VFIO_UPDATE_VADDR honours its contract (linux/vfio.h: the new vaddr addresses the same
+    memory object). Supported (a legacy type1 container once the IOMMU is set): a memfd buffer
+    mapped at a second address takes over; an anonymous buffer is refused before any syscall
+    (the following invalidation would fail with EINVAL had the refusal invalidated the vaddr);
+    edu's DMA lands in the pages pinned at map time, seen through both addresses; the first
+    buffer stays pinned until the unmap. Unsupported (iommufd's compat container, the mock with
+    the knob off): UnsupportedError, the mapping untouched."""
+    from pyvfio.errors import ArgumentError, UnsupportedError
 
-    be = env.backend()
-    with type1(be, env.bdf) as (c, _g, iommu), DmaBuffer(PAGE) as a, DmaBuffer(PAGE) as b:
-        m = iommu.map(a, 0x600000)
-        if c.check_extension("UPDATE_VADDR") > 0:
-            iommu.update_vaddr(m, b)
-            assert m.buffer is b and m.vaddr == b.addr and a.mappings == () and b.mappings == (m,)
-        else:
-            with pytest.raises(UnsupportedError):
+    be, opened, edu = _edu(env)
+    iova = 0x600000
+    with opened, DmaBuffer.from_memfd(PAGE, backend=be) as a, a.alias() as b, \
+            DmaBuffer(PAGE, backend=be) as other:
+        iommu = opened.iommu
+        assert isinstance(iommu, Type1Iommu)
+        m = iommu.map(a, iova)
+        if iommu.container.check_extension("UPDATE_VADDR") <= 0:
+            with pytest.raises(UnsupportedError) as ei:
                 iommu.update_vaddr(m, b)
-            assert m.buffer is a
+            assert "unmap and map again" in (ei.value.hint or "")
+            assert m.buffer is a and m.vaddr == a.addr and m.held == ()
+            m.unmap()
+            return
+        with pytest.raises(ArgumentError) as ei:
+            iommu.update_vaddr(m, other)  # anonymous memory: another object
+        assert "same memory object" in str(ei.value)
+        assert m.buffer is a and other.mappings == ()
+        iommu.update_vaddr(m, b)
+        assert m.buffer is b and m.vaddr == b.addr and m.held == (a,)
+        assert a.mappings == (m,) and b.mappings == (m,)
+        pattern = bytes((i * 29 + 3) & 0xFF for i in range(EDU_DMA))
+        other.write(0, pattern)
+        ms = iommu.map(other, iova + 0x100000, write=False)
+        edu.to_device(ms.iova, EDU_DMA)
+        edu.from_device(iova, EDU_DMA)  # through the updated mapping
+        assert a.read(0, EDU_DMA) == pattern and b.read(0, EDU_DMA) == pattern
+        b.write(0, b"via b")  # and the device reads what the new address wrote
+        edu.to_device(iova, 5)
+        with DmaBuffer(PAGE, backend=be) as dst:
+            md = iommu.map(dst, iova + 0x200000)
+            edu.from_device(md.iova, 5)
+            assert dst.read(0, 5) == b"via b"
+            md.unmap()
+        ms.unmap()
+        a.close()  # deferred: the kernel still maps a's pages
+        assert not a.released
         m.unmap()
+        assert a.released and b.mappings == () and m.held == ()
 
 
 def scenario_dma_entry_limit_enospc(env: Env, n: int = 4) -> None:
