@@ -3,7 +3,10 @@
 * :class:`DmaBuffer` — anonymous memory for DMA: 2 MiB aligned with ``MADV_HUGEPAGE`` by default
   (transparent huge pages: fewer IOMMU entries and pins), or hugetlbfs pages
   (``hugepages="hugetlbfs"``, MAP_HUGETLB), prefaulted. Readable/writable from Python through
-  ``view`` (a memoryview), ``read``/``write``, or ``numpy()``.
+  ``view`` (a memoryview), ``read``/``write``, or ``numpy()``. ``DmaBuffer.from_memfd`` gives
+  shared memory of a memfd instead, which ``alias()`` maps again at a second address (what
+  ``update_vaddr``'s same-memory contract needs). ``backing()`` says what really backs a buffer
+  (hugetlbfs, THP or small pages: /proc/self/smaps), since THP is a request, not a promise.
 * :class:`DmaMapper` — maps buffers through an IOMMU (type1) at IOVAs chosen by an
   :class:`~pyvfio.services.iova.IovaAllocator` built from the IOMMU's reported ranges, and keeps a
   mapping cache: mapping the same buffer (same span and access) again returns the live mapping.
