@@ -430,8 +430,14 @@ class DmaMapper:
         if allocator is None:
             allocator = IovaAllocator(info.iova_ranges, pgsize=info.min_pgsize)
         self.allocator = allocator
-        #: IOMMU page sizes (bitmap) IOVAs are aligned for.
-        self.pgsizes = int(getattr(info, "iova_pgsizes", 0) or allocator.pgsize)
+        #: IOMMU page sizes (bitmap) IOVAs are aligned for. A bitmap of the smallest page alone
+        #: says nothing about huge pages (iommufd's VFIO compat container reports its IOVA
+        #: alignment there, not the domain's page sizes): 2 MiB and 1 GiB are then assumed too,
+        #: as for an iommufd IOAS; aligning for a size the IOMMU lacks costs only IOVA space.
+        pgsizes = int(getattr(info, "iova_pgsizes", 0) or allocator.pgsize)
+        if pgsizes & (pgsizes - 1) == 0:
+            pgsizes |= HUGE_2M | (1 << 30)
+        self.pgsizes = pgsizes
         self.limit = limit
         self._cache: dict[tuple[int, int, bool, bool], Any] = {}
         self._lock = threading.Lock()

@@ -86,3 +86,19 @@ def test_smaps_reader(tmp_path):
     assert Backing.of([a], a.start, HUGE_2M).kind == "hugetlbfs"
     assert read_vm_areas(0, PAGE, pid=1, proc=str(tmp_path)) == []
     assert read_vm_areas(0, PAGE, pid=2, proc=str(tmp_path)) == []  # unreadable: nothing
+
+
+def test_mapper_aligns_for_huge_pages_when_the_iommu_reports_only_its_granule(be, monkeypatch):
+    """iommufd's compat container reports only its IOVA alignment in iova_pgsizes: the mapper
+    still puts a 2 MiB-aligned 2 MiB buffer at a 2 MiB-aligned IOVA."""
+    from pyvfio.mockkernel.vfio.type1 import Type1Iommu as MockType1
+    from pyvfio.services.dma import DmaMapper
+    from scenarios import type1 as sc
+
+    monkeypatch.setattr(MockType1, "pgsize_bitmap", PAGE)
+    with sc.type1(be, "0000:00:03.0") as (_c, _g, iommu), DmaBuffer(PAGE, backend=be) as small, \
+            DmaBuffer(HUGE_2M, backend=be) as huge:
+        mapper = DmaMapper(iommu)
+        assert iommu.info().iova_pgsizes == PAGE
+        assert mapper.map(small).iova == 0x100000
+        assert mapper.map(huge).iova % HUGE_2M == 0
