@@ -6,7 +6,8 @@ The first hour, in the order you need it (everything here is in ``pyvfio.__all__
   open(bdf, via="auto")           the device by iommufd or the container: .map(buf) picks the
                                   IOVA; .device (regions, IRQs, config); .iommu
   open_device(bdf)                the container path only: container + group + type1v2 + device
-  DmaBuffer(size)                 page-aligned memory for DMA (.read/.write/.numpy())
+  DmaBuffer(size)                 page-aligned memory for DMA (.read/.write/.numpy(); .backing():
+                                  hugetlbfs/THP/small; DmaBuffer.from_memfd(size).alias())
   DmaMapper(iommu, limit=)        maps buffers at IOVAs it picks inside the IOMMU's ranges
   EduDevice(opened)               QEMU's edu: DMA (to_device/from_device), IRQs, factorial
   PciRegion.BAR0, PciIrq.MSI      region and interrupt indexes; names work too ("BAR0", "msi")

@@ -37,10 +37,13 @@ class DmaMapping(Closeable):
 
     Threads: ``unmap()`` once, from one thread; the attributes are read-only after creation
     (``update_vaddr`` rewrites ``buffer``/``vaddr`` and must not race with readers).
+
+    After ``update_vaddr`` the earlier buffers stay pinned (:attr:`held`) until the mapping is
+    gone: the kernel keeps the pages it pinned at map time, whatever address now names them.
     """
 
     __slots__ = ("iommu", "iova", "size", "vaddr", "flags", "buffer", "state", "_live",
-                 "_on_unmap", "__weakref__")
+                 "_on_unmap", "_held", "__weakref__")
 
     def __init__(self, iommu: "MappingTable", iova: int, size: int, vaddr: int, flags: DmaFlags,
                  buffer: Any) -> None:
@@ -54,6 +57,9 @@ class DmaMapping(Closeable):
         self._live = True
         # () until the first callback: most mappings never get one (no list per map)
         self._on_unmap: list[Any] | tuple[()] = ()
+        # buffers the mapping used before a vaddr update: the kernel still holds their pages
+        # pinned, so they stay pinned here too until the mapping goes
+        self._held: tuple[Any, ...] = ()
 
     def on_unmap(self, fn: Any) -> None:
         """Call ``fn(mapping)`` once the mapping is gone (the IOVA allocator frees its block)."""
@@ -66,6 +72,11 @@ class DmaMapping(Closeable):
     @property
     def closed(self) -> bool:
         return not self._live
+
+    @property
+    def held(self) -> tuple[Any, ...]:
+        """Buffers this mapping used before ``update_vaddr``, kept pinned until it is unmapped."""
+        return self._held
 
     def unmap(self) -> None:
         if self._live:
@@ -108,6 +119,11 @@ class MappingTable:
         if mappings.get(iova) is mapping:
             del mappings[iova]
         unpin(mapping.buffer, mapping)
+        held = mapping._held
+        if held:
+            mapping._held = ()
+            for buffer in held:
+                unpin(buffer, mapping)
         callbacks = mapping._on_unmap
         if callbacks:
             mapping._on_unmap = ()

@@ -29,11 +29,12 @@ import mmap
 import os
 import warnings
 import weakref
+from typing import Any
 
 from ..seam import Backend
 from .fd import Closeable
 
-__all__ = ["HostMemory", "PAGE_SIZE"]
+__all__ = ["HostMemory", "PAGE_SIZE", "memory_object_mismatch"]
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -123,3 +124,60 @@ class HostMemory(Closeable):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.size:#x} bytes @ {self.addr:#x}>"
+
+
+def _pieces(areas: list[Any], addr: int, size: int) -> list[tuple[int, int, Any]] | None:
+    """``(rel_start, rel_end, area)`` covering ``[addr, addr+size)`` relative to ``addr``, or None
+    when part of the range is not mapped."""
+    out, cur, end = [], addr, addr + size
+    for a in areas:
+        if a.end <= cur:
+            continue
+        if a.start > cur:
+            return None
+        hi = min(a.end, end)
+        out.append((cur - addr, hi - addr, a))
+        cur = hi
+        if cur >= end:
+            return out
+    return None
+
+
+def _what(a: Any) -> str:
+    return f"{a.path or 'anonymous memory'} (dev {a.dev}, inode {a.inode}, {a.perms})"
+
+
+def memory_object_mismatch(backend: Backend, old: int, new: int, size: int) -> str | None:
+    """Why ``[new, new+size)`` does not address the same memory object as ``[old, old+size)``,
+    or None when it does: every byte is mapped MAP_SHARED from the same file (memfd, hugetlbfs,
+    shmem; same device, inode and file offset) in both ranges (``/proc/self/maps`` through
+    ``backend.host``). Private and anonymous memory has no second address: it never matches.
+
+    This is the contract of VFIO_DMA_MAP_FLAG_VADDR (linux/vfio.h): the kernel keeps the pages
+    it pinned and trusts the new address to reach them, so a different object would leave the
+    device and the process looking at different memory."""
+    host = backend.host
+    olds = _pieces(host.vm_areas(old, size), old, size)
+    news = _pieces(host.vm_areas(new, size), new, size)
+    if olds is None:
+        return f"the mapped memory {old:#x}+{size:#x} is no longer (fully) mapped in this process"
+    if news is None:
+        return f"the new range {new:#x}+{size:#x} is not (fully) mapped in this process"
+    cuts = sorted({p for lo, hi, _ in olds + news for p in (lo, hi)})
+    for lo, hi in zip(cuts, cuts[1:]):
+        a = next(x for s, e, x in olds if s <= lo < e)
+        b = next(x for s, e, x in news if s <= lo < e)
+        if not (a.shared and a.file_backed):
+            return (f"the mapped memory at {old + lo:#x} is {_what(a)}: private or anonymous "
+                    "memory cannot be reached through another address; use shared memory of a "
+                    "memfd (DmaBuffer.from_memfd, then .alias() for the second address)")
+        if not (b.shared and b.file_backed):
+            return (f"the new range at {new + lo:#x} is {_what(b)}, not a shared mapping of the "
+                    f"mapped memory {_what(a)}")
+        if (a.dev, a.inode) != (b.dev, b.inode):
+            return (f"the new range at {new + lo:#x} maps {_what(b)}; the mapped memory at "
+                    f"{old + lo:#x} is {_what(a)}")
+        if a.file_offset(old + lo) != b.file_offset(new + lo):
+            return (f"the new range at {new + lo:#x} maps offset {b.file_offset(new + lo):#x} of "
+                    f"{_what(b)}; the mapped memory is at offset {a.file_offset(old + lo):#x}")
+    return None

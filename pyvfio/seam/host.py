@@ -116,6 +116,16 @@ class Host:
         """VmLck of ``pid`` in bytes (0 when unknown)."""
         return _proc.vm_bytes("VmLck", pid, self.proc)
 
+    # -- user memory -----------------------------------------------------------------------------
+    def vm_areas(self, addr: int, size: int, *, smaps: bool = False) -> list[_proc.VmArea]:
+        """The VMAs of this process overlapping ``[addr, addr+size)`` (``/proc/self/maps``, or
+        ``smaps`` with the per-area page-size and huge-page fields).
+
+        Always the live ``/proc/self``, also on a fake host: user memory is this process's memory
+        under every backend (the mock kernel pins and DMAs into the process's own pages), so it is
+        what the kernel, real or modelled, sees."""
+        return _proc.read_vm_areas(addr, size, smaps=smaps)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} sys={self.sys} proc={self.proc} dev={self.dev}>"
 

@@ -3,7 +3,10 @@
 * :class:`DmaBuffer` — anonymous memory for DMA: 2 MiB aligned with ``MADV_HUGEPAGE`` by default
   (transparent huge pages: fewer IOMMU entries and pins), or hugetlbfs pages
   (``hugepages="hugetlbfs"``, MAP_HUGETLB), prefaulted. Readable/writable from Python through
-  ``view`` (a memoryview), ``read``/``write``, or ``numpy()``.
+  ``view`` (a memoryview), ``read``/``write``, or ``numpy()``. ``DmaBuffer.from_memfd`` gives
+  shared memory of a memfd instead, which ``alias()`` maps again at a second address (what
+  ``update_vaddr``'s same-memory contract needs). ``backing()`` says what really backs a buffer
+  (hugetlbfs, THP or small pages: /proc/self/smaps), since THP is a request, not a promise.
 * :class:`DmaMapper` — maps buffers through an IOMMU (type1) at IOVAs chosen by an
   :class:`~pyvfio.services.iova.IovaAllocator` built from the IOMMU's reported ranges, and keeps a
   mapping cache: mapping the same buffer (same span and access) again returns the live mapping.
@@ -31,24 +34,28 @@ from __future__ import annotations
 import errno
 import mmap as _mmap
 import operator
+import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..core.buffer import buffer_span
 from ..core.memory import HostMemory
-from ..errors import ArgumentError, RangeError, StateError
+from ..errors import ArgumentError, RangeError, StateError, from_oserror
 from ..seam import Backend, get_backend
 from ..uapi import ffi, lib
 from ..uapi.args import as_int
 from .iova import IovaAllocator, page_alignment
 
-__all__ = ["DmaBuffer", "DmaMapper", "PAGE_SIZE", "HUGE_2M"]
+__all__ = ["DmaBuffer", "DmaMapper", "Backing", "PAGE_SIZE", "HUGE_2M"]
 
 PAGE_SIZE = _mmap.PAGESIZE
 HUGE_2M = 2 << 20
 MAP_HUGETLB = 0x40000
+#: memfd_create(2) flag for hugetlbfs memory (the page size goes at MAP_HUGE_SHIFT, as for mmap).
+MFD_HUGETLB = 0x0004
 MAP_HUGE_SHIFT = 26
 MAP_POPULATE = getattr(_mmap, "MAP_POPULATE", 0x8000)
 MADV_HUGEPAGE = getattr(_mmap, "MADV_HUGEPAGE", 14)
@@ -56,6 +63,68 @@ MADV_HUGEPAGE = getattr(_mmap, "MADV_HUGEPAGE", 14)
 
 def _round_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a
+
+
+def _check_hugepage_size(hugepage_size: int) -> int:
+    if hugepage_size <= 0 or hugepage_size & (hugepage_size - 1):
+        raise ArgumentError(f"hugepage_size must be a power of two, not {hugepage_size:#x}")
+    return hugepage_size
+
+
+def _hugetlb_hint(hugepage_size: int) -> str:
+    kb = hugepage_size >> 10
+    return (f"no free {kb} KiB huge pages: reserve some, e.g. "
+            f"echo 64 > /sys/kernel/mm/hugepages/hugepages-{kb}kB/nr_hugepages")
+
+
+@dataclass(frozen=True)
+class Backing:
+    """What backs a range of memory (``DmaBuffer.backing()``), read from ``/proc/self/smaps``.
+
+    ``page_size``: the kernel page size of the range (KernelPageSize: 4096, or the hugetlbfs
+    page size); ``huge_bytes``: bytes on huge pages (hugetlbfs pages, or THP: AnonHugePages,
+    ShmemPmdMapped, FilePmdMapped); ``kind``: ``"hugetlbfs"``, ``"thp"`` (some or all of it on
+    THP) or ``"small"``; ``exact``: the VMAs lie inside the range (False when the kernel merged
+    the buffer's VMA with a neighbour's: the THP count may then include the neighbour's, and
+    ``huge_bytes`` is capped at ``size``).
+    """
+
+    size: int
+    page_size: int
+    huge_bytes: int
+    kind: str
+    exact: bool = True
+
+    @property
+    def huge(self) -> bool:
+        """Every byte is on huge pages (what a 2 MiB IOMMU leaf needs)."""
+        return self.huge_bytes >= self.size > 0
+
+    @property
+    def largest_page(self) -> int:
+        """The largest page backing the range: the hugetlbfs page size, 2 MiB for THP, else
+        ``page_size``."""
+        if self.kind == "thp":
+            return max(self.page_size, HUGE_2M)
+        return self.page_size
+
+    @classmethod
+    def of(cls, areas: list[Any], addr: int, size: int) -> "Backing":
+        """Summarise the smaps areas (:class:`pyvfio.util.proc.VmArea`) overlapping
+        ``[addr, addr+size)``."""
+        if not areas:
+            return cls(size, PAGE_SIZE, 0, "small", exact=False)
+        exact = areas[0].start >= addr and areas[-1].end <= addr + size
+        page = max(a.fields.get("KernelPageSize", PAGE_SIZE) for a in areas)
+        hugetlb = sum(a.fields.get("Private_Hugetlb", 0) + a.fields.get("Shared_Hugetlb", 0)
+                      for a in areas)
+        thp = sum(a.fields.get("AnonHugePages", 0) + a.fields.get("ShmemPmdMapped", 0)
+                  + a.fields.get("FilePmdMapped", 0) for a in areas)
+        if page > PAGE_SIZE or hugetlb:
+            return cls(size, page, min(hugetlb, size), "hugetlbfs", exact)
+        if thp:
+            return cls(size, page, min(thp, size), "thp", exact)
+        return cls(size, page, 0, "small", exact)
 
 
 class DmaBuffer(HostMemory):
@@ -81,26 +150,19 @@ class DmaBuffer(HostMemory):
             raise RangeError(f"size must be positive, not {size}")
         if hugepages not in ("thp", "hugetlbfs", None):
             raise ArgumentError(f"hugepages must be 'thp', 'hugetlbfs' or None, not {hugepages!r}")
-        self.backend = get_backend(backend)
-        self.hugepages = hugepages
-        self._lock = threading.Lock()
-        self._mappings: list[Any] = []
-        self._close_pending = False
+        self._prepare(get_backend(backend), hugepages)
         prot = _mmap.PROT_READ | _mmap.PROT_WRITE
         flags = _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS | MAP_POPULATE
         if hugepages == "hugetlbfs":
-            if hugepage_size <= 0 or hugepage_size & (hugepage_size - 1):
-                raise ArgumentError(f"hugepage_size must be a power of two, not {hugepage_size:#x}")
+            _check_hugepage_size(hugepage_size)
             self.size = _round_up(size, hugepage_size)
             shift = hugepage_size.bit_length() - 1
             try:
                 self.addr = self.backend.mmap(self.size, prot, flags | MAP_HUGETLB | (shift << MAP_HUGE_SHIFT))
             except OSError as e:
                 if e.errno == errno.ENOMEM:
-                    e.hint = (f"no free {hugepage_size >> 10} KiB huge pages: reserve some, e.g. "  # type: ignore[attr-defined]
-                              f"echo 64 > /sys/kernel/mm/hugepages/hugepages-{hugepage_size >> 10}kB/nr_hugepages")
+                    e.hint = _hugetlb_hint(hugepage_size)  # type: ignore[attr-defined]
                 raise
-            self._span = (self.addr, self.size)
         else:
             self.size = _round_up(size, PAGE_SIZE)
             alignment = align or (HUGE_2M if hugepages == "thp" else PAGE_SIZE)
@@ -131,10 +193,136 @@ class DmaBuffer(HostMemory):
                     lib.madvise(ffi.cast("void *", self.addr), self.size, MADV_HUGEPAGE)
                 # prefault (MAP_POPULATE was not possible on the reservation)
                 lib.memset(ffi.cast("void *", self.addr), 0, self.size)
-            self._span = (self.addr, self.size)
-        # the owner from here on: unmapped once (close, last unpin, or the finalizer at exit)
-        super().__init__(self.addr, self.size, backend=self.backend)
-        self._cbuf = ffi.buffer(ffi.cast("char *", self.addr), self.size)
+        self._own(self.addr, self.size)
+
+    def _prepare(self, backend: Backend, hugepages: str | None) -> None:
+        self.backend = backend
+        self.hugepages = hugepages
+        self._lock = threading.Lock()
+        self._mappings: list[Any] = []
+        self._close_pending = False
+        #: The backing file's offset of the first byte (a memfd-backed buffer; 0 otherwise).
+        self.file_offset = 0
+
+    def _own(self, addr: int, size: int, fd: int = -1) -> None:
+        self.addr, self.size = addr, size
+        self._span = (addr, size)
+        # the owner from here on: unmapped once (close, last unpin, or the finalizer at exit),
+        # and its memfd closed then
+        HostMemory.__init__(self, addr, size, backend=self.backend, fd=fd)
+        self._cbuf = ffi.buffer(ffi.cast("char *", addr), size)
+
+    # -- shared memory: a memfd, mappable at a second address ---------------------------------
+    @classmethod
+    def from_memfd(cls, size: int, *, hugepages: str | None = None, hugepage_size: int = HUGE_2M,
+                   name: str = "pyvfio-dma", backend: Backend | str | None = None) -> "DmaBuffer":
+        """Shared memory of a fresh memfd (memfd_create + ftruncate + mmap MAP_SHARED, prefaulted).
+
+        Unlike anonymous memory it can be mapped again at another address (:meth:`alias`), or
+        by another process through :attr:`fd`: what VFIO_DMA_MAP_FLAG_VADDR (``update_vaddr``,
+        live update) needs, since the new address must reach the same memory object.
+        ``hugepages="hugetlbfs"`` backs it with hugetlbfs pages of ``hugepage_size``
+        (MFD_HUGETLB; the size is rounded up to it; ENOMEM when too few are reserved); None:
+        shmem pages. The buffer owns the memfd and closes it with the memory.
+
+        Example (mock)::
+
+            >>> with DmaBuffer.from_memfd(4096) as a, a.alias() as b:
+            ...     a.write(0, b"same")
+            ...     (b.read(0, 4), a.addr != b.addr, a.shared)
+            (b'same', True, True)
+        """
+        if size <= 0:
+            raise RangeError(f"size must be positive, not {size}")
+        if hugepages not in ("hugetlbfs", None):
+            raise ArgumentError(f"memfd hugepages must be 'hugetlbfs' or None, not {hugepages!r}")
+        page = _check_hugepage_size(hugepage_size) if hugepages else PAGE_SIZE
+        size = _round_up(as_int(size, "size"), page)
+        flags = os.MFD_CLOEXEC
+        if hugepages:
+            flags |= MFD_HUGETLB | ((page.bit_length() - 1) << MAP_HUGE_SHIFT)
+        try:
+            fd = os.memfd_create(name, flags)
+        except OSError as e:
+            raise from_oserror(e, op="memfd_create") from None
+        try:
+            try:
+                os.ftruncate(fd, size)
+            except OSError as e:
+                raise from_oserror(e, op="ftruncate") from None
+            buf = cls._map_fd(fd, size, 0, hugepages, get_backend(backend))
+        except BaseException:
+            os.close(fd)
+            raise
+        return buf
+
+    @classmethod
+    def from_fd(cls, fd: int, size: int, *, offset: int = 0, hugepages: str | None = None,
+                backend: Backend | str | None = None) -> "DmaBuffer":
+        """Map ``size`` bytes at ``offset`` of the shared-memory file ``fd`` (a memfd, a hugetlbfs
+        or tmpfs file) MAP_SHARED|MAP_POPULATE. The buffer owns a duplicate of ``fd`` (the
+        caller keeps its own). ``hugepages="hugetlbfs"`` records that hugetlbfs backs it."""
+        fd, size, offset = as_int(fd, "fd"), as_int(size, "size"), as_int(offset, "offset")
+        if size <= 0 or offset < 0 or offset % PAGE_SIZE:
+            raise RangeError(f"size must be positive and offset page aligned, not {size:#x} at {offset:#x}")
+        own = os.dup(fd)
+        try:
+            return cls._map_fd(own, size, offset, hugepages, get_backend(backend))
+        except BaseException:
+            os.close(own)
+            raise
+
+    @classmethod
+    def _map_fd(cls, fd: int, size: int, offset: int, hugepages: str | None,
+                backend: Backend) -> "DmaBuffer":
+        self = cls.__new__(cls)
+        self._prepare(backend, hugepages)
+        try:
+            addr = backend.mmap(size, _mmap.PROT_READ | _mmap.PROT_WRITE,
+                                _mmap.MAP_SHARED | MAP_POPULATE, fd, offset)
+        except OSError as e:
+            if hugepages and e.errno == errno.ENOMEM:
+                e.hint = _hugetlb_hint(HUGE_2M)  # type: ignore[attr-defined]
+            raise
+        self.file_offset = offset
+        self._own(addr, size, fd)
+        return self
+
+    def alias(self) -> "DmaBuffer":
+        """The same memory mapped a second time, at another address: a new DmaBuffer over a
+        duplicate of this buffer's memfd, same file offset and size. Writes through either are
+        seen through both. ArgumentError for anonymous buffers (no file to map again)."""
+        self._check()
+        if self.fd < 0:
+            raise ArgumentError(f"{self!r} is anonymous memory: only a memfd-backed buffer "
+                                "(DmaBuffer.from_memfd) can be mapped at a second address")
+        return type(self).from_fd(self.fd, self.size, offset=self.file_offset,
+                                  hugepages=self.hugepages, backend=self.backend)
+
+    @property
+    def shared(self) -> bool:
+        """Backed by a shared-memory file (:attr:`fd`, a memfd) rather than anonymous memory."""
+        return self.fd >= 0
+
+    # -- what backs the memory ----------------------------------------------------------------
+    def backing(self) -> "Backing":
+        """What really backs the buffer now: hugetlbfs pages, transparent huge pages, or small
+        pages (``/proc/self/smaps`` for the buffer's range, through ``backend.host``; the mock
+        kernel DMAs into this process's own pages, so the mock answers the same way).
+
+        THP is a request (MADV_HUGEPAGE), not a promise: the kernel gives small pages when it
+        has no free 2 MiB block or THP is off (/sys/kernel/mm/transparent_hugepage/enabled).
+        Check this before counting on 2 MiB IOMMU pages.
+
+        Example (mock)::
+
+            >>> with DmaBuffer(4096, hugepages=None) as b:
+            ...     (b.backing().kind, b.backing().page_size, b.backing().huge)
+            ('small', 4096, False)
+        """
+        self._check()
+        return Backing.of(self.backend.host.vm_areas(self.addr, self.size, smaps=True),
+                          self.addr, self.size)
 
     # -- access ----------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -221,7 +409,8 @@ class DmaBuffer(HostMemory):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"addr={self.addr:#x}"
-        return f"<DmaBuffer {state} size={self.size:#x} {self.hugepages or 'small pages'}>"
+        kind = self.hugepages or "small pages"
+        return f"<DmaBuffer {state} size={self.size:#x} {kind}{' memfd' if self.fd >= 0 else ''}>"
 
 
 class DmaMapper:
@@ -241,8 +430,14 @@ class DmaMapper:
         if allocator is None:
             allocator = IovaAllocator(info.iova_ranges, pgsize=info.min_pgsize)
         self.allocator = allocator
-        #: IOMMU page sizes (bitmap) IOVAs are aligned for.
-        self.pgsizes = int(getattr(info, "iova_pgsizes", 0) or allocator.pgsize)
+        #: IOMMU page sizes (bitmap) IOVAs are aligned for. A bitmap of the smallest page alone
+        #: says nothing about huge pages (iommufd's VFIO compat container reports its IOVA
+        #: alignment there, not the domain's page sizes): 2 MiB and 1 GiB are then assumed too,
+        #: as for an iommufd IOAS; aligning for a size the IOMMU lacks costs only IOVA space.
+        pgsizes = int(getattr(info, "iova_pgsizes", 0) or allocator.pgsize)
+        if pgsizes & (pgsizes - 1) == 0:
+            pgsizes |= HUGE_2M | (1 << 30)
+        self.pgsizes = pgsizes
         self.limit = limit
         self._cache: dict[tuple[int, int, bool, bool], Any] = {}
         self._lock = threading.Lock()

@@ -1,8 +1,10 @@
-"""Readers of /proc/<pid>/status and /proc/<pid>/limits (locked and pinned memory, capabilities)."""
+"""Readers of /proc/<pid>/status and /proc/<pid>/limits (locked and pinned memory, capabilities),
+and of /proc/<pid>/maps and smaps (what backs a range of user memory)."""
 
 from __future__ import annotations
 
 import resource
+from dataclasses import dataclass, field
 
 #: Bit of CAP_IPC_LOCK in CapEff.
 CAP_IPC_LOCK = 14
@@ -71,5 +73,98 @@ def memlock_limit() -> str:
     return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
 
 
+# -- /proc/<pid>/maps and smaps: what backs a range of user memory ---------------------------------
+
+
+@dataclass(frozen=True)
+class VmArea:
+    """One line of ``/proc/<pid>/maps`` (a VMA), with its ``smaps`` fields when read from there.
+
+    ``offset`` is the file offset of ``start`` in bytes; ``dev``/``inode`` name the backing file
+    (inode 0: anonymous memory); ``fields`` holds the smaps ``kB`` fields in bytes
+    (``KernelPageSize``, ``AnonHugePages``, ``Private_Hugetlb``...) and the ``VmFlags`` word list
+    is kept as ``flags``.
+    """
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: str
+    inode: int
+    path: str
+    fields: dict[str, int] = field(default_factory=dict, compare=False)
+    flags: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def shared(self) -> bool:
+        """MAP_SHARED (``s`` in the permissions): writes reach the backing object."""
+        return "s" in self.perms
+
+    @property
+    def file_backed(self) -> bool:
+        """Backed by a file (a memfd, hugetlbfs, shmem...), not anonymous private memory."""
+        return self.inode != 0
+
+    def file_offset(self, addr: int) -> int:
+        """The backing file's offset of address ``addr`` (inside this area)."""
+        return self.offset + (addr - self.start)
+
+
+def parse_maps_line(line: str) -> VmArea:
+    """One ``maps`` line: ``start-end perms offset dev inode [path]``.
+
+    >>> a = parse_maps_line("7f0000000000-7f0000200000 rw-s 00200000 00:01 1234  /memfd:x (deleted)")
+    >>> (hex(a.start), a.shared, a.offset, a.inode, a.path)
+    ('0x7f0000000000', True, 2097152, 1234, '/memfd:x (deleted)')
+    """
+    parts = line.split(None, 5)
+    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+    path = parts[5].strip() if len(parts) > 5 else ""
+    return VmArea(lo, hi, parts[1], int(parts[2], 16), parts[3], int(parts[4]), path)
+
+
+def _smaps_key(line: str) -> bool:
+    head = line.split(None, 1)[0]
+    return head.endswith(":")
+
+
+def read_vm_areas(addr: int, size: int, *, smaps: bool = False, pid: int | str = "self",
+                  proc: str = "/proc") -> list[VmArea]:
+    """The VMAs overlapping ``[addr, addr+size)``, sorted (``/proc/<pid>/maps``, or ``smaps``
+    with its per-area fields when ``smaps=True``). Empty when the file cannot be read."""
+    end = addr + size
+    out: list[VmArea] = []
+    name = "smaps" if smaps else "maps"
+    try:
+        f = open(f"{proc}/{pid}/{name}")
+    except OSError:
+        return []
+    with f:
+        cur: VmArea | None = None
+        for line in f:
+            if not line.strip():
+                continue
+            if smaps and _smaps_key(line):
+                if cur is None:
+                    continue
+                key, _, rest = line.partition(":")
+                if key == "VmFlags":
+                    object.__setattr__(cur, "flags", tuple(rest.split()))
+                    continue
+                words = rest.split()
+                if len(words) == 2 and words[1] == "kB":
+                    cur.fields[key] = int(words[0]) * 1024
+                elif len(words) == 1 and words[0].isdigit():
+                    cur.fields[key] = int(words[0])
+                continue
+            area = parse_maps_line(line)
+            cur = area if area.end > addr and area.start < end else None
+            if cur is not None:
+                out.append(cur)
+    return sorted(out, key=lambda a: a.start)
+
+
 __all__ = ["CAP_IPC_LOCK", "parse_status", "status_bytes", "read_status", "vm_bytes", "vmlck",
-           "vmpin", "cap_eff", "has_cap_ipc_lock", "memlock_limit"]
+           "vmpin", "cap_eff", "has_cap_ipc_lock", "memlock_limit", "VmArea", "parse_maps_line",
+           "read_vm_areas"]

@@ -39,6 +39,7 @@ from .. import ioctls
 from ..core.buffer import buffer_span, pin, unpin
 from ..core.iova import IovaRange
 from ..core.mapping import DmaFlags, DmaMapping, MappingTable, ShortUnmapError, as_mapping
+from ..core.memory import memory_object_mismatch
 from ..errors import (AlignmentError, ArgumentError, PyvfioError, RangeError, StateError,
                       UnsupportedError, error_from_errno, register_hint)
 from ..uapi import ffi
@@ -366,25 +367,74 @@ class Type1Iommu(MappingTable, IommuBase):
         return done
 
     def update_vaddr(self, mapping: DmaMapping, buffer: Any, *, offset: int = 0) -> None:
-        """Point ``mapping`` at new memory (same IOVA and size) without unmapping it: UNMAP_DMA
-        with FLAG_VADDR, then MAP_DMA with FLAG_VADDR. Needs the VFIO_UPDATE_VADDR extension
-        (UnsupportedError otherwise; 6.x kernels report 0)."""
+        """Give the kernel a new user address for ``mapping``'s memory (same IOVA and size)
+        without unmapping it: VFIO_IOMMU_UNMAP_DMA with FLAG_VADDR (invalidate), then
+        VFIO_IOMMU_MAP_DMA with FLAG_VADDR. The use is live update: the memory stays, its
+        address changes (a second mapping of the same memfd, or the same memory after exec).
+
+        The contract (linux/vfio.h): the new vaddr must address the *same memory object*. The
+        kernel does not re-pin: it keeps the pages it pinned at map time, and the device goes on
+        reaching them. So pyvfio checks first (``/proc/self/maps``): every byte of ``buffer``
+        (``mapping.size`` bytes at ``offset``) must be a MAP_SHARED mapping of the same file,
+        at the same file offset, as the memory mapped now; anything else (a private or anonymous
+        buffer, another memfd, another offset) is refused with ArgumentError before any
+        syscall. Updating to the very buffer already mapped is allowed (a no-op address).
+
+        The earlier buffer stays pinned (``mapping.held``) until the mapping goes, since the
+        kernel still maps its pages; ``mapping.buffer``/``vaddr`` name the new one.
+
+        Needs the VFIO_UPDATE_VADDR extension, else UnsupportedError before the DMA ioctls. On
+        6.x kernels the legacy type1 container reports 1 once the IOMMU is set (0 before
+        SET_IOMMU, and 0 while an mdev/emulated device is attached); iommufd's VFIO compat
+        container (drivers/iommu/iommufd/vfio_compat.c) always reports 0.
+
+        Errors: UnsupportedError (no VFIO_UPDATE_VADDR), StateError (not a live mapping of
+        this IOMMU), ArgumentError (not the same memory object; alignment/range as ``check``),
+        ShortUnmapError (the invalidation covered less than the mapping); a failing MAP_DMA
+        VADDR is undone by re-supplying the old vaddr, then re-raised.
+
+        Safety: between the two ioctls the kernel holds no valid vaddr (vaddr_invalid); the
+        device's DMA through the IOMMU continues, but kernel-side pinning for emulated devices
+        would block. Do not unmap the new address while the mapping lives.
+        """
+        if not as_mapping(mapping)._live or mapping.iommu is not self:
+            raise StateError(f"{mapping!r} is not a live mapping of this IOMMU")
         if self.container.check_extension(ioctls.VFIO_UPDATE_VADDR) <= 0:
             raise UnsupportedError(errno.EOPNOTSUPP, "the kernel does not offer VFIO_UPDATE_VADDR",
                                    op=ioctls.VFIO_CHECK_EXTENSION.name, path=self.container.path,
-                                   hint="unmap and map again instead")
-        if not mapping._live or mapping.iommu is not self:
-            raise StateError(f"{mapping!r} is not a live mapping of this IOMMU")
+                                   hint="iommufd's VFIO compat container and type1 containers with "
+                                        "an emulated (mdev) device report 0: unmap and map again "
+                                        "instead")
         vaddr, n = buffer_span(buffer, mapping.size, offset)
         self.check(mapping.iova, n, vaddr)
-        done = self.unmap_dma(mapping.iova, mapping.size, ioctls.VFIO_DMA_UNMAP_FLAG_VADDR)
+        old = mapping.vaddr
+        if not (buffer is mapping.buffer and vaddr == old):
+            why = memory_object_mismatch(self.backend, old, vaddr, n)
+            if why is not None:
+                raise ArgumentError(f"update_vaddr of {mapping!r}: {why}; VFIO_DMA_MAP_FLAG_VADDR "
+                                    "needs the same memory object at the new address (the kernel "
+                                    "keeps DMA on the pages it pinned)")
+        pin(buffer, mapping)  # refused if the new buffer is closed: nothing done yet
+        try:
+            done = self.unmap_dma(mapping.iova, mapping.size, ioctls.VFIO_DMA_UNMAP_FLAG_VADDR)
+        except BaseException:
+            unpin(buffer, mapping)
+            raise
         if done != mapping.size:
+            unpin(buffer, mapping)
             raise ShortUnmapError(errno.EIO, f"vaddr invalidation covered {done:#x} of {mapping.size:#x}",
                                   op=_UNMAP_DMA.name, path=self.container.path)
-        self.map_dma(vaddr, mapping.iova, mapping.size, DmaFlags.VADDR)
-        unpin(mapping.buffer, mapping)
+        try:
+            self.map_dma(vaddr, mapping.iova, mapping.size, DmaFlags.VADDR)
+        except BaseException:
+            unpin(buffer, mapping)
+            try:  # give the kernel its old (still valid) address back
+                self.map_dma(old, mapping.iova, mapping.size, DmaFlags.VADDR)
+            except OSError:
+                pass
+            raise
+        mapping._held = (*mapping._held, mapping.buffer)
         mapping.buffer, mapping.vaddr = buffer, vaddr
-        pin(buffer, mapping)
 
     def close(self) -> None:
         """Unmap every mapping made through this object (idempotent); the object is unusable

@@ -16,7 +16,11 @@ Rules reproduced (with the kernel's errnos):
   size or wrap → EINVAL; v2: a range that bisects a mapping → EINVAL; otherwise every mapping
   inside the range goes and ``size`` is rewritten to the total unmapped (0 when none).
 * VFIO_UPDATE_VADDR (reported once the IOMMU is set, like the 6.12 guest): UNMAP with
-  FLAG_VADDR invalidates vaddrs, MAP with FLAG_VADDR supplies new ones.
+  FLAG_VADDR invalidates vaddrs, MAP with FLAG_VADDR supplies new ones. Like the kernel, the new
+  vaddr is only recorded: nothing is re-pinned, and device DMA keeps reaching the pages pinned at
+  map time (``DmaEntry.pinned_vaddr``), also while the vaddr is invalid (the IOMMU page table is
+  untouched). The kernel cannot check that the new vaddr addresses the same memory; neither does
+  the mock (pyvfio's ``update_vaddr`` does, before the syscall).
 
 Mappings are :class:`DmaEntry` objects kept sorted by IOVA; ``DmaEntry.state`` is free for
 extensions (dirty tracking keeps its per-mapping bitmap there).
@@ -58,8 +62,15 @@ class DmaEntry:
     prot: int
     lock_cap: bool
     vaddr_invalid: bool = False
+    #: Where the pages were pinned at MAP_DMA: what the IOMMU translates to, whatever ``vaddr``
+    #: a later VADDR update supplies (the kernel keeps its pinned pages).
+    pinned_vaddr: int = -1
     #: Extension state (e.g. dirty tracking bitmaps), keyed by the extension's name.
     state: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.pinned_vaddr < 0:
+            self.pinned_vaddr = self.vaddr
 
     @property
     def end(self) -> int:
@@ -368,9 +379,9 @@ class Type1Iommu(IommuDriver):
         pos, base = iova, None
         while pos < iova + size:
             e = self._find(pos)
-            if e is None or not e.prot & need or e.vaddr_invalid:
+            if e is None or not e.prot & need:
                 raise IommuFault(errno.EFAULT, f"IOMMU fault at {pos:#x}")
-            va = e.vaddr + (pos - e.iova)
+            va = e.pinned_vaddr + (pos - e.iova)  # the pinned pages, not the current vaddr
             if base is None:
                 base = va
             elif va != base + (pos - iova):
