@@ -95,5 +95,5 @@ def test_qemu_command_refuses_unknown_variant_and_device(tmp_path):
         GuestRun(["true"], devices=["edu"], bind=["nvme"], results_dir=tmp_path)
     cmd = qemu_command(k, tmp_path / "initrd", tmp_path, iommu="virtio", devices=["edu", "nvme"],
                        python="python3")
-    assert "virtio-iommu-pci" in cmd and "edu" in cmd
+    assert "virtio-iommu-pci,aw-bits=64" in cmd and "edu,dma_mask=0xffffffffffffffff" in cmd
     assert any(a.startswith("nvme,") for a in cmd)

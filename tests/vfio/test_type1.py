@@ -32,6 +32,14 @@ def test_scenario(scenario, env, no_fd_leak):
     scenario(env)
 
 
+@pytest.mark.backends("intel", "amd", kernels=["built"])
+@pytest.mark.parametrize("scenario", sc.COMPAT, ids=scenario_id)
+def test_scenario_on_the_compat_container(scenario, env, no_fd_leak):
+    """The same scenarios where /dev/vfio/vfio is iommufd's compat container (our kernel)."""
+    assert not os.path.exists("/sys/module/vfio_iommu_type1")  # not the legacy driver
+    scenario(env)
+
+
 # -- mock-only situations ---------------------------------------------------------------------------
 
 
