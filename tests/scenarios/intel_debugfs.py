@@ -8,7 +8,9 @@ device's second-stage page table::
     0x0000000000200 |       0x0000000000000000      0x0000000000000000      0x000000011e7f9003      0x000000011f200883      0x0000000000000000
 
 the IOVA's page frame number, then the entries on the walk from the top level down (levels the
-table does not have, and those below a superpage leaf, print 0). A 2 MiB leaf is a PDE with the
+table does not have print 0; the walk stops at a superpage leaf, so a 2 MiB line has no PTE
+column: measured on 7.2 under QEMU 10's intel-iommu, ``0x0000000000200 |  0x0  0x0  0x687d403
+0x10000083``). A 2 MiB leaf is a PDE with the
 page-size bit (7) set and no PTE; a 1 GiB leaf a PDPE with bit 7; a 4 KiB leaf has a PTE. This is
 how tools/testing/selftests/vfio/vfio_dma_mapping_test.c checks the IOMMU used huge pages.
 """
@@ -62,6 +64,9 @@ def parse(text: str) -> list[Leaf]:
     >>> t = "IOVA_PFN\\t\\tPML5E\\nh\\n0x0000000000200 |\\t0x0\\t0x0\\t0x11e7f9003\\t0x11f200883\\t0x0\\n"
     >>> [(hex(l.iova), l.size) for l in parse(t)]
     [('0x200000', 2097152)]
+    >>> real = "0x0000000000200 |\t0x0000000000000000\t0x0000000000000000\t0x000000000687d403\t0x0000000010000083"
+    >>> [(hex(l.iova), l.size) for l in parse(real)]
+    [('0x200000', 2097152)]
     """
     out = []
     for line in text.splitlines():
@@ -69,8 +74,9 @@ def parse(text: str) -> list[Leaf]:
         if not m:
             continue
         values = [int(v, 16) for v in m.group(2).split()]
-        if len(values) != 5:
+        if not 3 <= len(values) <= 5:
             continue
+        values += [0] * (5 - len(values))  # levels below a superpage leaf are not printed
         out.append(Leaf(int(m.group(1), 16) << 12, tuple(values)))  # type: ignore[arg-type]
     return out
 

@@ -1,5 +1,6 @@
-"""The intel debugfs page-table dump parser (tests/scenarios/intel_debugfs.py) on dumps shaped
-like drivers/iommu/intel/debugfs.c prints them (the guest test reads the real one)."""
+"""The intel debugfs page-table dump parser (tests/scenarios/intel_debugfs.py) on a dump as the
+7.2 kernel printed it in the intel@built guest (a 4 KiB leaf at 0x100000 and a 2 MiB leaf at
+0x200000, whose line stops at the PDE), plus a 1 GiB leaf shaped the same way."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from scenarios.intel_debugfs import leaf_of, parse
 DUMP = """\
 Device 0000:00:03.0 @0x11e7f8000
 IOVA_PFN\t\tPML5E\t\t\tPML4E\t\t\tPDPE\t\t\tPDE\t\t\tPTE
-0x0000000000100 |\t0x0000000000000000\t0x0000000000000000\t0x000000011e7f9003\t0x000000011e7fa003\t0x000000010a3c5003
-0x0000000000200 |\t0x0000000000000000\t0x0000000000000000\t0x000000011e7f9003\t0x000000011f200883\t0x0000000000000000
-0x0000000040000 |\t0x0000000000000000\t0x0000000000000000\t0x0000000140000883\t0x0000000000000000\t0x0000000000000000
+0x0000000000100 |\t0x0000000000000000\t0x0000000000000000\t0x000000000687d403\t0x000000000684e403\t0x000000000b988003
+0x0000000000200 |\t0x0000000000000000\t0x0000000000000000\t0x000000000687d403\t0x0000000010000083
+0x0000000040000 |\t0x0000000000000000\t0x0000000000000000\t0x0000000140000883
 
 """
 
