@@ -190,6 +190,32 @@ def op_device_irqs(be: FaultyBackend) -> None:
         dev.enable_irq(PciIrq.INTX)  # closed by the device's close
 
 
+def op_device_region_mmap(be: FaultyBackend) -> None:
+    """BAR0 mmapped twice (whole areas, and one page), one closed, the other left to close()."""
+    from pyvfio.vfio import open_device
+
+    with open_device(BDF, backend=be) as od:
+        dev = od.device
+        for m in dev.mmap_areas(0):
+            m.read32(0)
+            m.close()
+        dev.mmap(0, 0, PAGE).read32(4)
+
+
+def op_kvm_eventfds(be: FaultyBackend) -> None:
+    """KVM eventfds: an in-kernel irqchip, irqfds and ioeventfds with created eventfds, a vCPU
+    with its kvm_run mmap; one irqfd closed, the rest left to the VM's close."""
+    from pyvfio.kvm import Kvm
+
+    with Kvm(backend=be) as kvm, kvm.create_vm() as vm:
+        vm.create_irqchip()
+        vm.irqfd(5).close()
+        vm.irqfd(6)
+        vm.ioeventfd(0x1000)
+        vm.ioeventfd(0x10, 2, pio=True)
+        vm.create_vcpu()
+
+
 def _cli(be: FaultyBackend, *args: str) -> tuple[int, dict[str, Any]]:
     import pyvfio.cli as climod
 
@@ -259,6 +285,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("kvm_memslots_dirty_vcpus", op_kvm),
     Operation("dirty_tracker", op_dirty_tracker, _dirty_backend),
     Operation("device_irqs", op_device_irqs),
+    Operation("device_region_mmap", op_device_region_mmap),
+    Operation("kvm_irqfd_ioeventfd", op_kvm_eventfds),
     Operation("cli_bind_unbind", op_cli_bind_unbind, recover=_recover_binding),
 )
 
