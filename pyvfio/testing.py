@@ -127,6 +127,28 @@ class Machine:
         """The IOMMU driver object behind a container (``container.fileno()``), or None."""
         return getattr(self.file(container.fileno()), "iommu", None)
 
+    def dma_mappings(self, container: Any) -> list[tuple[int, int, int]]:
+        """The type1 IOMMU's mappings behind ``container`` as the kernel holds them:
+        ``(iova, size, vaddr)``, ascending."""
+        with self.kernel.lock:
+            return [(e.iova, e.size, e.vaddr) for e in self.iommu(container).entries()]
+
+    def ioas_areas(self, ioas: Any) -> list[tuple[int, int, int]]:
+        """The areas of a pyvfio :class:`~pyvfio.iommufd.Ioas` as its mock iommufd holds them:
+        ``(iova, length, vaddr)``, ascending."""
+        with self.kernel.lock:
+            obj = self.file(ioas.iommufd.fileno()).objects[ioas.id]  # type: ignore[attr-defined]
+            return [(a.iova, a.length, a.vaddr(a.iova)) for a in obj.areas]
+
+    def memslots(self, vm: Any) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+        """The memslots of a pyvfio :class:`~pyvfio.kvm.Vm` as the mock KVM holds them:
+        ``(as_id, slot) -> (gpa, size, hva, flags)``."""
+        page = 4096
+        with self.kernel.lock:
+            slots = self.file(vm.fileno()).slots  # type: ignore[attr-defined]
+            return {(s.as_id, s.id): (s.base_gfn * page, s.npages * page, s.hva, s.flags)
+                    for s in slots.values()}
+
     def write_param(self, module: str, name: str, value: str) -> "Machine":
         """Set a module parameter in the machine's sysfs (``allow_unsafe_interrupts``...)."""
         _vfio.state(self.kernel).write_param(module, name, value)

@@ -77,8 +77,12 @@ class DmaBuffer(HostMemory):
 
     def __init__(self, size: int, *, hugepages: str | None = "thp", hugepage_size: int = HUGE_2M,
                  align: int | None = None, backend: Backend | str | None = None) -> None:
-        if size <= 0:
-            raise RangeError(f"size must be positive, not {size}")
+        size = as_int(size, "size")
+        if not 0 < size < 1 << 63:
+            raise RangeError(f"size must be positive and below 2**63, not {size}")
+        hugepage_size = as_int(hugepage_size, "hugepage_size")
+        if align is not None:
+            align = as_int(align, "align")
         if hugepages not in ("thp", "hugetlbfs", None):
             raise ArgumentError(f"hugepages must be 'thp', 'hugetlbfs' or None, not {hugepages!r}")
         self.backend = get_backend(backend)
@@ -103,8 +107,8 @@ class DmaBuffer(HostMemory):
             self._span = (self.addr, self.size)
         else:
             self.size = _round_up(size, PAGE_SIZE)
-            alignment = align or (HUGE_2M if hugepages == "thp" else PAGE_SIZE)
-            if alignment & (alignment - 1) or alignment < PAGE_SIZE:
+            alignment = align if align is not None else (HUGE_2M if hugepages == "thp" else PAGE_SIZE)
+            if alignment & (alignment - 1) or not PAGE_SIZE <= alignment < 1 << 62:
                 raise ArgumentError(f"align must be a power of two >= {PAGE_SIZE}, not {alignment:#x}")
             if alignment == PAGE_SIZE:
                 self.addr = self.backend.mmap(self.size, prot, flags)
@@ -246,7 +250,11 @@ class DmaMapper:
     def map(self, buffer: Any, *, size: int | None = None, offset: int = 0, read: bool = True,
             write: bool = True, align: int | None = None) -> Any:
         """The live mapping of ``buffer`` (whole, or ``size`` bytes at ``offset``) with this
-        access, mapping it at a fresh IOVA the first time. Returns a DmaMapping."""
+        access, mapping it at a fresh IOVA the first time. Returns a DmaMapping.
+
+        ``align`` (a power of two): the IOVA's alignment; ArgumentError when the span is
+        already mapped at an IOVA that does not have it (before any syscall).
+        """
         addr, n = buffer_span(buffer, size, offset)
         if align is not None:
             align = as_int(align, "align")
@@ -254,6 +262,9 @@ class DmaMapper:
         with self._lock:
             m = self._cache.get(key)
             if m is not None and not m.closed:
+                if align is not None and (align <= 0 or m.iova % align):
+                    raise ArgumentError(f"this span is already mapped at {m.iova:#x}, which is not "
+                                        f"aligned to {align:#x}: unmap it first to map it aligned")
                 return m
             iova = self.allocator.alloc(n, align=align, limit=self.limit)
             try:

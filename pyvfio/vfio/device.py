@@ -330,8 +330,15 @@ class Device(FdObject):
         return data
 
     def write(self, index: int, offset: int, data: bytes) -> None:
-        """pwrite ``data`` at ``offset`` inside region ``index`` (errors as :meth:`read`)."""
-        data = bytes(data)
+        """pwrite ``data`` (bytes-like) at ``offset`` inside region ``index`` (errors as
+        :meth:`read`; ArgumentError for data that is not bytes-like, e.g. an int, which
+        ``bytes()`` would turn into that many zero bytes)."""
+        if isinstance(data, (int, str)) or data is None:
+            raise ArgumentError(f"region data must be bytes-like, not {type(data).__name__}")
+        try:
+            data = bytes(memoryview(data))
+        except TypeError:
+            raise ArgumentError(f"region data must be bytes-like, not {type(data).__name__}") from None
         r = self._region_access(index, offset, len(data), write=True)
         n = self.backend.pwrite(self.fileno(), data, r.offset + offset)
         if n != len(data):
