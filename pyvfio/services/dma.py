@@ -234,6 +234,12 @@ class DmaMapper:
     ``allocator``: an IovaAllocator (default: one over ``iommu.info().iova_ranges`` with the
     IOMMU's smallest page size). ``limit``: the device's DMA reach (e.g. ``1 << 28`` for edu);
     every IOVA handed out ends at or below it.
+
+    Threads: one mapper may be shared. ``map``, ``lookup``, ``unmap_all`` and the unmap of its
+    mappings (from any thread, through the mapping or the IOMMU) may run concurrently: the
+    cache and the allocator change under one lock, so a span is mapped once and an IOVA block
+    is handed out once. The IOMMU's own rules apply underneath (type1 and IOAS: concurrent
+    map/unmap of distinct IOVAs; see their docstrings).
     """
 
     def __init__(self, iommu: Any, *, allocator: IovaAllocator | None = None,
@@ -245,7 +251,7 @@ class DmaMapper:
         self.allocator = allocator
         self.limit = limit
         self._cache: dict[tuple[int, int, bool, bool], Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: an unmap inside map() calls _released
 
     def map(self, buffer: Any, *, size: int | None = None, offset: int = 0, read: bool = True,
             write: bool = True, align: int | None = None) -> Any:
@@ -278,19 +284,23 @@ class DmaMapper:
             return m
 
     def _released(self, key: tuple[int, int, bool, bool], iova: int, mapping: Any) -> None:
-        if self._cache.get(key) is mapping:
-            del self._cache[key]
-        self.allocator.free(iova)
+        with self._lock:  # check-and-delete must not interleave with a map() of the same span
+            if self._cache.get(key) is mapping:
+                del self._cache[key]
+            self.allocator.free(iova)
 
     def lookup(self, buffer: Any, *, read: bool = True, write: bool = True) -> Any | None:
         """The cached live mapping of the whole ``buffer`` with this access, if any."""
-        m = self._cache.get((int(buffer.addr), int(buffer.size), read, write))
+        with self._lock:
+            m = self._cache.get((int(buffer.addr), int(buffer.size), read, write))
         return m if m is not None and not m.closed else None
 
     def unmap_all(self) -> None:
         """Unmap every mapping this mapper made."""
         errors: list[BaseException] = []
-        for m in list(self._cache.values()):
+        with self._lock:
+            live = list(self._cache.values())
+        for m in live:
             try:
                 m.unmap()
             except Exception as e:
