@@ -127,10 +127,69 @@ class Machine:
         """The IOMMU driver object behind a container (``container.fileno()``), or None."""
         return getattr(self.file(container.fileno()), "iommu", None)
 
+    def dma_mappings(self, container: Any) -> list[tuple[int, int, int]]:
+        """The type1 IOMMU's mappings behind ``container`` as the kernel holds them:
+        ``(iova, size, vaddr)``, ascending."""
+        with self.kernel.lock:
+            return [(e.iova, e.size, e.vaddr) for e in self.iommu(container).entries()]
+
+    def ioas_areas(self, ioas: Any) -> list[tuple[int, int, int]]:
+        """The areas of a pyvfio :class:`~pyvfio.iommufd.Ioas` as its mock iommufd holds them:
+        ``(iova, length, vaddr)``, ascending."""
+        with self.kernel.lock:
+            obj = self.file(ioas.iommufd.fileno()).objects[ioas.id]  # type: ignore[attr-defined]
+            return [(a.iova, a.length, a.vaddr(a.iova)) for a in obj.areas]
+
+    def memslots(self, vm: Any) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+        """The memslots of a pyvfio :class:`~pyvfio.kvm.Vm` as the mock KVM holds them:
+        ``(as_id, slot) -> (gpa, size, hva, flags)``."""
+        page = 4096
+        with self.kernel.lock:
+            slots = self.file(vm.fileno()).slots  # type: ignore[attr-defined]
+            return {(s.as_id, s.id): (s.base_gfn * page, s.npages * page, s.hva, s.flags)
+                    for s in slots.values()}
+
     def write_param(self, module: str, name: str, value: str) -> "Machine":
         """Set a module parameter in the machine's sysfs (``allow_unsafe_interrupts``...)."""
         _vfio.state(self.kernel).write_param(module, name, value)
         return self
+
+    def driver_override(self, bdf: str) -> str | None:
+        """``bdf``'s driver_override as the kernel shows it (None when cleared: "(null)")."""
+        path = self.kernel.host.dev_path(bdf, "driver_override")
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            return None
+        return None if text in ("", "(null)") else text
+
+    def resources(self) -> dict[str, Any]:
+        """What a user of this kernel holds and must give back, as plain comparable values:
+
+        * ``files``: the open mock files (``Kind:path``, sorted; VMs, vCPUs, containers,
+          groups, device fds, /dev/iommu...; memslots, mappings and IOAS objects live in them),
+        * ``pinned``: bytes the IOMMUs pinned (type1, sPAPR, iommufd: the task's locked_vm
+          share) and ``pinned_vm`` (iommufd's VmPin),
+        * ``irq_triggers``: eventfds the simulated devices hold for their interrupts,
+        * ``drivers`` / ``overrides``: each device's driver and driver_override on the host.
+
+        Compare a snapshot taken before a piece of code with one taken after (leak checks).
+        """
+        k = self.kernel
+        with k.lock:
+            files = sorted(f"{type(f).__name__}:{f.path}" for f in k.files.values())
+        out: dict[str, Any] = {"files": files}
+        st = k.state.get(_vfio.NAME)
+        if st is not None:
+            out["pinned"] = st.task.pinned
+            out["irq_triggers"] = {bdf: sum(1 for t in getattr(e.sim, "triggers", ()) if t is not None)
+                                   for bdf, e in sorted(st.devices.items())}
+            out["drivers"] = {bdf: e.driver for bdf, e in sorted(st.devices.items())}
+            out["overrides"] = {bdf: self.driver_override(bdf) for bdf in sorted(st.devices)}
+        if _iommufd.NAME in k.state:
+            out["pinned_vm"] = _iommufd.state(k).pinned_vm
+        return out
 
     # -- dirty tracking -------------------------------------------------------------------------
     def set_dirty_semantics(self, semantics: str) -> "Machine":
@@ -178,27 +237,40 @@ def standalone_device(kind: str = "edu", *, backend: MockBackend | None = None, 
 
 
 #: The seam calls :class:`FaultyBackend` intercepts (each logged, each can be made to fail).
-SEAM_CALLS = ("open", "close", "ioctl", "mmap", "munmap", "eventfd", "pread", "pwrite", "read", "write")
+#: ``host_write`` is a driver-core write of the backend's host (driver/unbind, driver_override,
+#: drivers_probe; ``op`` is the file's name).
+SEAM_CALLS = ("open", "close", "ioctl", "mmap", "munmap", "eventfd", "pread", "pwrite", "read", "write",
+              "host_write")
+
+#: Calls that release something: the real kernel's close(2) releases the fd even when it
+#: answers EIO, so a fault campaign fails these *after* the call ran (``after=RELEASING``).
+RELEASING = ("close", "munmap")
 
 
 @dataclass
 class Fault:
     """One fault rule of a :class:`FaultyBackend`: the ``nth`` matching call (1 = the next one)
     fails with ``errno``, and so does every later one for ``times`` calls in all (None: from
-    then on). ``after``: the call is made first and then reported failed (close(2) releases the
-    fd even when it answers EIO; munmap of a half-done range). ``hits`` counts failures so far."""
+    then on). ``call`` "*" matches every seam call. ``after``: the call is made first and then
+    reported failed (close(2) releases the fd even when it answers EIO; munmap of a half-done
+    range); a tuple of call names (e.g. :data:`RELEASING`) does so for those calls only.
+    ``hits`` counts failures so far."""
 
     call: str
     op: str | None
     errno: int
     nth: int = 1
     times: int | None = 1
-    after: bool = False
+    after: "bool | tuple[str, ...]" = False
     seen: int = 0
     hits: int = 0
 
     def matches(self, call: str, op: str | None) -> bool:
-        return self.call == call and (self.op is None or self.op == op)
+        return (self.call == "*" or self.call == call) and (self.op is None or self.op == op)
+
+    def runs_first(self, call: str) -> bool:
+        """The failing ``call`` is made before the failure is reported (see ``after``)."""
+        return call in self.after if isinstance(self.after, tuple) else self.after
 
     def fires(self) -> bool:
         """Count one matching call; True when it must fail."""
@@ -242,12 +314,16 @@ class FaultyBackend:
         self.calls: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
         self.name = getattr(inner, "name", "faulty")
+        # what went through this proxy and is not given back yet (see live_mmaps/live_eventfds)
+        self._mapped: dict[int, int] = {}      # page-aligned start -> end of each live range
+        self._eventfds: set[int] = set()
+        self._host: Any = None
 
     def fail(self, call: str, op: str | None = None, err: int = _errno.EIO, *, nth: int = 1,
-             times: int | None = 1, after: bool = False) -> Fault:
-        """Make the ``nth`` next ``call`` (one of :data:`SEAM_CALLS`) matching ``op`` (None:
-        any) fail with ``err``; ``times`` calls fail in all (None: every later one)."""
-        if call not in SEAM_CALLS:
+             times: int | None = 1, after: "bool | tuple[str, ...]" = False) -> Fault:
+        """Make the ``nth`` next ``call`` (one of :data:`SEAM_CALLS`, or "*" for any) matching
+        ``op`` (None: any) fail with ``err``; ``times`` calls fail in all (None: every later one)."""
+        if call != "*" and call not in SEAM_CALLS:
             raise ValueError(f"unknown seam call {call!r}; known: {', '.join(SEAM_CALLS)}")
         rule = Fault(call, op, err, nth, times, after)
         with self._lock:
@@ -277,18 +353,64 @@ class FaultyBackend:
             rule = next((f for f in self.faults if f.matches(call, op) and f.fires()), None)
         if rule is None:
             return fn()
-        if rule.after:
+        if rule.runs_first(call):
             try:
                 fn()
             except OSError:
                 pass
-        raise error_from_errno(rule.errno, op=op if call == "ioctl" else call, path=path)
+        raise error_from_errno(rule.errno, op=op if call in ("ioctl", "host_write") else call, path=path)
 
+    # -- what is still held ------------------------------------------------------------------
+    def live_mmaps(self) -> list[tuple[int, int]]:
+        """The (address, length) ranges mmap'd through this proxy and not munmap'd yet."""
+        with self._lock:
+            return [(lo, hi - lo) for lo, hi in sorted(self._mapped.items())]
+
+    def live_eventfds(self) -> list[int]:
+        """The eventfds created through this proxy and not closed yet."""
+        with self._lock:
+            return sorted(self._eventfds)
+
+    def _mapped_now(self, addr: int, length: int) -> int:
+        with self._lock:
+            self._mapped[addr] = addr + length
+        return addr
+
+    def _unmapped_now(self, addr: int, length: int) -> None:
+        end = addr + length
+        with self._lock:
+            for lo, hi in list(self._mapped.items()):
+                if hi <= addr or lo >= end:
+                    continue
+                del self._mapped[lo]
+                if lo < addr:
+                    self._mapped[lo] = addr
+                if hi > end:
+                    self._mapped[end] = hi
+
+    def _closed_now(self, fd: int) -> None:
+        self._inner.close(fd)
+        with self._lock:
+            self._eventfds.discard(fd)
+
+    def _eventfd_now(self, fd: int) -> int:
+        with self._lock:
+            self._eventfds.add(fd)
+        return fd
+
+    @property
+    def host(self) -> Any:
+        """The inner backend's host, its driver-core writes logged and failed as ``host_write``."""
+        if self._host is None:
+            self._host = _FaultyHost(self, self._inner.host)
+        return self._host
+
+    # -- the seam ------------------------------------------------------------------------------
     def open(self, path: str, flags: int = O_RDWR_CLOEXEC) -> int:
         return self._through("open", path, lambda: self._inner.open(path, flags), path)
 
     def close(self, fd: int) -> None:
-        self._through("close", None, lambda: self._inner.close(fd), self._inner.path_of(fd))
+        self._through("close", None, lambda: self._closed_now(fd), self._inner.path_of(fd))
 
     def ioctl(self, fd: int, request: int, arg: Any = 0, *, op: str | None = None,
               hint: str | None = None) -> int:
@@ -297,13 +419,17 @@ class FaultyBackend:
                              self._inner.path_of(fd))
 
     def mmap(self, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
-        return self._through("mmap", None, lambda: self._inner.mmap(length, prot, flags, fd, offset))
+        return self._through("mmap", None, lambda: self._mapped_now(
+            self._inner.mmap(length, prot, flags, fd, offset), length))
 
     def munmap(self, addr: int, length: int) -> None:
-        self._through("munmap", None, lambda: self._inner.munmap(addr, length))
+        def run() -> None:
+            self._inner.munmap(addr, length)
+            self._unmapped_now(addr, length)
+        self._through("munmap", None, run)
 
     def eventfd(self, initval: int = 0, flags: int = os.EFD_CLOEXEC) -> int:
-        return self._through("eventfd", None, lambda: self._inner.eventfd(initval, flags))
+        return self._through("eventfd", None, lambda: self._eventfd_now(self._inner.eventfd(initval, flags)))
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         return self._through("pread", None, lambda: self._inner.pread(fd, size, offset))
@@ -317,13 +443,30 @@ class FaultyBackend:
     def write(self, fd: int, data: bytes) -> int:
         return self._through("write", None, lambda: self._inner.write(fd, data))
 
-    def __getattr__(self, name: str) -> Any:  # host, sysfs_root, kernel, label, path_of...
+    def __getattr__(self, name: str) -> Any:  # sysfs_root, kernel, label, path_of...
         return getattr(self._inner, name)
 
     def __repr__(self) -> str:
         return f"<FaultyBackend over {self._inner!r} faults={len(self.faults)}>"
 
 
+class _FaultyHost:
+    """A backend host whose ``write`` (the driver-core files) goes through a FaultyBackend."""
+
+    def __init__(self, faulty: FaultyBackend, inner: Any) -> None:
+        self._faulty = faulty
+        self._inner = inner
+
+    def write(self, path: str, value: str) -> None:
+        op = os.path.basename(path)
+        if op == "unbind":
+            op = "driver/unbind"
+        self._faulty._through("host_write", op, lambda: self._inner.write(path, value), path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 __all__ = ["Machine", "machine", "power_backend", "bare_backend", "standalone_device", "FakeHost",
            "sample_host", "limits_text", "POWER_EDU_BDF", "POWER_EDU_GROUP", "Edu", "E1000e",
-           "SimPciDevice", "FaultyBackend", "Fault", "SEAM_CALLS"]
+           "SimPciDevice", "FaultyBackend", "Fault", "SEAM_CALLS", "RELEASING"]

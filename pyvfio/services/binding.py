@@ -582,6 +582,25 @@ def _restore(core: DriverCore, memory: DriverMemory, bdf: str, *, timeout: float
     return core.driver_of(bdf)
 
 
+def _put_back(core: DriverCore, dev: PciDevice, *, timeout: float) -> None:
+    """Best effort after a failed unbind step: give ``dev`` its driver and driver_override of
+    before the unbind again, so a failed unbind leaves the device as it found it (the remembered
+    original driver stays recorded, so the unbind can simply be retried)."""
+    try:
+        cur = core.driver_of(dev.bdf)
+        if cur == dev.driver:
+            core.set_override(dev.bdf, dev.driver_override)
+            return
+        if cur is not None:
+            core.unbind(dev.bdf)
+        core.set_override(dev.bdf, dev.driver_override)
+        if dev.driver is not None:
+            core.probe(dev.bdf)
+            _wait(lambda: core.driver_of(dev.bdf) == dev.driver, timeout)
+    except Exception:
+        pass
+
+
 def unbind(
     source: DeviceSource,
     bdf: str,
@@ -602,6 +621,9 @@ def unbind(
     unbind until it is closed) unless ``force``.
 
     Returns a :class:`BindResult` whose ``changes`` show each device's driver before and after.
+    If a step fails, the device being worked on is given back its driver and driver_override
+    of before (best effort) and the error propagates; the original driver stays remembered, so
+    the unbind can be retried. Devices of the group already given back stay given back.
     """
     core = core or DriverCore(paths)
     dev = source.device(bdf)
@@ -628,7 +650,12 @@ def unbind(
                 res.steps.append(Step(d.bdf, "probe", f"write {d.bdf} to bus/pci/drivers_probe"))
             res.changes[-1].after = d.driver
             continue
-        res.changes[-1].after = _restore(core, memory, d.bdf, timeout=timeout, steps=res.steps, probe=restore)
+        try:
+            res.changes[-1].after = _restore(core, memory, d.bdf, timeout=timeout, steps=res.steps,
+                                             probe=restore)
+        except BaseException:
+            _put_back(core, d, timeout=min(timeout, 2.0))
+            raise
         if restore and saved and saved.get("driver") and res.changes[-1].after != saved.get("driver"):
             res.warnings.append(f"{d.bdf}: {saved.get('driver')} did not take it back "
                                 f"(driver now {res.changes[-1].after}); see dmesg")

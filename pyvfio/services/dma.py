@@ -146,8 +146,12 @@ class DmaBuffer(HostMemory):
 
     def __init__(self, size: int, *, hugepages: str | None = "thp", hugepage_size: int = HUGE_2M,
                  align: int | None = None, backend: Backend | str | None = None) -> None:
-        if size <= 0:
-            raise RangeError(f"size must be positive, not {size}")
+        size = as_int(size, "size")
+        if not 0 < size < 1 << 63:
+            raise RangeError(f"size must be positive and below 2**63, not {size}")
+        hugepage_size = as_int(hugepage_size, "hugepage_size")
+        if align is not None:
+            align = as_int(align, "align")
         if hugepages not in ("thp", "hugetlbfs", None):
             raise ArgumentError(f"hugepages must be 'thp', 'hugetlbfs' or None, not {hugepages!r}")
         self._prepare(get_backend(backend), hugepages)
@@ -165,8 +169,8 @@ class DmaBuffer(HostMemory):
                 raise
         else:
             self.size = _round_up(size, PAGE_SIZE)
-            alignment = align or (HUGE_2M if hugepages == "thp" else PAGE_SIZE)
-            if alignment & (alignment - 1) or alignment < PAGE_SIZE:
+            alignment = align if align is not None else (HUGE_2M if hugepages == "thp" else PAGE_SIZE)
+            if alignment & (alignment - 1) or not PAGE_SIZE <= alignment < 1 << 62:
                 raise ArgumentError(f"align must be a power of two >= {PAGE_SIZE}, not {alignment:#x}")
             if alignment == PAGE_SIZE:
                 self.addr = self.backend.mmap(self.size, prot, flags)
@@ -421,6 +425,12 @@ class DmaMapper:
     every IOVA handed out ends at or below it. IOVAs are aligned to the largest IOMMU page size
     the buffer can use (``iova_pgsizes`` of the IOMMU info: a 2 MiB-aligned 2 MiB buffer gets a
     2 MiB-aligned IOVA), unless ``map(align=)`` says otherwise.
+
+    Threads: one mapper may be shared. ``map``, ``lookup``, ``unmap_all`` and the unmap of its
+    mappings (from any thread, through the mapping or the IOMMU) may run concurrently: the
+    cache and the allocator change under one lock, so a span is mapped once and an IOVA block
+    is handed out once. The IOMMU's own rules apply underneath (type1 and IOAS: concurrent
+    map/unmap of distinct IOVAs; see their docstrings).
     """
 
     def __init__(self, iommu: Any, *, allocator: IovaAllocator | None = None,
@@ -440,12 +450,16 @@ class DmaMapper:
         self.pgsizes = pgsizes
         self.limit = limit
         self._cache: dict[tuple[int, int, bool, bool], Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: an unmap inside map() calls _released
 
     def map(self, buffer: Any, *, size: int | None = None, offset: int = 0, read: bool = True,
             write: bool = True, align: int | None = None) -> Any:
         """The live mapping of ``buffer`` (whole, or ``size`` bytes at ``offset``) with this
-        access, mapping it at a fresh IOVA the first time. Returns a DmaMapping."""
+        access, mapping it at a fresh IOVA the first time. Returns a DmaMapping.
+
+        ``align`` (a power of two): the IOVA's alignment; ArgumentError when the span is
+        already mapped at an IOVA that does not have it (before any syscall).
+        """
         addr, n = buffer_span(buffer, size, offset)
         if align is not None:
             align = as_int(align, "align")
@@ -453,6 +467,9 @@ class DmaMapper:
         with self._lock:
             m = self._cache.get(key)
             if m is not None and not m.closed:
+                if align is not None and (align <= 0 or m.iova % align):
+                    raise ArgumentError(f"this span is already mapped at {m.iova:#x}, which is not "
+                                        f"aligned to {align:#x}: unmap it first to map it aligned")
                 return m
             if align is None:
                 align = page_alignment(self.pgsizes, addr, n)
@@ -468,19 +485,23 @@ class DmaMapper:
             return m
 
     def _released(self, key: tuple[int, int, bool, bool], iova: int, mapping: Any) -> None:
-        if self._cache.get(key) is mapping:
-            del self._cache[key]
-        self.allocator.free(iova)
+        with self._lock:  # check-and-delete must not interleave with a map() of the same span
+            if self._cache.get(key) is mapping:
+                del self._cache[key]
+            self.allocator.free(iova)
 
     def lookup(self, buffer: Any, *, read: bool = True, write: bool = True) -> Any | None:
         """The cached live mapping of the whole ``buffer`` with this access, if any."""
-        m = self._cache.get((int(buffer.addr), int(buffer.size), read, write))
+        with self._lock:
+            m = self._cache.get((int(buffer.addr), int(buffer.size), read, write))
         return m if m is not None and not m.closed else None
 
     def unmap_all(self) -> None:
         """Unmap every mapping this mapper made."""
         errors: list[BaseException] = []
-        for m in list(self._cache.values()):
+        with self._lock:
+            live = list(self._cache.values())
+        for m in live:
             try:
                 m.unmap()
             except Exception as e:

@@ -98,11 +98,15 @@ class IovaAllocator:
         if size <= 0:
             raise RangeError(f"size must be positive, not {size}")
         size = _align_up(size, self.pgsize)
-        align = max(as_int(align, "align") if align else self.pgsize, self.pgsize)
+        if align is None:
+            align = self.pgsize
+        else:
+            align = as_int(align, "align")
+            if align <= 0 or align & (align - 1):
+                raise AlignmentError(f"align must be a positive power of two, not {align:#x}")
+            align = max(align, self.pgsize)
         if limit is not None:
             limit = as_int(limit, "limit")
-        if align & (align - 1):
-            raise AlignmentError(f"align must be a power of two, not {align:#x}")
         with self._lock:
             for i, (lo, hi) in enumerate(self._free):
                 at = _align_up(lo, align)

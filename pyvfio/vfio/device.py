@@ -356,8 +356,15 @@ class Device(FdObject):
         return data
 
     def write(self, index: int | str, offset: int, data: bytes) -> None:
-        """pwrite ``data`` at ``offset`` inside region ``index`` (errors as :meth:`read`)."""
-        data = bytes(data)
+        """pwrite ``data`` (bytes-like) at ``offset`` inside region ``index`` (errors as
+        :meth:`read`; ArgumentError for data that is not bytes-like, e.g. an int, which
+        ``bytes()`` would turn into that many zero bytes)."""
+        if isinstance(data, (int, str)) or data is None:
+            raise ArgumentError(f"region data must be bytes-like, not {type(data).__name__}")
+        try:
+            data = bytes(memoryview(data))
+        except TypeError:
+            raise ArgumentError(f"region data must be bytes-like, not {type(data).__name__}") from None
         r = self._region_access(index, offset, len(data), write=True)
         if r.index == CONFIG_INDEX and offset < PCI_COMMAND + 2 and offset + len(data) > PCI_COMMAND:
             self._decoding.clear()  # the command register changes: check decoding again

@@ -137,6 +137,14 @@ CASES: list[tuple[str, Callable[[World], Callable[[], Any]], type]] = [
     ("type1-unmap-none", lambda w: (lambda i=w.type1(): i.unmap(None)), ArgumentError),
     ("dmamapper-map-none", lambda w: (lambda m=DmaMapper(w.type1()): m.map(None)), ArgumentError),
     ("dmamapper-map-float-size", lambda w: (lambda m=DmaMapper(w.type1()), b=w.buf(): m.map(b, size=4096.0)), ArgumentError),
+    ("dmabuffer-none-size", lambda w: (lambda: DmaBuffer(None, backend=w.faulty)), ArgumentError),
+    ("dmabuffer-float-size", lambda w: (lambda: DmaBuffer(4096.0, backend=w.faulty)), ArgumentError),
+    ("dmabuffer-2**64", lambda w: (lambda: DmaBuffer(2**64, backend=w.faulty)), RangeError),
+    ("dmabuffer-float-align", lambda w: (lambda: DmaBuffer(4096, hugepages=None, align=1.0, backend=w.faulty)), ArgumentError),
+    ("dmamapper-map-negative-align", lambda w: (lambda m=DmaMapper(w.type1()), b=w.buf(): m.map(b, align=-1)), ArgumentError),
+    ("dmamapper-map-zero-align", lambda w: (lambda m=DmaMapper(w.type1()), b=w.buf(): m.map(b, align=0)), ArgumentError),
+    ("device-write-none", lambda w: (lambda d=w.device(): d.write(0, 0, None)), ArgumentError),
+    ("device-write-int", lambda w: (lambda d=w.device(): d.write(0, 0, 4)), ArgumentError),
     # groups and containers
     ("group-number_of-int", lambda w: (lambda: Group.number_of(3, backend=w.faulty)), ArgumentError),
     ("open_device-none", lambda w: (lambda: open_device(None, backend=w.faulty)), ArgumentError),
@@ -186,3 +194,17 @@ def test_numpy_integer_sizes_allocate_iovas(be):
         assert (m.size, m.vaddr, m.iova % (1 << 20)) == (PAGE, buf.addr + PAGE, 0)
         assert type(m.size) is int and type(m.iova) is int
         m.unmap()
+
+
+def test_dmamapper_cached_span_honours_align(be):
+    """A span already mapped at an IOVA without the requested alignment is refused, not
+    returned (it used to come back unaligned from the cache)."""
+    with open_device(BDF, backend=be) as d, DmaBuffer(2 * PAGE, hugepages=None) as buf:
+        mapper = DmaMapper(d.iommu)
+        mapper.map(buf, size=PAGE)                        # takes the first block
+        m = mapper.map(buf, size=PAGE, offset=PAGE)       # lands one page up: not 64 KiB aligned
+        assert m.iova % (1 << 16)
+        with pytest.raises(ArgumentError, match="not aligned"):
+            mapper.map(buf, size=PAGE, offset=PAGE, align=1 << 16)
+        assert mapper.map(buf, size=PAGE, offset=PAGE, align=PAGE) is m
+        mapper.unmap_all()

@@ -101,3 +101,36 @@ def test_dirty_report_outside_the_aperture_is_refused_before_any_ioctl(be, iova,
         assert bm.npages == 2
         t.stop()
         m.unmap()
+
+
+# -- a failed unbind leaves the device as it found it (issue 21, fault campaign) ---------------
+import pytest as _pytest  # noqa: E402
+
+from pyvfio.services import binding as _binding  # noqa: E402
+from pyvfio.services.discovery import HostPaths, open_source  # noqa: E402
+from pyvfio.testing import FaultyBackend as _Faulty, machine as _machine  # noqa: E402
+
+NIC = "0000:00:02.0"
+
+
+@_pytest.mark.parametrize("op", ["driver_override", "drivers_probe"])
+def test_failed_unbind_puts_the_device_back(op):
+    """The unbind's restore fails after the device left vfio-pci: it goes back to vfio-pci with
+    its override (it was left driverless before), and a retry gives it to e1000e."""
+    be = _Faulty(MockBackend())
+    try:
+        h = be.host
+        paths = HostPaths(h.sys, h.proc, h.dev, h.state)
+        core = _binding.DriverCore(paths, h)
+        _binding.bind(open_source(paths.sys), NIC, paths=paths, core=core)
+        m = _machine(be._inner)
+        assert (m.entry(NIC).driver, m.driver_override(NIC)) == ("vfio-pci", "vfio-pci")
+        be.fail("host_write", op, errno.EIO)
+        with _pytest.raises(PyvfioError) as e:
+            _binding.unbind(open_source(paths.sys), NIC, paths=paths, core=core)
+        assert e.value.op == op
+        assert (m.entry(NIC).driver, m.driver_override(NIC)) == ("vfio-pci", "vfio-pci")
+        _binding.unbind(open_source(paths.sys), NIC, paths=paths, core=core)
+        assert (m.entry(NIC).driver, m.driver_override(NIC)) == ("e1000e", None)
+    finally:
+        _machine(be._inner).shutdown()
