@@ -114,6 +114,18 @@ CONFIG_NET_VENDOR_BROADCOM=n
 CONFIG_NET_VENDOR_REALTEK=n
 CONFIG_NET_VENDOR_NVIDIA=n
 CONFIG_NET_VENDOR_MARVELL=n
+# the 7.x build took about 17 min on 2 quiet cores; these are not used by any guest test either
+CONFIG_INET=n
+CONFIG_ETHTOOL_NETLINK=n
+CONFIG_FTRACE=n
+CONFIG_KPROBES=n
+CONFIG_HYPERVISOR_GUEST=n
+CONFIG_KEXEC=n
+CONFIG_CRASH_DUMP=n
+CONFIG_X86_MCE=n
+CONFIG_SECURITY=n
+CONFIG_KEYS=n
+CONFIG_PROFILING=n
 """
 
 # Options that must read exactly so in the final .config (=n means "is not set").

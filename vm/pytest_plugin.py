@@ -25,7 +25,8 @@ debugfs).  The default is ``stable`` and ``newest``.  Then:
   text), skipped (with the guest's reason).  A twin FAILS when the guest did not boot, timed out,
   died, or did not report that test: a guest problem never passes silently.
   Guest runs start when collection ends and go on in the background, ``--guest-jobs`` (default 2)
-  at a time, while the host runs its own tests; a twin waits for its run.
+  at a time, the biggest first, while the host runs its own tests; the twins are moved after the
+  host's tests, and each waits for its run.
 * Inside the guest (PYVFIO_IN_GUEST=1, PYVFIO_GUEST=<variant>, PYVFIO_GUEST_KERNEL=<generation>),
   only the current variant's and kernel's items are kept and they run for real.
 * Where no guest can start (QEMU or the kernel missing, non-x86 host) guest tests SKIP with the
@@ -257,6 +258,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not in_guest():
         controller: _HostController = config.pluginmanager.get_plugin("pyvfio-guest-controller")
         keep = [controller.twin(i) if _is_guest_item(i) else i for i in keep]
+        # host tests first: they run while the guests boot and test in the background, and the
+        # twins, which wait for their guest, come last
+        keep = ([i for i in keep if not isinstance(i, GuestTwin)]
+                + [i for i in keep if isinstance(i, GuestTwin)])
     items[:] = keep
 
 
@@ -412,8 +417,12 @@ class _HostController:
         """Start every guest run in the background, in the order the twins will ask for them."""
         if self.config.option.collectonly or not hasattr(self.config.option, "guest_jobs"):
             return
-        keys = list(dict.fromkeys(i.key for i in session.items if isinstance(i, GuestTwin)))
-        keys = [k for k in keys if self.why_not(k) is None]
+        count: dict[Key, int] = {}
+        for i in session.items:
+            if isinstance(i, GuestTwin):
+                count[i.key] = count.get(i.key, 0) + 1
+        # the biggest runs first, so that the last ones to finish are short
+        keys = sorted((k for k in count if self.why_not(k) is None), key=lambda k: -count[k])
         if not keys:
             return
         jobs = max(1, self.config.getoption("--guest-jobs"))
