@@ -90,6 +90,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
+def switchy():
+    """A tiny thread switch interval for the test, so that races show."""
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(old)
+
+
+@pytest.fixture
 def mock_env(be) -> Env:
     """``env`` on a ``mock`` backend: conftest's mock kernel (``be``)."""
     return Env("mock", lambda: be)

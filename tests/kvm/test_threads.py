@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import errno
 import mmap
-import sys
-import threading
 
 import pytest
+from scenarios import run_threads
 
 from pyvfio.errors import PyvfioError
 from pyvfio.kvm import GuestMemory
@@ -26,34 +25,6 @@ PAGE = mmap.PAGESIZE
 SPAN = 1 << 24        # guest-physical span per thread
 RAW_ID = 1000         # raw slots: ids RAW_ID + thread * ROUNDS + i
 
-
-@pytest.fixture
-def switchy():
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(old)
-
-
-def _run(workers: list) -> None:
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(workers))
-
-    def wrap(fn):
-        def run() -> None:
-            try:
-                start.wait()
-                fn()
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-        return run
-
-    threads = [threading.Thread(target=wrap(w)) for w in workers]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
 
 
 def _kernel_slots(vm) -> dict[int, tuple[int, int, int, int]] | None:
@@ -89,7 +60,7 @@ def test_parallel_managed_memslots(vm, backend, switchy):
                     s.delete()
             return run
 
-        _run([worker(t) for t in range(THREADS)])
+        run_threads([worker(t) for t in range(THREADS)])
         want = {(t * SPAN + (2 * i + 1) * PAGE, PAGE, mem.addr + (t * ROUNDS + i) * PAGE,
                  1 if i % 3 == 0 else 0)
                 for t in range(THREADS) for i in range(0, ROUNDS, 2)}
@@ -124,7 +95,7 @@ def test_parallel_raw_setter(vm, backend, switchy):
                         vm.set_user_memory_region(sid, 0, t * SPAN + (2 * i + 1) * PAGE, 0, hva)
             return run
 
-        _run([worker(t) for t in range(THREADS)])
+        run_threads([worker(t) for t in range(THREADS)])
         want = {RAW_ID + t * ROUNDS + i: (t * SPAN + (2 * i + 1) * PAGE, PAGE,
                                           mem.addr + (t * ROUNDS + i) * PAGE, 0)
                 for t in range(THREADS) for i in range(0, ROUNDS, 2)}

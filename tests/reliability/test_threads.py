@@ -7,10 +7,10 @@ afterwards the kernel's mappings must be exactly the kept ones, and so must pyvf
 
 from __future__ import annotations
 
-import sys
-import threading
+import functools
 
 import pytest
+from scenarios import run_threads
 
 from pyvfio.iommufd import open_device as iommufd_open_device
 from pyvfio.services.dma import DmaBuffer, DmaMapper
@@ -23,32 +23,6 @@ PAGE = 4096
 BASE = 1 << 32
 BDF = "0000:00:03.0"
 
-
-@pytest.fixture
-def switchy():
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(old)
-
-
-def _run(worker) -> None:
-    errors: list[BaseException] = []
-    start = threading.Barrier(THREADS)
-
-    def run(t: int) -> None:
-        try:
-            start.wait()
-            worker(t)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(THREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
 
 
 def _pages(t: int) -> list[int]:
@@ -74,7 +48,7 @@ def test_type1_parallel_map_unmap(be, switchy, api):
                 else:
                     assert iommu.unmap_dma(BASE + p * PAGE, PAGE) == PAGE
 
-        _run(worker)
+        run_threads([functools.partial(worker, t) for t in range(THREADS)])
         kept = sorted(p for t in range(THREADS) for p in _pages(t)[::2])
         assert machine(be).dma_mappings(od.container) == [(BASE + p * PAGE, PAGE, buf.addr + p * PAGE)
                                                           for p in kept]
@@ -104,7 +78,7 @@ def test_ioas_parallel_map_unmap(be, switchy, fixed):
             for p in _pages(t)[::2]:
                 got[p] = handles[p].iova
 
-        _run(worker)
+        run_threads([functools.partial(worker, t) for t in range(THREADS)])
         kept = sorted(got)
         areas = machine(be).ioas_areas(ioas)
         assert sorted((v, p) for p, v in got.items()) == [(iova, (va - buf.addr) // PAGE)
@@ -135,7 +109,7 @@ def test_shared_dmamapper(be, switchy):
             for p in _pages(t)[::2]:
                 kept[p] = mine[p]
 
-        _run(worker)
+        run_threads([functools.partial(worker, t) for t in range(THREADS)])
         ms = sorted(kept.values(), key=lambda m: m.iova)  # type: ignore[attr-defined]
         assert machine(be).dma_mappings(od.container) == [(m.iova, PAGE, m.vaddr) for m in ms]  # type: ignore[attr-defined]
         assert sorted(mapper.allocator.allocated) == [m.iova for m in ms]  # type: ignore[attr-defined]

@@ -156,3 +156,26 @@ class FaultyBackend(CountingBackend):
             self.ops.append(op + "!")
             raise error_from_errno(self.fail[op], op=op, path=self._inner.path_of(fd))
         return super().ioctl(fd, request, arg, op=op, hint=hint)
+
+
+def run_threads(workers) -> None:
+    """Start every callable of ``workers`` in its own thread at once (a barrier), join them, and
+    fail with every exception they raised."""
+    import threading
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(workers))
+
+    def run(fn) -> None:
+        try:
+            start.wait()
+            fn()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors

@@ -7,7 +7,6 @@ seen "dictionary changed size during iteration" from ``check()`` walking :attr:`
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import pytest
@@ -24,13 +23,6 @@ THREADS = 8
 ROUNDS = 40
 PAGE = 4096
 
-
-@pytest.fixture
-def switchy():
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(old)
 
 
 def _worker_iovas(t: int) -> list[int]:
