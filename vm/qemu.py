@@ -103,6 +103,19 @@ _LIVE: "set[QemuRun]" = set()
 _LIVE_LOCK = threading.Lock()
 
 
+def runner_fds() -> set[int]:
+    """The file descriptors live runs of this process hold (console log, QEMU's stdout pipe):
+    a test's fd-leak check ignores them while guests run in the background."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    fds = set()
+    for run in live:
+        for f in (run._console, run._proc.stdout if run._proc else None):
+            if f is not None and not f.closed:
+                fds.add(f.fileno())
+    return fds
+
+
 def kill_all() -> int:
     """Kill every QEMU this process started that is still running (an interrupted test session:
     QEMU runs in its own session and would outlive it); return how many were killed."""
@@ -195,12 +208,18 @@ class QemuRun:
             raise GuestUnavailable(reason)
         cmd = self._prepare()
         (self.results_dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
-        self._console = open(self.results_dir / "console.log", "w", errors="replace")
-        self._t0 = time.monotonic()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
         with _LIVE_LOCK:
+            self._console = open(self.results_dir / "console.log", "w", errors="replace")
             _LIVE.add(self)
+        self._t0 = time.monotonic()
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        except BaseException:
+            with _LIVE_LOCK:
+                _LIVE.discard(self)
+            self._console.close()
+            raise
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self

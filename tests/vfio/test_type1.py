@@ -32,6 +32,25 @@ def test_scenario(scenario, env, no_fd_leak):
     scenario(env)
 
 
+@pytest.fixture
+def mock_end_env(be, backend_name, monkeypatch) -> Env:
+    """The mock with an aperture up to 2^64-1 (like amd- and virtio-iommu) and the type1
+    generation its flavour names (``mock-6.12``, ``mock-7.2``)."""
+    version = backend_name.removeprefix("mock-")
+    monkeypatch.setattr(MockType1, "kernel_version", tuple(int(x) for x in version.split(".")))
+    machine(be).group(3).aperture = (0, (1 << 64) - 1)
+    return Env("mock", lambda: be, facts={"kernel": version})
+
+
+@pytest.mark.backends("mock-6.12", "mock-7.2", "amd", "virtio")
+def test_end_of_space(request, backend_name, env, no_fd_leak):
+    """Where kernels differ at the end of the IOVA space: 6.12 on the stable guests and the
+    mock-6.12 twin, 7.2 on the newest guests and mock-7.2 (scenario_end_of_space says what)."""
+    if backend_name.startswith("mock-"):
+        env = request.getfixturevalue("mock_end_env")
+    sc.scenario_end_of_space(env)
+
+
 @pytest.mark.backends("intel", "amd", kernels=["built"])
 @pytest.mark.parametrize("scenario", sc.COMPAT, ids=scenario_id)
 def test_scenario_on_the_compat_container(scenario, env, no_fd_leak):
