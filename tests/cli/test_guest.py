@@ -271,7 +271,7 @@ def test_doctor_virtio_iommu_without_interrupt_remapping(guest_variant):
         write(p, old)
 
 
-@pytest.mark.guest(variants=["none"])
+@pytest.mark.guest(variants=["none"], kernels=["stable", "built"])
 def test_doctor_and_ls_without_a_viommu(guest_variant):
     code, doc = run_cli("doctor", "--check", "iommu", "--check", "interrupt-remapping")
     st = statuses(doc)

@@ -88,7 +88,7 @@ def _ours(caps) -> list[tuple[int, int, bool, int]]:
     return [(c.id, c.offset, c.extended, c.version) for c in caps]
 
 
-@pytest.mark.guest(variants=["intel", "amd"], bind=["edu", "e1000e"])
+@pytest.mark.guest(variants=["intel", "amd"], bind=["edu", "e1000e"], kernels=["stable"])
 def test_vfio_devices_match_lspci(guest_info, no_fd_leak):
     from pyvfio.vfio import open_device
     from pyvfio.vfio.device import PciIrq
@@ -111,7 +111,7 @@ def test_vfio_devices_match_lspci(guest_info, no_fd_leak):
             assert (int(m.group(1)) if m else 0) == od.device.irq_info(PciIrq.MSIX).count
 
 
-@pytest.mark.guest(variants=["intel", "amd"], bind=["edu", "e1000e"])
+@pytest.mark.guest(variants=["intel", "amd"], bind=["edu", "e1000e"], kernels=["stable"])
 def test_every_guest_device_walk_matches_lspci():
     """pyvfio's capability walk over each PCI device's sysfs config file (read as root: the
     whole space) gives what lspci -vv lists."""
