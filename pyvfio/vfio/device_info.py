@@ -63,7 +63,15 @@ class IrqSetFlags(enum.IntFlag):
     ACTION_TRIGGER = I.VFIO_IRQ_SET_ACTION_TRIGGER
 
 
-class PciRegion(enum.IntEnum):
+class _IndexEnumType(enum.EnumType):
+    """An IntEnum whose ``dir()`` (and so ``help()``) lists its members, not int's 70 methods;
+    the values still behave as ints."""
+
+    def __dir__(cls) -> list[str]:
+        return ["__class__", "__doc__", "__members__", "__module__", *cls._member_map_]
+
+
+class PciRegion(enum.IntEnum, metaclass=_IndexEnumType):
     """vfio-pci region indexes."""
 
     BAR0 = I.VFIO_PCI_BAR0_REGION_INDEX
@@ -77,7 +85,7 @@ class PciRegion(enum.IntEnum):
     VGA = I.VFIO_PCI_VGA_REGION_INDEX
 
 
-class PciIrq(enum.IntEnum):
+class PciIrq(enum.IntEnum, metaclass=_IndexEnumType):
     """vfio-pci interrupt indexes."""
 
     INTX = I.VFIO_PCI_INTX_IRQ_INDEX
