@@ -31,12 +31,34 @@ import warnings
 import weakref
 from typing import Any
 
+from ..errors import from_oserror
 from ..seam import Backend
 from .fd import Closeable
 
 __all__ = ["HostMemory", "PAGE_SIZE", "memory_object_mismatch"]
 
 PAGE_SIZE = mmap.PAGESIZE
+MFD_HUGETLB = 0x0004  # linux/memfd.h
+MFD_HUGE_SHIFT = 26  # the huge page size's log2 goes in flags bits 26..31
+
+
+def memfd_create(name: str, size: int, *, huge_page_size: int | None = None) -> int:
+    """memfd_create(MFD_CLOEXEC[|MFD_HUGETLB with the page size]) + ftruncate(size): the fd of a
+    new shared-memory object of ``size`` bytes (the caller owns it). Errors come typed with the
+    syscall's name (EINVAL for a huge page size the kernel lacks)."""
+    flags = os.MFD_CLOEXEC
+    if huge_page_size:
+        flags |= MFD_HUGETLB | ((huge_page_size.bit_length() - 1) << MFD_HUGE_SHIFT)
+    try:
+        fd = os.memfd_create(name, flags)
+    except OSError as e:
+        raise from_oserror(e, op="memfd_create") from None
+    try:
+        os.ftruncate(fd, size)
+    except OSError as e:
+        os.close(fd)
+        raise from_oserror(e, op="ftruncate") from None
+    return fd
 
 
 def _release(gone: list[bool], backend: Backend, addr: int, size: int, fd: int) -> None:

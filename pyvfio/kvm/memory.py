@@ -16,8 +16,8 @@ import os
 from typing import Any
 
 from ..core.buffer import buffer_span, pin, unpin
-from ..core.memory import PAGE_SIZE, HostMemory
-from ..errors import AlignmentError, ArgumentError, PyvfioError, RangeError, StateError, from_oserror
+from ..core.memory import PAGE_SIZE, HostMemory, memfd_create
+from ..errors import AlignmentError, ArgumentError, PyvfioError, RangeError, StateError
 from ..seam import Backend, get_backend
 from ..uapi import ffi
 from ..uapi.args import as_int
@@ -25,11 +25,8 @@ from ..uapi.args import as_int
 #: The largest mapping user space can have (x86-64 user address space with 5-level paging).
 _MAX_MAP = 1 << 56
 
-#: memfd_create(2) flag for hugetlbfs-backed memory and the page-size encoding (log2 << 26).
-MFD_HUGETLB = 0x0004
 #: mmap(2) MAP_NORESERVE (0x4000 on x86, arm64, powerpc; absent from the mmap module before 3.13).
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
-MFD_HUGE_SHIFT = 26
 
 
 class GuestMemory(HostMemory):
@@ -74,18 +71,7 @@ class GuestMemory(HostMemory):
         be = get_backend(backend)
         page = huge_page_size if hugetlb else PAGE_SIZE
         size = _check_size(size, page)
-        flags = os.MFD_CLOEXEC
-        if hugetlb:
-            flags |= MFD_HUGETLB | ((page.bit_length() - 1) << MFD_HUGE_SHIFT)
-        try:
-            fd = os.memfd_create(name, flags)
-        except OSError as e:
-            raise from_oserror(e, op="memfd_create") from None
-        try:
-            os.ftruncate(fd, size)
-        except OSError as e:
-            os.close(fd)
-            raise from_oserror(e, op="ftruncate") from None
+        fd = memfd_create(name, size, huge_page_size=page if hugetlb else None)
         try:
             addr = be.mmap(size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
         except PyvfioError as e:

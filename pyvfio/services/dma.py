@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from ..core.buffer import buffer_span
-from ..core.memory import HostMemory
-from ..errors import ArgumentError, RangeError, StateError, from_oserror
+from ..core.memory import HostMemory, memfd_create
+from ..errors import ArgumentError, RangeError, StateError
 from ..seam import Backend, get_backend
 from ..uapi import ffi, lib
 from ..uapi.args import as_int
@@ -54,8 +54,6 @@ __all__ = ["DmaBuffer", "DmaMapper", "Backing", "PAGE_SIZE", "HUGE_2M"]
 PAGE_SIZE = _mmap.PAGESIZE
 HUGE_2M = 2 << 20
 MAP_HUGETLB = 0x40000
-#: memfd_create(2) flag for hugetlbfs memory (the page size goes at MAP_HUGE_SHIFT, as for mmap).
-MFD_HUGETLB = 0x0004
 MAP_HUGE_SHIFT = 26
 MAP_POPULATE = getattr(_mmap, "MAP_POPULATE", 0x8000)
 MADV_HUGEPAGE = getattr(_mmap, "MADV_HUGEPAGE", 14)
@@ -242,18 +240,8 @@ class DmaBuffer(HostMemory):
             raise ArgumentError(f"memfd hugepages must be 'hugetlbfs' or None, not {hugepages!r}")
         page = _check_hugepage_size(hugepage_size) if hugepages else PAGE_SIZE
         size = _round_up(as_int(size, "size"), page)
-        flags = os.MFD_CLOEXEC
-        if hugepages:
-            flags |= MFD_HUGETLB | ((page.bit_length() - 1) << MAP_HUGE_SHIFT)
+        fd = memfd_create(name, size, huge_page_size=page if hugepages else None)
         try:
-            fd = os.memfd_create(name, flags)
-        except OSError as e:
-            raise from_oserror(e, op="memfd_create") from None
-        try:
-            try:
-                os.ftruncate(fd, size)
-            except OSError as e:
-                raise from_oserror(e, op="ftruncate") from None
             buf = cls._map_fd(fd, size, 0, hugepages, get_backend(backend))
         except BaseException:
             os.close(fd)
