@@ -365,6 +365,10 @@ class _HostController:
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.timings: list[str] = []
         self._unavailable: str | None | bool = False  # False = not checked yet
+        # the environment the guests get, taken now: guest runs start in background threads
+        # while host tests run, and a host test's monkeypatched variables (PYVFIO_BACKEND=mock
+        # in a doctest...) must not leak into a guest; the guest always runs on its real kernel
+        self.environ = {k: v for k, v in os.environ.items() if k != "PYVFIO_BACKEND"}
 
     def unavailable(self) -> str | None:
         if self._unavailable is False:
@@ -521,7 +525,7 @@ class _HostController:
             if self.config.inipath:
                 argv += ["-c", str(self.config.inipath)]
             argv += nodeids
-            env = dict(os.environ)
+            env = dict(self.environ)
             # entry-point plugin discovery reads every dist-info over 9p: 10 s under TCG; the guest
             # run loads only this plugin (and the conftest files)
             env.update(PYVFIO_GUEST_REPORT=str(results / REPORT),

@@ -123,3 +123,14 @@ def test_end_to_end_ids_and_missing_guest(tmp_path, require):
     else:
         assert r.returncode == 1, out
         assert "PYVFIO_REQUIRE_GUEST=1 but no QEMU guest here" in out
+
+
+def test_guest_environment_is_taken_at_start_without_the_backend_choice(monkeypatch):
+    """Guests start in background threads while host tests run: a variable a host test sets
+    later (a doctest's PYVFIO_BACKEND=mock) must not reach them, nor the host's backend choice."""
+    monkeypatch.setenv("PYVFIO_BACKEND", "mock")
+    monkeypatch.setenv("PYVFIO_PLUGIN_PROBE", "before")
+    c = _controller(None)
+    monkeypatch.setenv("PYVFIO_PLUGIN_PROBE", "after")
+    assert "PYVFIO_BACKEND" not in c.environ
+    assert c.environ["PYVFIO_PLUGIN_PROBE"] == "before"
